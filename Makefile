@@ -1,0 +1,34 @@
+# Every target creates (or reuses) .venv and installs the project into it; nothing relies on a global install.
+VENV    ?= .venv
+PY      := $(VENV)/bin/python
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+EXTRAS  ?= dev
+
+.PHONY: install run test bench lint clean
+
+$(STAMP):
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: on these machines pip finds the CPU build; letting a dependency pull a newer torch
+	# would download several GB of CUDA packages.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+run: $(STAMP)  ## the main job: quick simulator benchmark of every policy
+	$(PY) -m agentriver bench-sim --quick --out build/quick/results.json
+
+test: $(STAMP)  ## the whole suite
+	$(PY) -m pytest -q
+
+bench: $(STAMP)  ## the committed simulator benchmarks (bench/results/)
+	$(PY) -m bench.reproduce
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) build .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+from agentriver.cli import main
+
+raise SystemExit(main())

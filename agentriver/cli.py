@@ -1,0 +1,89 @@
+"""`agentriver` / `python -m agentriver`: trace generation and validation, single simulations, benchmarks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from runtime.agents.costmodel import PROFILES, get_profile
+from runtime.agents.metrics import summarize
+from runtime.agents.policy import POLICIES
+from runtime.agents.sim import simulate
+from runtime.agents.trace import MIXES, TraceError, generate, jobs_from_table, read_trace, write_trace
+
+
+def _trace_gen(args: argparse.Namespace) -> int:
+    table = generate(args.mix, args.jobs, args.rate, args.seed)
+    write_trace(table, args.out)
+    jobs = table.column("job_id").unique()
+    print(f"wrote {args.out}: {len(jobs)} jobs, {table.num_rows} segments "
+          f"(mix={args.mix}, rate={args.rate}/s, seed={args.seed})")
+    return 0
+
+
+def _trace_check(args: argparse.Namespace) -> int:
+    table = read_trace(args.file)
+    n_jobs = len(table.column("job_id").unique())
+    cats = sorted(c for c in table.column("api_category").unique().to_pylist() if c)
+    print(f"{args.file}: valid, {n_jobs} jobs, {table.num_rows} segments, tool categories {cats}")
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    profile = get_profile(args.model)
+    table = read_trace(args.trace)
+    res = simulate(jobs_from_table(table, args.rate_scale), profile, args.policy, engines=args.engines)
+    row = summarize(res, load=args.rate_scale, seed=0)
+    width = max(len(k) for k in row)
+    for k, v in row.items():
+        print(f"{k:<{width}}  {v:.4g}" if isinstance(v, float) else f"{k:<{width}}  {v}")
+    return 0
+
+
+def _bench_sim(rest: list[str]) -> int:
+    from bench import jct_sim
+
+    return jct_sim.main(rest)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="agentriver", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    g = sub.add_parser("trace", help="generate a workload trace (Parquet)")
+    g.add_argument("--mix", required=True, choices=sorted(MIXES))
+    g.add_argument("--jobs", type=int, required=True)
+    g.add_argument("--rate", type=float, required=True, help="Poisson arrival rate, jobs/s")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", required=True)
+    g.set_defaults(fn=_trace_gen)
+
+    c = sub.add_parser("check", help="validate a trace file against the public schema")
+    c.add_argument("file")
+    c.set_defaults(fn=_trace_check)
+
+    s = sub.add_parser("sim", help="simulate one policy on one trace and print its summary row")
+    s.add_argument("--trace", required=True)
+    s.add_argument("--policy", required=True, choices=list(POLICIES))
+    s.add_argument("--model", default="llama3-8b-h100", choices=sorted(PROFILES))
+    s.add_argument("--rate-scale", type=float, default=1.0)
+    s.add_argument("--engines", type=int, default=1)
+    s.set_defaults(fn=_sim)
+
+    sub.add_parser("bench-sim", help="the simulated JCT benchmark (all flags of python -m bench.jct_sim)",
+                   add_help=False)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "bench-sim":
+        return _bench_sim(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (TraceError, ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+

@@ -1,0 +1,92 @@
+"""The one interface every scheduling policy implements, for the simulator and the real engine alike.
+
+An engine asks a policy four things: in what order to admit ready segments (`order`), whether to keep admitting
+past a segment that does not fit (`packs`), what to do with a job's KV when it calls a tool (`on_tool_call`),
+and which idle KV to give up when memory runs short (`evict_candidates`). Everything else (batching, block
+allocation, transfers) is the engine's business, so a policy is a few dozen lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runtime.agents.costmodel import DeploymentProfile
+from runtime.agents.job import Job, KVState, Phase
+from runtime.agents.kv import KVAction, KVDecision, MemoryView, blocks_for
+from runtime.agents.predictor import Predictor
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentStats:
+    """What the engine tells a policy about a finished segment."""
+
+    service_s: float  # engine time from admission to the segment's last token
+    prefill_tokens: int  # tokens actually prefilled (cache misses and recompute included)
+    output_tokens: int
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    predictor: Predictor
+    profile: DeploymentProfile
+
+
+class Policy:
+    name = "base"
+    packs = False  # vLLM stops at the first waiting request that does not fit; packing policies skip it
+    evicts_for_admission = False  # may evict idle (preserved) KV to admit ready work
+
+    def __init__(self, ctx: PolicyContext):
+        self.pred = ctx.predictor
+        self.profile = ctx.profile
+
+    # ------------------------------------------------------------------------------ ordering
+    def key(self, job: Job, now: float):
+        """Sort key of a ready job; smaller runs first."""
+        raise NotImplementedError
+
+    def order(self, ready: list[Job], now: float) -> list[Job]:
+        return sorted(ready, key=lambda j: self.key(j, now))
+
+    # ------------------------------------------------------------------------------ lifecycle hooks
+    def on_ready(self, job: Job, now: float) -> None:
+        """A segment of `job` became ready (arrival, tool return or preemption)."""
+
+    def on_admit(self, job: Job, now: float, waited_s: float) -> None:
+        """`job`'s segment entered the batch after waiting `waited_s` in the queue."""
+
+    def on_segment_done(self, job: Job, now: float, stats: SegmentStats) -> None:
+        """`job`'s current segment finished (called before `job.seg` advances)."""
+
+    def on_tool_return(self, job: Job, now: float, duration_s: float) -> None:
+        """A tool call of `job` returned after `duration_s` (the only time a policy learns a duration)."""
+
+    def growth_tokens(self, job: Job) -> int:
+        """KV the segment is expected to add while it runs, reserved at admission (0: admit on current size,
+        as vLLM does, and rely on preemption when decodes outgrow memory)."""
+        return 0
+
+    # ------------------------------------------------------------------------------ KV
+    def on_tool_call(self, job: Job, now: float, view: MemoryView) -> KVDecision:
+        return KVDecision(KVAction.DISCARD)
+
+    def evict_candidates(self, idle: list[Job], now: float, view: MemoryView, forced: bool
+                         ) -> list[tuple[Job, KVAction]]:
+        """Idle KV to give up, most worth giving up first. `forced`: a running segment needs the memory."""
+        if not forced:
+            return []
+        ranked = sorted(idle, key=lambda j: -self.remaining_api_s(j, now))
+        return [(j, KVAction.DISCARD) for j in ranked]
+
+    # ------------------------------------------------------------------------------ shared helpers
+    def remaining_api_s(self, job: Job, now: float) -> float:
+        if job.kv is KVState.PRESERVED and job.phase is Phase.TOOL:
+            cat = job.segments[job.seg - 1].api_category
+            return self.pred.api_s(cat, now - job.tool_started_s)
+        return 0.0
+
+    def swap_ok(self, job: Job, view: MemoryView) -> bool:
+        return view.cpu_free_blocks >= blocks_for(job.kv_tokens, view.block_size)
+
+    def swap_s(self, job: Job, view: MemoryView) -> float:
+        return view.link_backlog_s + self.profile.swap_s(job.kv_tokens)

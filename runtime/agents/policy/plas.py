@@ -1,0 +1,33 @@
+"""Autellix: program-level least attained service.
+
+A call's priority is the service its program has already received, binned into MLFQ queues; within a queue,
+calls are served in arrival order. Anti-starvation promotes a program to the top queue once
+(W_program + W_call) / (T_program + T_call) >= beta. No KV is kept across tool calls.
+"""
+
+from dataclasses import dataclass
+
+from runtime.agents.policy.base import Policy, PolicyContext
+
+
+@dataclass(frozen=True)
+class PlasConfig:
+    thresholds_s: tuple[float, ...] = (1.0, 4.0, 16.0)  # attained service separating the K=4 queues
+    beta: float = 8.0
+
+
+class Plas(Policy):
+    name = "plas"
+
+    def __init__(self, ctx: PolicyContext, config: PlasConfig | None = None):
+        super().__init__(ctx)
+        self.cfg = config or PlasConfig()
+
+    def _bin(self, attained_s: float) -> int:
+        return sum(attained_s >= t for t in self.cfg.thresholds_s)
+
+    def key(self, job, now):
+        t_call = self.pred.compute_s(job)
+        starving = job.waited_now(now) / max(job.attained_s + t_call, 1e-6) >= self.cfg.beta
+        level = 0 if starving else self._bin(job.attained_s)
+        return (level, job.ready_since)

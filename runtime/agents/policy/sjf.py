@@ -1,0 +1,11 @@
+"""Oracle shortest-segment-first: a reference point that knows each segment's true output length."""
+
+from runtime.agents.policy.base import Policy
+
+
+class Sjf(Policy):
+    name = "sjf"
+
+    def key(self, job, now):
+        uncached = self.pred.uncached_tokens(job)
+        return self.pred.prefill_s(uncached) + job.current.output_tokens * self.pred.decode_s_per_token

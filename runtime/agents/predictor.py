@@ -1,0 +1,117 @@
+"""Service-time predictor (Astraea §4.2).
+
+T_comp = f_prefill(n_in) + n_gen * decode latency per token, with f_prefill interpolated from a profile table
+and n_gen either the segment oracle (the trace's true length of this segment only) or an online per-context
+estimate. API time is learned online per tool category from calls that have finished: the predictor never
+sees a call's duration before the call is over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from runtime.agents.costmodel import StepCost
+from runtime.agents.job import Job, KVState
+
+OUTPUT_ESTIMATORS = ("oracle", "online")
+
+
+@dataclass
+class RunningMean:
+    n: int = 0
+    mean: float = 0.0
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        self.mean += (x - self.mean) / self.n
+
+
+@dataclass
+class Predictor:
+    cost: StepCost
+    output_estimator: str = "oracle"
+    api_prior_s: float = 1.0  # before any call of any category has finished
+    output_prior_tokens: float = 128.0
+    max_len: int = 131072
+    ref_batch: int = 64  # decode latency per token is taken at this batch and context until observed
+    ref_context: int = 2048
+    _table_x: np.ndarray = field(init=False, repr=False)
+    _table_y: np.ndarray = field(init=False, repr=False)
+    decode_s_per_token: float = field(init=False)
+    _api: dict[str, RunningMean] = field(default_factory=dict, init=False, repr=False)
+    _api_all: RunningMean = field(default_factory=RunningMean, init=False, repr=False)
+    _out: dict[str, RunningMean] = field(default_factory=dict, init=False, repr=False)
+    _out_all: RunningMean = field(default_factory=RunningMean, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.output_estimator not in OUTPUT_ESTIMATORS:
+            raise ValueError(f"output_estimator must be one of {OUTPUT_ESTIMATORS}, got '{self.output_estimator}'")
+        # Profile table: prefill time at geometrically spaced lengths, as one would measure offline.
+        xs = np.unique(np.concatenate([[0, 1], np.geomspace(16, self.max_len, 48).astype(int)]))
+        self._table_x = xs.astype(float)
+        self._table_y = np.array([self.cost.prefill_s(int(n)) for n in xs])
+        self.decode_s_per_token = self.cost.decode_s_per_token(self.ref_batch, self.ref_context)
+
+    # ----------------------------------------------------------------------------------- compute time
+    def prefill_s(self, tokens: int) -> float:
+        return float(np.interp(tokens, self._table_x, self._table_y))
+
+    def output_tokens(self, job: Job) -> float:
+        if self.output_estimator == "oracle":
+            return float(job.current.output_tokens)
+        est = self._out.get(self._out_key(job))
+        if est is not None and est.n > 0:
+            return est.mean
+        return self._out_all.mean if self._out_all.n else self.output_prior_tokens
+
+    def uncached_tokens(self, job: Job) -> int:
+        """Input tokens that must be prefilled, from what the scheduler knows of the job's KV."""
+        if job.kv in (KVState.PRESERVED, KVState.ACTIVE, KVState.SWAPPED, KVState.SWAPPING_OUT,
+                      KVState.SWAPPING_IN):
+            return max(job.input_tokens - job.kv_tokens, 0)
+        return job.input_tokens
+
+    def compute_s(self, job: Job) -> float:
+        """T_comp of the job's current segment."""
+        return self.prefill_s(self.uncached_tokens(job)) + self.output_tokens(job) * self.decode_s_per_token
+
+    def recompute_s(self, tokens: int) -> float:
+        return self.prefill_s(tokens)
+
+    # ----------------------------------------------------------------------------------- API time
+    def api_s(self, category: str, elapsed_s: float = 0.0) -> float:
+        """Predicted remaining duration of a call of `category` that has run for `elapsed_s`."""
+        est = self._api.get(category)
+        if est is not None and est.n > 0:
+            mean = est.mean
+        elif self._api_all.n > 0:
+            mean = self._api_all.mean
+        else:
+            mean = self.api_prior_s
+        # Past its mean a call is expected to last as long again as it has already run (InferCept's rule
+        # for calls of unknown length), which keeps long-tailed calls from being predicted as ending now.
+        return mean - elapsed_s if elapsed_s < mean else elapsed_s
+
+    def api_samples(self, category: str) -> int:
+        est = self._api.get(category)
+        return est.n if est else 0
+
+    # ----------------------------------------------------------------------------------- observations
+    def observe_api(self, category: str, duration_s: float) -> None:
+        self._api.setdefault(category, RunningMean()).add(duration_s)
+        self._api_all.add(duration_s)
+
+    def observe_output(self, job: Job, tokens: int) -> None:
+        self._out.setdefault(self._out_key(job), RunningMean()).add(tokens)
+        self._out_all.add(tokens)
+
+    def observe_decode_step(self, step_s: float) -> None:
+        """Track the live decode latency per token (an EWMA of decode-iteration time)."""
+        self.decode_s_per_token += 0.05 * (step_s - self.decode_s_per_token)
+
+    @staticmethod
+    def _out_key(job: Job) -> str:
+        # A segment's length is best predicted by what fed it: the tool whose output it consumes.
+        return job.segments[job.seg - 1].api_category if job.seg > 0 else ""

@@ -1,0 +1,514 @@
+"""Discrete-event, iteration-level simulator of continuous-batching engines serving agent jobs.
+
+Each `EngineSim` reproduces what a vLLM engine does per iteration: running segments first (decode tokens and
+chunks of unfinished prefills, under a token budget), then admission of ready segments in the policy's order
+while sequence slots, token budget and KV blocks allow. KV lives in a `GpuBlockPool` whose freed blocks stay in
+an LRU prefix cache, a `CpuBlockPool` for swapped jobs, and a serial GPU<->CPU link. All scheduling and KV
+choices are delegated to the policy - the same objects the real engine calls.
+
+Speed: stretches where every running segment is decoding and no event is due are advanced in one closed-form
+"macro step" (step time is linear in KV tokens, which grow by the batch size per step), so simulated time is
+cut into pieces only at events: arrivals, tool returns, transfers, segment ends and block shortages.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from runtime.agents.costmodel import DeploymentProfile, prefill_pairs
+from runtime.agents.job import Job, KVState, Phase
+from runtime.agents.kv import CpuBlockPool, GpuBlockPool, KVAction, MemoryView, blocks_for
+from runtime.agents.policy import Policy, PolicyContext, SegmentStats, make_policy
+from runtime.agents.predictor import Predictor
+
+PLACEMENTS = ("round_robin", "least_loaded")
+
+_ARRIVAL, _TOOL_RETURN, _SWAP_OUT_DONE, _SWAP_IN_DONE, _TTL = range(5)
+
+
+@dataclass(slots=True, eq=False)
+class _Running:
+    job: Job
+    prefill_left: int  # tokens of this segment's input still to prefill
+    decode_left: int  # tokens still to generate
+    admitted_s: float
+    reserve_to: int = 0  # KV tokens the policy expects the segment to reach (admission reservation)
+    prefilled: int = 0  # tokens prefilled for this segment (statistics)
+    alive: bool = True  # False once finished or preempted
+
+
+@dataclass
+class EngineCounters:
+    preserve: int = 0
+    swap: int = 0
+    discard: int = 0
+    preemptions: int = 0
+    prefill_tokens: int = 0
+    recompute_tokens: int = 0
+    cache_hit_tokens: int = 0
+    decode_tokens: int = 0
+    iterations: int = 0
+    busy_s: float = 0.0
+    idle_kv_token_s: float = 0.0  # integral of preserved-but-idle KV tokens over time
+
+
+class EngineSim:
+    def __init__(self, index: int, profile: DeploymentProfile, policy: Policy, predictor: Predictor,
+                 on_job_done: Callable[[Job], None]):
+        self.index = index
+        self.profile = profile
+        self.cost = profile.cost
+        self.policy = policy
+        self.pred = predictor
+        self.on_job_done = on_job_done
+        self.bs = profile.block_size
+        self.pool = GpuBlockPool(profile.gpu_blocks, profile.block_size)
+        self.cpu = CpuBlockPool(profile.cpu_blocks)
+        self.running: list[_Running] = []
+        self.ready: list[Job] = []
+        self.preserved: dict[str, Job] = {}  # idle jobs whose KV is resident (in a tool call or queued)
+        self.swapping_in = 0
+        self.events: list[tuple[float, int, int, Job, int]] = []
+        self.now = 0.0
+        self.link_free_s = 0.0
+        self.counters = EngineCounters()
+        self._seq = 0
+        self._idle_tokens = 0
+        # Admission is retried only after something that could make a ready segment fit has happened (an event,
+        # a segment end, an eviction, a preemption): decoding only consumes memory, so a pass that found nothing
+        # admissible would find nothing again. This keeps overloaded runs from re-sorting the queue every step.
+        self._epoch = 0
+        self._blocked_epoch = -1
+
+    # ------------------------------------------------------------------------------------------ events
+    def push(self, t: float, kind: int, job: Job, tag: int = 0) -> None:
+        self._seq += 1
+        heapq.heappush(self.events, (t, self._seq, kind, job, tag))
+
+    def next_event_s(self) -> float:
+        return self.events[0][0] if self.events else math.inf
+
+    @property
+    def load(self) -> int:
+        return len(self.running) + len(self.ready) + self.swapping_in
+
+    def _drain(self) -> None:
+        while self.events and self.events[0][0] <= self.now:
+            t, _, kind, job, tag = heapq.heappop(self.events)
+            self._epoch += 1
+            if kind == _ARRIVAL:
+                job.phase = Phase.READY
+                job.engine = self.index
+                self._make_ready(job, t)
+            elif kind == _TOOL_RETURN:
+                dur = t - job.tool_started_s
+                self.pred.observe_api(job.segments[job.seg - 1].api_category, dur)
+                self.policy.on_tool_return(job, t, dur)
+                self._make_ready(job, t)
+            elif kind == _SWAP_OUT_DONE:
+                self.pool.free_job(job.job_id)
+                job.kv = KVState.SWAPPED
+            elif kind == _SWAP_IN_DONE:
+                self.swapping_in -= 1
+                self.cpu.free_job(job.job_id)
+                job.kv = KVState.ACTIVE
+                self._start(job, t, job.resume_tokens - job.kv_tokens)
+            elif kind == _TTL and job.phase is Phase.TOOL and job.kv is KVState.PRESERVED and tag == job.seg - 1:
+                self._evict(job, KVAction.DISCARD)  # the pin of this tool call expired
+
+    def _make_ready(self, job: Job, t: float) -> None:
+        job.phase = Phase.READY
+        job.ready_since = t
+        self.ready.append(job)
+        self.policy.on_ready(job, t)
+
+    # ------------------------------------------------------------------------------------------ memory
+    def view(self) -> MemoryView:
+        batch = sum(r.job.kv_tokens for r in self.running)
+        return MemoryView(self.pool.num_blocks, self.pool.used, self.cpu.free, self.bs, batch,
+                          max(self.link_free_s - self.now, 0.0))
+
+    def _set_idle(self, job: Job, idle: bool) -> None:
+        if idle:
+            self.preserved[job.job_id] = job
+            self._idle_tokens += job.kv_tokens
+        elif self.preserved.pop(job.job_id, None) is not None:
+            self._idle_tokens -= job.kv_tokens
+
+    def _evict(self, job: Job, action: KVAction) -> None:
+        """Give up a preserved job's resident KV (a later decision than the one taken at its tool call)."""
+        self._set_idle(job, False)
+        self.counters.preserve -= 1
+        self._epoch += 1
+        self._apply_kv(job, action)
+
+    def _apply_kv(self, job: Job, action: KVAction, ttl_s: float | None = None) -> None:
+        if action is KVAction.SWAP and not self.cpu.allocate(job.job_id, blocks_for(job.kv_tokens, self.bs)):
+            action = KVAction.DISCARD
+        if action is KVAction.PRESERVE:
+            self.counters.preserve += 1
+            job.kv = KVState.PRESERVED
+            self._set_idle(job, True)
+            if ttl_s is not None:
+                self.push(self.now + ttl_s, _TTL, job, job.seg)
+        elif action is KVAction.SWAP:
+            self.counters.swap += 1
+            start = max(self.now, self.link_free_s)
+            self.link_free_s = start + self.profile.swap_s(job.kv_tokens)
+            job.kv = KVState.SWAPPING_OUT
+            self.push(self.link_free_s, _SWAP_OUT_DONE, job)
+        else:
+            self.counters.discard += 1
+            self.pool.release_to_cache(job.job_id, job.kv_tokens)
+            job.kv = KVState.DISCARDED
+            job.kv_tokens = 0
+
+    def _victims(self, forced: bool) -> Iterator[tuple[Job, KVAction]]:
+        """Idle KV in the policy's eviction order, ranked once and consumed lazily."""
+        if not self.preserved:
+            return iter(())
+        return iter(self.policy.evict_candidates(list(self.preserved.values()), self.now, self.view(), forced))
+
+    def _make_room(self, need: int, victims: Iterator[tuple[Job, KVAction]], exclude: Job | None = None) -> bool:
+        """Evict idle KV from `victims` until `need` blocks are free."""
+        while self.pool.free < need:
+            nxt = next(victims, None)
+            if nxt is None:
+                return False
+            job, action = nxt
+            if job is not exclude and job.kv is KVState.PRESERVED and job.job_id in self.preserved:
+                self._evict(job, action)
+        return True
+
+    def _preempt_one(self, protect: _Running | None) -> bool:
+        """vLLM's last resort: stop the lowest-priority running segment and recompute it later."""
+        cands = [r for r in self.running if r is not protect] or list(self.running)
+        if not cands:
+            return False
+        order = self.policy.order([r.job for r in cands], self.now)
+        victim_job = order[-1]
+        victim = next(r for r in cands if r.job is victim_job)
+        self.running.remove(victim)
+        victim.alive = False
+        job = victim.job
+        self.counters.preemptions += 1
+        self._epoch += 1
+        self.pool.release_to_cache(job.job_id, job.kv_tokens)
+        job.kv = KVState.DISCARDED
+        job.kv_tokens = 0
+        job.preempted = True
+        job.attained_s += self.now - victim.admitted_s
+        self._make_ready(job, self.now)
+        return True
+
+    def _grow(self, r: _Running, tokens: int) -> bool:
+        """Make sure `r` owns blocks for `tokens` more tokens; may evict idle KV or preempt others."""
+        need = blocks_for(r.job.kv_tokens + tokens, self.bs) - self.pool.owned.get(r.job.job_id, 0)
+        if need <= 0:
+            return True
+        if need > self.pool.free:
+            victims = self._victims(forced=True)
+            while not self._make_room(need, victims):
+                if not self._preempt_one(protect=r) or not r.alive:
+                    return False
+        return self.pool.allocate(r.job.job_id, need)
+
+    # ------------------------------------------------------------------------------------------ admission
+    def _admit(self, budget: int) -> int:
+        """Admit ready segments in policy order; returns the token budget left."""
+        max_seqs = self.profile.max_num_seqs
+        if not self.ready or budget <= 0 or len(self.running) + self.swapping_in >= max_seqs:
+            return budget
+        if self._blocked_epoch == self._epoch:
+            return budget
+        admitted: set[int] = set()
+        victims: Iterator[tuple[Job, KVAction]] | None = None
+        reserved = self._reserved_blocks()
+        for job in self.policy.order(self.ready, self.now):
+            if budget <= 0 or len(self.running) + self.swapping_in >= max_seqs:
+                break
+            if job.kv is KVState.SWAPPING_OUT:
+                continue  # its blocks are still in flight; it becomes admissible when the swap-out lands
+            need = blocks_for(job.resume_tokens + 1, self.bs) - self.pool.owned.get(job.job_id, 0)
+            growth = self.policy.growth_tokens(job)
+            extra = blocks_for(job.resume_tokens + 1 + growth, self.bs) - blocks_for(job.resume_tokens + 1, self.bs)
+            if need + extra + reserved > self.pool.free:
+                # Idle KV is given up for new work only by policies that manage it that way - or when
+                # nothing runs at all, since waiting then could only deadlock.
+                may_evict = self.policy.evicts_for_admission or not self.running
+                if may_evict and victims is None:
+                    victims = self._victims(forced=not self.running)
+                if not (may_evict and self._make_room(need + extra + reserved, victims, exclude=job)):
+                    if self.policy.packs:
+                        continue
+                    break
+            reserved += extra
+            admitted.add(id(job))
+            waited = self.now - job.ready_since
+            job.waited_s += waited
+            self.policy.on_admit(job, self.now, waited)
+            budget -= min(self._place(job, need), budget)
+        if admitted:
+            self.ready = [j for j in self.ready if id(j) not in admitted]
+        elif budget > 0:
+            self._blocked_epoch = self._epoch
+        return budget
+
+    def _place(self, job: Job, need: int) -> int:
+        """Bring an admitted job's KV into place and start it; returns the tokens it must prefill."""
+        if job.kv is KVState.PRESERVED:
+            self._set_idle(job, False)
+        if job.kv is KVState.SWAPPED:
+            self.pool.allocate(job.job_id, need)
+            start = max(self.now, self.link_free_s)
+            self.link_free_s = start + self.profile.swap_s(job.kv_tokens)
+            job.kv = KVState.SWAPPING_IN
+            job.phase = Phase.RUNNING
+            self.swapping_in += 1
+            self.push(self.link_free_s, _SWAP_IN_DONE, job)
+            return 0
+        if job.kv in (KVState.NONE, KVState.DISCARDED):
+            hit_blocks = self.pool.take_cached(job.job_id)
+            hit = min(hit_blocks * self.bs, job.resume_tokens - 1)
+            self.counters.cache_hit_tokens += hit
+            job.kv_tokens = hit
+            need -= hit_blocks
+        self.pool.allocate(job.job_id, max(need, 0))
+        job.kv = KVState.ACTIVE
+        prefill = job.resume_tokens - job.kv_tokens
+        self._start(job, self.now, prefill)
+        return prefill
+
+    def _reserved_blocks(self) -> int:
+        """Blocks running segments are expected to claim beyond what they own (policies that reserve)."""
+        total = 0
+        for r in self.running:
+            if r.reserve_to:
+                total += max(blocks_for(r.reserve_to, self.bs) - self.pool.owned.get(r.job.job_id, 0), 0)
+        return total
+
+    def _start(self, job: Job, t: float, prefill: int) -> None:
+        job.phase = Phase.RUNNING
+        job.preempted = False
+        growth = self.policy.growth_tokens(job)
+        self.running.append(_Running(job, prefill, job.current.output_tokens - job.seg_generated, t,
+                                     reserve_to=job.resume_tokens + 1 + growth if growth else 0))
+
+    # ------------------------------------------------------------------------------------------ iterations
+    def step(self, horizon: float) -> None:
+        """Run one iteration (or one macro step of pure decode); idle engines jump to the next event."""
+        self._drain()
+        budget = self.profile.max_batched_tokens
+        for r in [r for r in self.running if r.prefill_left == 0]:
+            if r.alive:
+                self._grow(r, 1)
+        decoding = [r for r in self.running if r.prefill_left == 0]
+        budget -= len(decoding)
+        n_old = len(self.running)
+        chunks: list[tuple[_Running, int]] = []
+        for r in self.running:
+            if r.prefill_left > 0 and budget > 0:
+                n = min(r.prefill_left, budget)
+                chunks.append((r, n))
+                budget -= n
+        self._admit(budget)
+        for r in self.running[n_old:]:  # newly admitted segments take what is left of the budget
+            if r.prefill_left > 0 and budget > 0:
+                n = min(r.prefill_left, budget)
+                chunks.append((r, n))
+                budget -= n
+        if not decoding and not chunks:
+            nxt = min(self.next_event_s(), horizon)
+            self._advance(nxt - self.now if math.isfinite(nxt) else 0.0)
+            if not math.isfinite(nxt):
+                self.now = math.inf
+            return
+        if not chunks:
+            self._decode_macro(decoding, horizon)
+            return
+        kv_read = sum(r.job.kv_tokens for r in decoding)
+        prefill = sum(n for _, n in chunks)
+        pairs = sum(prefill_pairs(r.job.kv_tokens, n) for r, n in chunks)
+        dt = self.cost.step_s(prefill, len(decoding), kv_read, pairs)
+        self._advance(dt, busy=True)
+        self.counters.iterations += 1
+        self.counters.prefill_tokens += prefill
+        for r, n in chunks:
+            job = r.job
+            self.counters.recompute_tokens += max(min(job.peak_kv_tokens, job.kv_tokens + n) - job.kv_tokens, 0)
+            r.prefill_left -= n
+            r.prefilled += n
+            job.kv_tokens += n
+            job.peak_kv_tokens = max(job.peak_kv_tokens, job.kv_tokens)
+            if r.prefill_left == 0:  # the step that completes a prefill samples the first token
+                decoding.append(r)
+        self._emit_tokens(decoding, 1)
+
+    def _decode_macro(self, decoding: list[_Running], horizon: float) -> None:
+        b = len(decoding)
+        k = min(r.decode_left for r in decoding)
+        free = self.pool.free
+        slack = min(self.pool.owned.get(r.job.job_id, 0) * self.bs - r.job.kv_tokens for r in decoding)
+        k = min(k, max(1, slack + (free // b) * self.bs))
+        kv0 = sum(r.job.kv_tokens for r in decoding)
+        a = self.cost.base_s + self.cost.token_s * b + self.cost.kv_read_s * kv0
+        c = self.cost.kv_read_s * b  # step i costs a + c*i
+        room = min(self.next_event_s(), horizon) - self.now
+        if k > 1 and math.isfinite(room):
+            k = min(k, max(1, _steps_within(a, c, room)))
+        if k > 1:  # k was bounded so that these allocations succeed without evicting anything
+            for r in decoding:
+                self._grow(r, k)
+        dt = k * a + c * k * (k - 1) / 2.0
+        self._advance(dt, busy=True)
+        self.counters.iterations += k
+        self.pred.observe_decode_step(dt / k)
+        self._emit_tokens(decoding, k)
+
+    def _emit_tokens(self, decoding: list[_Running], k: int) -> None:
+        done = []
+        for r in decoding:
+            if not r.alive:
+                continue
+            r.decode_left -= k
+            r.job.seg_generated += k
+            r.job.kv_tokens += k
+            r.job.peak_kv_tokens = max(r.job.peak_kv_tokens, r.job.kv_tokens)
+            self.counters.decode_tokens += k
+            if r.decode_left <= 0:
+                done.append(r)
+        if done:
+            for r in done:
+                r.alive = False
+            self.running = [r for r in self.running if r.alive]
+            for r in done:
+                self._finish_segment(r)
+
+    def _finish_segment(self, r: _Running) -> None:
+        self._epoch += 1
+        job = r.job
+        seg = job.current
+        service = self.now - r.admitted_s
+        job.attained_s += service
+        job.attained_tokens += r.prefilled + seg.output_tokens
+        self.pred.observe_output(job, seg.output_tokens)
+        self.policy.on_segment_done(job, self.now, SegmentStats(service, r.prefilled, seg.output_tokens))
+        job.context_tokens += seg.prompt_tokens + seg.output_tokens
+        job.kv_tokens = job.context_tokens
+        job.seg_generated = 0
+        if job.is_last_segment:
+            job.phase = Phase.DONE
+            job.finish_s = self.now
+            self.pool.release_to_cache(job.job_id, job.kv_tokens)
+            job.kv = KVState.NONE
+            job.kv_tokens = 0
+            self.on_job_done(job)
+            return
+        job.phase = Phase.TOOL
+        job.tool_started_s = self.now
+        decision = self.policy.on_tool_call(job, self.now, self.view())
+        self._apply_kv(job, decision.action, decision.ttl_s)
+        self.push(self.now + seg.api_time_s, _TOOL_RETURN, job)
+        job.seg += 1
+
+    def _advance(self, dt: float, busy: bool = False) -> None:
+        if dt <= 0:
+            return
+        self.counters.idle_kv_token_s += self._idle_tokens * dt
+        if busy:
+            self.counters.busy_s += dt
+        self.now += dt
+
+
+def _steps_within(a: float, c: float, room: float) -> int:
+    """Largest k with k*a + c*k*(k-1)/2 <= room (at least 0)."""
+    if c <= 0:
+        return int(room // a) if a > 0 else 1 << 30
+    # c/2 k^2 + (a - c/2) k - room <= 0
+    bq = a - c / 2.0
+    k = (-bq + math.sqrt(bq * bq + 2.0 * c * room)) / c
+    return max(int(math.floor(k + 1e-9)), 0)
+
+
+# ---------------------------------------------------------------------------------------------- cluster
+
+@dataclass
+class SimResult:
+    policy: str
+    jobs: list[Job]
+    engines: list[EngineCounters]
+    makespan_s: float
+    wall_s: float
+    gpu_kv_tokens: int
+    extra: dict = field(default_factory=dict)
+
+
+def validate_fits(jobs: list[Job], profile: DeploymentProfile) -> None:
+    for job in jobs:
+        total = sum(s.prompt_tokens + s.output_tokens for s in job.segments)
+        if total > profile.max_model_len:
+            raise ValueError(f"job '{job.job_id}': context reaches {total} tokens, over max_model_len "
+                             f"{profile.max_model_len} of '{profile.name}'")
+        if blocks_for(total + 1, profile.block_size) > profile.gpu_blocks:
+            raise ValueError(f"job '{job.job_id}': context of {total} tokens exceeds the engine's KV capacity "
+                             f"({profile.gpu_kv_tokens} tokens)")
+
+
+def simulate(jobs: list[Job], profile: DeploymentProfile, policy: str, *, engines: int = 1,
+             placement: str = "round_robin", output_estimator: str = "oracle",
+             on_progress: Callable[[int], None] | None = None,
+             on_step: Callable[[EngineSim], None] | None = None) -> SimResult:
+    """Run `jobs` (fresh `Job` objects, see `trace.jobs_from_table`) to completion under `policy`.
+
+    `on_progress(n)` is called as jobs finish; `on_step(engine)` after every engine step (invariant checks,
+    step logs)."""
+    if engines < 1:
+        raise ValueError(f"engines must be >= 1, got {engines}")
+    if placement not in PLACEMENTS:
+        raise ValueError(f"unknown placement '{placement}'; choose one of {PLACEMENTS}")
+    if not jobs:
+        raise ValueError("no jobs to simulate")
+    if any(j.phase is not Phase.PENDING for j in jobs):
+        raise ValueError("jobs were already simulated; build fresh ones with jobs_from_table")
+    validate_fits(jobs, profile)
+    wall0 = time.perf_counter()
+    predictor = Predictor(profile.cost, output_estimator=output_estimator, max_len=profile.max_model_len)
+    ctx = PolicyContext(predictor, profile)
+    remaining = [len(jobs)]
+
+    def done(job: Job) -> None:
+        remaining[0] -= 1
+        if on_progress is not None:
+            on_progress(1)
+
+    sims = [EngineSim(i, profile, make_policy(policy, ctx), predictor, done) for i in range(engines)]
+    pending = sorted(jobs, key=lambda j: (j.arrival_s, j.job_id))
+    nxt = 0
+    rr = 0
+    while remaining[0] > 0:
+        ta = pending[nxt].arrival_s if nxt < len(pending) else math.inf
+        eng = min(sims, key=lambda e: e.now)
+        if ta <= eng.now or (math.isinf(eng.now) and nxt < len(pending)):
+            job = pending[nxt]
+            nxt += 1
+            if placement == "round_robin":
+                target = sims[rr % engines]
+                rr += 1
+            else:
+                target = min(sims, key=lambda e: (e.load, e.index))
+            if math.isinf(target.now):
+                target.now = ta
+            target.push(ta, _ARRIVAL, job)
+            continue
+        if math.isinf(eng.now):
+            raise RuntimeError(f"simulation stalled with {remaining[0]} jobs unfinished")
+        eng.step(ta)
+        if on_step is not None:
+            on_step(eng)
+    makespan = max(j.finish_s for j in jobs) - min(j.arrival_s for j in jobs)
+    return SimResult(policy, jobs, [e.counters for e in sims], makespan, time.perf_counter() - wall0,
+                     profile.gpu_kv_tokens * engines)

@@ -1,0 +1,163 @@
+"""Hand-made cases where the right order / decision of each policy is known."""
+
+import pytest
+
+from runtime.agents.costmodel import LLAMA3_8B_H100
+from runtime.agents.job import Job, KVState, Phase, Segment
+from runtime.agents.kv import KVAction, MemoryView
+from runtime.agents.policy import POLICIES, AstraeaConfig, PolicyContext, SegmentStats, make_policy
+from runtime.agents.policy.astraea import Astraea
+from runtime.agents.policy.continuum import Continuum, ContinuumConfig
+from runtime.agents.predictor import Predictor
+
+
+@pytest.fixture
+def ctx():
+    return PolicyContext(Predictor(LLAMA3_8B_H100.cost), LLAMA3_8B_H100)
+
+
+def job(jid, arrival=0.0, ready=0.0, outputs=(100,), prompt=200, cats=None, times=None) -> Job:
+    n = len(outputs)
+    cats = cats or tuple(["tool"] * (n - 1) + [""])
+    times = times or tuple([1.0] * (n - 1) + [0.0])
+    segs = tuple(Segment(i, prompt, o, cats[i], times[i]) for i, o in enumerate(outputs))
+    j = Job(jid, arrival, segs)
+    j.phase, j.ready_since = Phase.READY, ready
+    return j
+
+
+def names(jobs):
+    return [j.job_id for j in jobs]
+
+
+def view(used=0, batch=10_000):
+    return MemoryView(gpu_blocks=1000, gpu_used_blocks=used, cpu_free_blocks=10_000, block_size=16,
+                      batch_tokens=batch, link_backlog_s=0.0)
+
+
+def test_registry_and_unknown_policy(ctx):
+    assert list(POLICIES) == ["fcfs", "sjf", "plas", "infercept", "continuum", "astraea"]
+    with pytest.raises(ValueError, match="unknown policy 'lifo'"):
+        make_policy("lifo", ctx)
+
+
+def test_fcfs_serves_segments_in_submission_order_preempted_first(ctx):
+    p = make_policy("fcfs", ctx)
+    a, b, c = job("a", ready=3.0), job("b", ready=1.0), job("c", ready=2.0)
+    assert names(p.order([a, b, c], 5.0)) == ["b", "c", "a"]
+    a.preempted = True
+    assert names(p.order([a, b, c], 5.0)) == ["a", "b", "c"]
+    assert p.on_tool_call(a, 0.0, view()).action is KVAction.DISCARD
+
+
+def test_sjf_uses_the_true_segment_length(ctx):
+    p = make_policy("sjf", ctx)
+    long, short = job("long", outputs=(500,)), job("short", outputs=(20,))
+    assert names(p.order([long, short], 0.0)) == ["short", "long"]
+
+
+def test_plas_least_attained_service_then_anti_starvation(ctx):
+    p = make_policy("plas", ctx)
+    hog, fresh = job("hog", ready=0.0), job("fresh", ready=5.0)
+    hog.attained_s = 20.0
+    assert names(p.order([hog, fresh], 6.0)) == ["fresh", "hog"]
+    hog.waited_s = 1000.0  # starving: (W) / (T_program + T_call) >= beta
+    assert names(p.order([hog, fresh], 6.0)) == ["hog", "fresh"]
+
+
+def test_infercept_orders_by_job_arrival_and_minimises_waste(ctx):
+    p = make_policy("infercept", ctx)
+    old, new = job("old", arrival=0.0, ready=9.0), job("new", arrival=5.0, ready=6.0)
+    assert names(p.order([new, old], 10.0)) == ["old", "new"]
+    j = job("j", outputs=(10, 10), cats=("slow", ""), times=(30.0, 0.0))
+    j.kv_tokens = 2000
+    ctx.predictor.observe_api("slow", 30.0)
+    assert p.on_tool_call(j, 0.0, view(used=10)).action is KVAction.SWAP  # even with memory to spare
+    ctx.predictor.observe_api("fast", 1e-4)
+    f = job("f", outputs=(10, 10), cats=("fast", ""), times=(1e-4, 0.0))
+    f.kv_tokens = 2000
+    assert p.on_tool_call(f, 0.0, view(used=990)).action is KVAction.PRESERVE
+
+
+def test_continuum_pins_for_a_ttl_learned_from_the_tool_cdf(ctx):
+    p = Continuum(ctx, ContinuumConfig(min_samples=5))
+    j = job("j", outputs=(10, 10), cats=("search", ""), times=(0.5, 0.0))
+    j.kv_tokens = 4000
+    assert p.on_tool_call(j, 0.0, view()).action is KVAction.DISCARD  # no samples yet: no pin
+    for d in (0.1, 0.2, 0.2, 0.3, 0.3, 0.4):
+        j.seg = 1
+        p.on_tool_return(j, 0.0, d)
+    j.seg = 0
+    p._wait_mean = 2.0  # re-entering costs 2 s of queueing: pinning for 0.4 s pays off
+    d = p.on_tool_call(j, 0.0, view())
+    assert d.action is KVAction.PRESERVE and d.ttl_s == pytest.approx(0.4)
+    pinned, plain, pre = job("pinned", arrival=5.0), job("plain", arrival=1.0), job("pre", arrival=9.0)
+    pinned.kv, pre.preempted = KVState.PRESERVED, True
+    assert names(p.order([plain, pinned, pre], 10.0)) == ["pre", "pinned", "plain"]
+
+
+def test_astraea_demotes_compute_heavy_and_promotes_io_bound(ctx):
+    p = Astraea(ctx, AstraeaConfig(num_queues=3, base_quota_tokens=100, quota_growth=2))
+    j = job("j", outputs=(500, 10, 10, 10))
+    p.on_segment_done(j, 0.0, SegmentStats(1.0, 0, 500))
+    assert j.level == 1
+    j.seg = 1
+    p.on_segment_done(j, 0.0, SegmentStats(1.0, 0, 500))  # 500 > quota(1) = 200
+    assert j.level == 2
+    p.on_segment_done(j, 0.0, SegmentStats(1.0, 0, 10))  # yields to a tool within quota
+    assert j.level == 1
+    j.seg = 3
+    p.on_segment_done(j, 0.0, SegmentStats(1.0, 0, 10))  # last segment: no promotion, it is not waiting on I/O
+    assert j.level == 1
+
+
+def test_astraea_strict_levels_then_hrrn_with_history(ctx):
+    p = Astraea(ctx, AstraeaConfig(num_queues=2, aging_ratio=1e9))
+    low = job("low", outputs=(10,))
+    low.level = 1
+    short, long = job("short", outputs=(20,)), job("long", outputs=(400,))
+    # equal waits (1 s in the queue): the shorter segment has the higher response ratio
+    assert names(p.order([low, long, short], 1.0)) == ["short", "long", "low"]
+    long.waited_s = 60.0  # history: the long job has waited a minute over earlier segments
+    assert names(p.order([low, long, short], 1.0)) == ["long", "short", "low"]
+
+
+def test_astraea_ages_starving_lowest_queue_jobs_to_q0(ctx):
+    p = Astraea(ctx, AstraeaConfig(num_queues=3, aging_ratio=4.0))
+    starved = job("starved", outputs=(50,))
+    starved.level, starved.waited_s = 2, 1000.0
+    mid = job("mid")
+    mid.level = 1
+    assert names(p.order([mid, starved], 0.0)) == ["starved", "mid"]
+    assert starved.level == 0
+
+
+def test_astraea_kv_manager_watermark_and_eviction(ctx):
+    p = Astraea(ctx, AstraeaConfig(high_watermark=0.5))
+    ctx.predictor.observe_api("slow", 30.0)
+    j = job("j", outputs=(10, 10), cats=("slow", ""), times=(30.0, 0.0))
+    j.kv_tokens = 2000
+    assert p.on_tool_call(j, 0.0, view(used=499)).action is KVAction.PRESERVE
+    assert p.on_tool_call(j, 0.0, view(used=500)).action is KVAction.SWAP
+    j.kv, j.phase, j.tool_started_s = KVState.PRESERVED, Phase.TOOL, 0.0
+    assert [(x.job_id, a) for x, a in p.evict_candidates([j], 1.0, view(used=900), forced=False)] == [
+        ("j", KVAction.SWAP)]
+    back = job("back")  # tool already returned: keeping it is free unless a running segment needs room
+    back.kv, back.kv_tokens = KVState.PRESERVED, 2000
+    assert p.evict_candidates([back], 1.0, view(used=900), forced=False) == []
+    assert len(p.evict_candidates([back], 1.0, view(used=900), forced=True)) == 1
+
+
+def test_astraea_reserves_predicted_growth(ctx):
+    p = Astraea(ctx)
+    j = job("j", outputs=(300,))
+    j.seg_generated = 100
+    assert p.growth_tokens(j) == 200
+    assert make_policy("fcfs", ctx).growth_tokens(j) == 0
+
+
+def test_astraea_config_validation():
+    with pytest.raises(ValueError, match="num_queues"):
+        AstraeaConfig(num_queues=0)
+    with pytest.raises(ValueError, match="aging_ratio"):
+        AstraeaConfig(aging_ratio=1.0)
