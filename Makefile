@@ -24,8 +24,9 @@ run: $(STAMP)  ## the main job: quick simulator benchmark of every policy
 test: $(STAMP)  ## the whole suite
 	$(PY) -m pytest -q
 
-bench: $(STAMP)  ## the committed simulator benchmarks (bench/results/)
+bench: $(STAMP)  ## the committed simulator benchmarks (bench/results/) and the target check
 	$(PY) -m bench.reproduce
+	$(PY) -m bench.targets bench/results/jct_sim_*.json
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

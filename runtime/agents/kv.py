@@ -44,28 +44,24 @@ def blocks_for(tokens: int, block_size: int) -> int:
     return -(-tokens // block_size)
 
 
-class GpuBlockPool:
-    """GPU KV blocks owned per job, plus an LRU cache of freed job prefixes (vLLM's prefix cache)."""
+class BlockPool:
+    """Blocks of one KV tier owned per job."""
 
-    def __init__(self, num_blocks: int, block_size: int):
-        if num_blocks <= 0 or block_size <= 0:
-            raise ValueError(f"num_blocks and block_size must be > 0, got {num_blocks}, {block_size}")
+    def __init__(self, num_blocks: int, block_size: int = 16):
+        if num_blocks < 0 or block_size <= 0:
+            raise ValueError(f"num_blocks must be >= 0 and block_size > 0, got {num_blocks}, {block_size}")
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.used = 0
         self.owned: dict[str, int] = {}
-        self._cached: OrderedDict[str, int] = OrderedDict()  # oldest first
-        self.cached_blocks = 0
 
     @property
     def free(self) -> int:
-        """Blocks available to allocate (evicting cached prefixes if needed)."""
         return self.num_blocks - self.used
 
     def allocate(self, job_id: str, n: int) -> bool:
         if n > self.free:
             return False
-        self._evict(n - (self.num_blocks - self.used - self.cached_blocks))
         self.used += n
         self.owned[job_id] = self.owned.get(job_id, 0) + n
         return True
@@ -74,6 +70,29 @@ class GpuBlockPool:
         n = self.owned.pop(job_id, 0)
         self.used -= n
         return n
+
+
+class CpuBlockPool(BlockPool):
+    """The CPU tier that swapped-out jobs occupy."""
+
+
+class GpuBlockPool(BlockPool):
+    """GPU blocks owned per job, plus an LRU cache of freed job prefixes (vLLM's prefix cache).
+
+    Cached blocks count as free: allocating evicts them, least recently freed first."""
+
+    def __init__(self, num_blocks: int, block_size: int):
+        if num_blocks <= 0:
+            raise ValueError(f"num_blocks must be > 0, got {num_blocks}")
+        super().__init__(num_blocks, block_size)
+        self._cached: OrderedDict[str, int] = OrderedDict()  # oldest first
+        self.cached_blocks = 0
+
+    def allocate(self, job_id: str, n: int) -> bool:
+        if n > self.free:
+            return False
+        self._evict(n - (self.num_blocks - self.used - self.cached_blocks))
+        return super().allocate(job_id, n)
 
     def release_to_cache(self, job_id: str, tokens: int) -> None:
         """Free a job's blocks; its full blocks (the first `tokens` // block_size) stay cached for reuse."""
@@ -111,29 +130,6 @@ class GpuBlockPool:
                 self._cached[job_id] = have - take
             self.cached_blocks -= take
             n -= take
-
-
-class CpuBlockPool:
-    def __init__(self, num_blocks: int):
-        self.num_blocks = num_blocks
-        self.used = 0
-        self.owned: dict[str, int] = {}
-
-    @property
-    def free(self) -> int:
-        return self.num_blocks - self.used
-
-    def allocate(self, job_id: str, n: int) -> bool:
-        if n > self.free:
-            return False
-        self.used += n
-        self.owned[job_id] = self.owned.get(job_id, 0) + n
-        return True
-
-    def free_job(self, job_id: str) -> int:
-        n = self.owned.pop(job_id, 0)
-        self.used -= n
-        return n
 
 
 # --------------------------------------------------------------------------------------------- decisions

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from runtime.agents.costmodel import StepCost
-from runtime.agents.job import Job, KVState
+from runtime.agents.job import Job, KVState, Phase
 
 OUTPUT_ESTIMATORS = ("oracle", "online")
 
@@ -44,6 +44,10 @@ class Predictor:
     _api_all: RunningMean = field(default_factory=RunningMean, init=False, repr=False)
     _out: dict[str, RunningMean] = field(default_factory=dict, init=False, repr=False)
     _out_all: RunningMean = field(default_factory=RunningMean, init=False, repr=False)
+    _prefill_cache: dict[int, float] = field(default_factory=dict, init=False, repr=False)
+    _job_lengths: dict[str, list[int]] = field(default_factory=dict, init=False, repr=False)
+    _remaining: dict[str, list[float]] = field(default_factory=dict, init=False, repr=False)
+    min_length_samples: int = 20  # finished jobs of a kind before its own length distribution is used
 
     def __post_init__(self) -> None:
         if self.output_estimator not in OUTPUT_ESTIMATORS:
@@ -56,7 +60,10 @@ class Predictor:
 
     # ----------------------------------------------------------------------------------- compute time
     def prefill_s(self, tokens: int) -> float:
-        return float(np.interp(tokens, self._table_x, self._table_y))
+        t = self._prefill_cache.get(tokens)
+        if t is None:
+            t = self._prefill_cache[tokens] = float(np.interp(tokens, self._table_x, self._table_y))
+        return t
 
     def output_tokens(self, job: Job) -> float:
         if self.output_estimator == "oracle":
@@ -79,6 +86,28 @@ class Predictor:
 
     def recompute_s(self, tokens: int) -> float:
         return self.prefill_s(tokens)
+
+    # ----------------------------------------------------------------------------------- job length
+    def remaining_segments(self, job: Job) -> float:
+        """Expected segments left including the current one, E[N - k | N > k], from finished jobs of the same
+        kind (the category of the job's first tool call, known once its first segment has run)."""
+        key = self._job_key(job)
+        if len(self._job_lengths.get(key, ())) < self.min_length_samples:
+            key = "*"
+        table = self._remaining.get(key)
+        if table is None:
+            table = self._remaining[key] = _mean_residual(self._job_lengths.get(key, []))
+        return table[job.seg] if job.seg < len(table) else 1.0
+
+    def observe_job_done(self, job: Job) -> None:
+        n = len(job.segments)
+        for key in (self._job_key(job), "*"):
+            self._job_lengths.setdefault(key, []).append(n)
+            self._remaining.pop(key, None)
+
+    @staticmethod
+    def _job_key(job: Job) -> str:
+        return job.segments[0].api_category if job.seg > 0 or job.phase is Phase.DONE else "*"
 
     # ----------------------------------------------------------------------------------- API time
     def api_s(self, category: str, elapsed_s: float = 0.0) -> float:
@@ -115,3 +144,17 @@ class Predictor:
     def _out_key(job: Job) -> str:
         # A segment's length is best predicted by what fed it: the tool whose output it consumes.
         return job.segments[job.seg - 1].api_category if job.seg > 0 else ""
+
+
+def _mean_residual(lengths: list[int]) -> list[float]:
+    """table[k] = mean of (n - k) over lengths n > k: expected segments left once k have finished."""
+    if not lengths:
+        return []
+    counts = np.bincount(np.asarray(lengths))
+    n = np.arange(len(counts))
+    table = []
+    for k in range(len(counts)):
+        c = counts[k + 1:]
+        total = c.sum()
+        table.append(float((c * (n[k + 1:] - k)).sum() / total) if total else 1.0)
+    return table

@@ -243,8 +243,8 @@ class EngineSim:
                 if may_evict and victims is None:
                     victims = self._victims(forced=not self.running)
                 if not (may_evict and self._make_room(need + extra + reserved, victims, exclude=job)):
-                    if self.policy.packs:
-                        continue
+                    if self.policy.packs and self.pool.free > reserved:
+                        continue  # a smaller segment further down may still fit
                     break
             reserved += extra
             admitted.add(id(job))
@@ -406,6 +406,7 @@ class EngineSim:
             self.pool.release_to_cache(job.job_id, job.kv_tokens)
             job.kv = KVState.NONE
             job.kv_tokens = 0
+            self.pred.observe_job_done(job)
             self.on_job_done(job)
             return
         job.phase = Phase.TOOL

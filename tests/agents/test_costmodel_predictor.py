@@ -10,7 +10,7 @@ from runtime.agents.costmodel import (
     get_profile,
     prefill_pairs,
 )
-from runtime.agents.job import Job, KVState, Segment
+from runtime.agents.job import Job, KVState, Phase, Segment
 from runtime.agents.predictor import Predictor
 
 COST = StepCost(base_s=0.006, token_s=3e-5, kv_read_s=5e-8, attn_pair_s=1e-12)
@@ -101,3 +101,18 @@ def test_api_time_is_learned_online_per_category():
     assert pred.api_s("db") == 2.0  # unseen category: mean of everything seen
     assert pred.api_s("web", elapsed_s=0.5) == 1.5
     assert pred.api_s("web", elapsed_s=5.0) == 5.0  # overdue: expect as long again
+
+
+def test_remaining_segments_learned_from_finished_jobs_of_the_same_kind():
+    pred = Predictor(COST, min_length_samples=2)
+    fresh = _job(outputs=(5, 5, 5), cats=("web", "web", ""), times=(1.0, 1.0, 0.0))
+    assert pred.remaining_segments(fresh) == 1.0  # nothing learned yet
+    for n in (2, 4):
+        done = _job(outputs=(5,) * n, cats=("web",) * (n - 1) + ("",), times=(1.0,) * (n - 1) + (0.0,))
+        done.seg, done.phase = n - 1, Phase.DONE
+        pred.observe_job_done(done)
+    assert pred.remaining_segments(fresh) == 3.0  # (2 + 4) / 2 at k = 0
+    fresh.seg = 2  # only the 4-segment job got past 2 segments
+    assert pred.remaining_segments(fresh) == 2.0
+    fresh.seg = 7
+    assert pred.remaining_segments(fresh) == 1.0

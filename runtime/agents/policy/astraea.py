@@ -19,8 +19,7 @@ cheaper a prefill token is than a decode step, so that a long prompt alone does 
 
 from dataclasses import dataclass
 
-from runtime.agents.job import KVState
-from runtime.agents.kv import KVAction, KVDecision, WatermarkKVManager, astraea_waste
+from runtime.agents.kv import KVDecision, WatermarkKVManager, astraea_waste
 from runtime.agents.policy.base import Policy, PolicyContext, SegmentStats
 
 
@@ -32,6 +31,7 @@ class AstraeaConfig:
     aging_ratio: float = 16.0  # response ratio at which a lowest-queue job moves back to Q0
     high_watermark: float = 0.9
     t_proc_includes_api: bool = False
+    job_level_hrrn: bool = True  # T_proc = this segment x predicted remaining segments (False: this segment only)
 
     def __post_init__(self):
         if self.num_queues < 1:
@@ -68,6 +68,8 @@ class Astraea(Policy):
 
     def t_proc(self, job) -> float:
         t = self.pred.compute_s(job)
+        if self.cfg.job_level_hrrn:
+            t *= self.pred.remaining_segments(job)
         if self.cfg.t_proc_includes_api and not job.is_last_segment:
             t += self.pred.api_s(job.current.api_category)
         return max(t, 1e-6)
@@ -111,16 +113,4 @@ class Astraea(Policy):
         return KVDecision(action)
 
     def evict_candidates(self, idle, now, view, forced):
-        scored = []
-        for j in idle:
-            if j.kv is not KVState.PRESERVED:
-                continue
-            w = self._waste(j, self.remaining_api_s(j, now), view)
-            action = w.best(self.swap_ok(j, view))
-            if action is KVAction.PRESERVE:
-                if not forced:
-                    continue
-                action = KVAction.SWAP if self.swap_ok(j, view) and w.swap < w.discard else KVAction.DISCARD
-            scored.append((w.preserve - min(w.discard, w.swap), j, action))
-        scored.sort(key=lambda s: -s[0])
-        return [(j, a) for _, j, a in scored]
+        return self.rank_by_waste(idle, now, view, forced, self._waste)

@@ -8,11 +8,12 @@ allocation, transfers) is the engine's business, so a policy is a few dozen line
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from runtime.agents.costmodel import DeploymentProfile
 from runtime.agents.job import Job, KVState, Phase
-from runtime.agents.kv import KVAction, KVDecision, MemoryView, blocks_for
+from runtime.agents.kv import KVAction, KVDecision, MemoryView, Waste, blocks_for
 from runtime.agents.predictor import Predictor
 
 
@@ -77,6 +78,26 @@ class Policy:
             return []
         ranked = sorted(idle, key=lambda j: -self.remaining_api_s(j, now))
         return [(j, KVAction.DISCARD) for j in ranked]
+
+    def rank_by_waste(self, idle: list[Job], now: float, view: MemoryView, forced: bool,
+                      waste: Callable[[Job, float, MemoryView], Waste]) -> list[tuple[Job, KVAction]]:
+        """Preserved jobs ranked by how much more keeping their KV wastes than the best alternative.
+
+        Unforced, only jobs whose least-waste option is not PRESERVE are offered; forced (a running segment needs
+        the room), every preserved job is, each with the cheaper of swap and discard."""
+        scored = []
+        for j in idle:
+            if j.kv is not KVState.PRESERVED:
+                continue
+            w = waste(j, self.remaining_api_s(j, now), view)
+            action = w.best(self.swap_ok(j, view))
+            if action is KVAction.PRESERVE:
+                if not forced:
+                    continue
+                action = KVAction.SWAP if self.swap_ok(j, view) and w.swap < w.discard else KVAction.DISCARD
+            scored.append((w.preserve - min(w.discard, w.swap), j, action))
+        scored.sort(key=lambda s: -s[0])
+        return [(j, a) for _, j, a in scored]
 
     # ------------------------------------------------------------------------------ shared helpers
     def remaining_api_s(self, job: Job, now: float) -> float:

@@ -5,8 +5,7 @@ InferCept does (it minimises memory waste, not latency). Under pressure it re-ev
 up the most wasteful first; swaps compete for the link, whose backlog enters T_swap.
 """
 
-from runtime.agents.job import KVState
-from runtime.agents.kv import KVAction, KVDecision, infercept_waste
+from runtime.agents.kv import KVDecision, infercept_waste
 from runtime.agents.policy.base import Policy
 
 
@@ -26,14 +25,4 @@ class InferCept(Policy):
         return KVDecision(self._waste(job, t_int, view).best(self.swap_ok(job, view)))
 
     def evict_candidates(self, idle, now, view, forced):
-        scored = []
-        for j in idle:
-            w = self._waste(j, self.remaining_api_s(j, now), view)
-            action = w.best(self.swap_ok(j, view))
-            if action is KVAction.PRESERVE:
-                if not forced:
-                    continue
-                action = KVAction.SWAP if self.swap_ok(j, view) and w.swap < w.discard else KVAction.DISCARD
-            scored.append((w.preserve - min(w.discard, w.swap), j, action))
-        scored.sort(key=lambda s: -s[0])
-        return [(j, a) for _, j, a in scored if j.kv is KVState.PRESERVED]
+        return self.rank_by_waste(idle, now, view, forced, self._waste)
