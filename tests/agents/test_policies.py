@@ -161,3 +161,20 @@ def test_astraea_config_validation():
         AstraeaConfig(num_queues=0)
     with pytest.raises(ValueError, match="aging_ratio"):
         AstraeaConfig(aging_ratio=1.0)
+
+
+def test_config_overrides_are_typed_and_checked(ctx):
+    from runtime.agents.policy import make_config
+
+    cfg = make_config("astraea", {"high_watermark": "0.8", "num_queues": "2", "job_level_hrrn": "false"})
+    assert cfg == AstraeaConfig(high_watermark=0.8, num_queues=2, job_level_hrrn=False)
+    assert make_config("plas", {"thresholds_s": "1/2"}).thresholds_s == (1.0, 2.0)
+    assert make_policy("astraea", ctx, {"num_queues": 2}).cfg.num_queues == 2
+    with pytest.raises(ValueError, match="no field 'colour'"):
+        make_config("astraea", {"colour": "1"})
+    with pytest.raises(ValueError, match="field 'num_queues': cannot use 'x'"):
+        make_config("astraea", {"num_queues": "x"})
+    with pytest.raises(ValueError, match="'fcfs' has no configuration"):
+        make_config("fcfs", {"a": "1"})
+    with pytest.raises(ValueError, match="high_watermark must be in"):
+        make_config("astraea", {"high_watermark": "1.5"})

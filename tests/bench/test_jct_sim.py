@@ -11,6 +11,7 @@ from tests.conftest import make_table
 def test_sweep_writes_rows_table_and_plots(tmp_path):
     out = tmp_path / "res.json"
     rc = jct_sim.main(["--mix", "bfcl", "--jobs", "30", "--rate", "3", "--policies", "fcfs,astraea",
+                       "--policy-config", "astraea.high_watermark=0.8",
                        "--rate-scales", "1,4", "--seeds", "0,1", "--output-estimator", "oracle,online",
                        "--workers", "1", "--out", str(out)])
     assert rc == 0
@@ -20,6 +21,7 @@ def test_sweep_writes_rows_table_and_plots(tmp_path):
         assert set(ROW_FIELDS) <= set(row)
         assert row["jobs"] == 30 and row["avg_jct_s"] > 0
         assert row["p50_jct_s"] <= row["p90_jct_s"] <= row["p99_jct_s"]
+        assert row["policy_config"] == ({"high_watermark": "0.8"} if row["policy"] == "astraea" else {})
     fcfs = [a for a in data["summary"] if a["policy"] == "fcfs"]
     assert all(a["avg_vs_fcfs"] == pytest.approx(1.0) for a in fcfs)
     assert "| astraea |" in out.with_suffix(".md").read_text()
@@ -45,6 +47,8 @@ def test_any_trace_in_the_schema_works_including_unknown_categories(tmp_path):
     (["--mix", "swe", "--rate-scales", "a"], "cannot parse"),
     (["--mix", "swe", "--output-estimator", "crystal"], "unknown ['crystal']"),
     ([], "give --trace FILE or --mix NAME"),
+    (["--mix", "swe", "--policy-config", "astraea.bogus=1"], "no field 'bogus'"),
+    (["--mix", "swe", "--policy-config", "astraea=1"], "expected POLICY.FIELD=VALUE"),
 ])
 def test_bad_arguments_are_named(argv, msg, capsys):
     with pytest.raises(SystemExit):

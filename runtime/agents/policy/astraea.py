@@ -40,6 +40,8 @@ class AstraeaConfig:
             raise ValueError("base_quota_tokens must be > 0 and quota_growth >= 1")
         if self.aging_ratio <= 1:
             raise ValueError(f"aging_ratio must be > 1, got {self.aging_ratio}")
+        if not 0.0 < self.high_watermark <= 1.0:
+            raise ValueError(f"high_watermark must be in (0, 1], got {self.high_watermark}")
 
 
 class Astraea(Policy):
@@ -67,6 +69,9 @@ class Astraea(Policy):
             job.level = max(job.level - 1, 0)
 
     def t_proc(self, job) -> float:
+        return self.per_state(job, "astraea_t_proc", self._t_proc)
+
+    def _t_proc(self, job) -> float:
         t = self.pred.compute_s(job)
         if self.cfg.job_level_hrrn:
             t *= self.pred.remaining_segments(job)

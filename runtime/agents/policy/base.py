@@ -100,6 +100,17 @@ class Policy:
         return [(j, a) for _, j, a in scored]
 
     # ------------------------------------------------------------------------------ shared helpers
+    def per_state(self, job: Job, name: str, fn: Callable[[Job], float]) -> float:
+        """fn(job), cached until the job's segment or KV changes or the predictor's estimates move: queues are
+        re-sorted at every admission pass, and most of their members have not changed since the last one."""
+        key = (job.seg, job.kv, job.kv_tokens, job.seg_generated, self.pred.version)
+        hit = job.policy_state.get(name)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        value = fn(job)
+        job.policy_state[name] = (key, value)
+        return value
+
     def remaining_api_s(self, job: Job, now: float) -> float:
         if job.kv is KVState.PRESERVED and job.phase is Phase.TOOL:
             cat = job.segments[job.seg - 1].api_category

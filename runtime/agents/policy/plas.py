@@ -27,7 +27,7 @@ class Plas(Policy):
         return sum(attained_s >= t for t in self.cfg.thresholds_s)
 
     def key(self, job, now):
-        t_call = self.pred.compute_s(job)
+        t_call = self.per_state(job, "compute_s", self.pred.compute_s)
         starving = job.waited_now(now) / max(job.attained_s + t_call, 1e-6) >= self.cfg.beta
         level = 0 if starving else self._bin(job.attained_s)
         return (level, job.ready_since)

@@ -7,5 +7,8 @@ class Sjf(Policy):
     name = "sjf"
 
     def key(self, job, now):
+        return self.per_state(job, "sjf_key", self._service_s)
+
+    def _service_s(self, job):
         uncached = self.pred.uncached_tokens(job)
         return self.pred.prefill_s(uncached) + job.current.output_tokens * self.pred.decode_s_per_token
