@@ -2,9 +2,9 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
-EXTRAS  ?= dev
+EXTRAS  ?= dev,cpu
 
-.PHONY: install run test bench lint clean
+.PHONY: install run test bench lint model clean
 
 $(STAMP):
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -29,6 +29,9 @@ test: $(STAMP)  ## the whole suite
 bench: $(STAMP)  ## the committed simulator benchmarks (bench/results/) and the target check
 	$(PY) -m bench.reproduce
 	$(PY) -m bench.targets bench/results/jct_sim_*.json
+
+model: $(STAMP)  ## local random-weight models + tokenizers under models/ (no downloads)
+	HF_HUB_OFFLINE=1 $(PY) -m agentriver model --preset tiny --preset small
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -1,9 +1,10 @@
-"""`agentriver` / `python -m agentriver`: trace generation and validation, single simulations, benchmarks."""
+"""`agentriver` / `python -m agentriver`: traces, single simulations, benchmarks, local models."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from runtime.agents.costmodel import PROFILES, get_profile
 from runtime.agents.metrics import summarize
@@ -40,6 +41,20 @@ def _sim(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model(args: argparse.Namespace) -> int:
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from runtime.engine.tiny_model import build_model, get_preset
+
+    for name in args.preset:
+        preset = get_preset(name)
+        out = build_model(preset, Path(args.models_dir) / name, seed=args.seed, force=args.force)
+        print(f"{out}: {name} ({preset.params / 1e6:.1f} M parameters, {preset.num_layers} layers x "
+              f"{preset.hidden_size}, KV {preset.kv_bytes_per_token} B/token)")
+    return 0
+
+
 def _bench_sim(rest: list[str]) -> int:
     from bench import jct_sim
 
@@ -69,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--rate-scale", type=float, default=1.0)
     s.add_argument("--engines", type=int, default=1)
     s.set_defaults(fn=_sim)
+
+    m = sub.add_parser("model", help="build local random-weight models + tokenizers (no downloads)")
+    m.add_argument("--preset", action="append", required=True, help="tiny or small (repeatable)")
+    m.add_argument("--models-dir", default="models")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--force", action="store_true", help="rebuild even if an identical build exists")
+    m.set_defaults(fn=_model)
 
     sub.add_parser("bench-sim", help="the simulated JCT benchmark (all flags of python -m bench.jct_sim)",
                    add_help=False)
