@@ -1,0 +1,96 @@
+"""`VllmEngine`: one unmodified vLLM `AsyncLLM` with this runtime's scheduler plugin, driven with token ids.
+
+Agent jobs talk to it one segment at a time: a segment is the job's full context as token ids plus the number of
+tokens to generate (greedy, `ignore_eos`, so lengths are exactly the trace's). Prefix caching is on, as users run
+vLLM, so a resubmitted context hits whatever blocks the LRU kept.
+
+vLLM starts its engine core in a spawned process: scripts that create a `VllmEngine` need an
+`if __name__ == "__main__":` guard. Its output handler lives on the event loop of the first `generate` call, so an
+engine serves one event loop for its whole life.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from runtime.engine.vllm_scheduler import STEP_LOG_ENV, check_vllm_version
+
+PLUGINS = {"steplog": "runtime.engine.vllm_scheduler.StepLogScheduler"}
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model: str
+    kv_cache_gib: int = 1  # VLLM_CPU_KVCACHE_SPACE (whole GiB) on CPU
+    kv_blocks: int | None = None  # cap the KV pool to this many blocks (num_gpu_blocks_override): real pressure
+    max_model_len: int = 4096
+    max_num_seqs: int = 32
+    max_num_batched_tokens: int = 2048
+    block_size: int = 32  # vLLM's CPU backend needs a multiple of 32
+    plugin: str = "steplog"
+    step_log: str | None = None  # JSONL path for the per-iteration step log
+
+    def __post_init__(self) -> None:
+        if not Path(self.model, "config.json").exists():
+            raise FileNotFoundError(f"model directory {self.model!r} has no config.json (build it with `make model`)")
+        if self.plugin not in PLUGINS:
+            raise ValueError(f"unknown scheduler plugin '{self.plugin}'; choose one of {sorted(PLUGINS)}")
+        if self.block_size % 32:
+            raise ValueError(f"block_size must be a multiple of 32 on vLLM's CPU backend, got {self.block_size}")
+        if not isinstance(self.kv_cache_gib, int) or self.kv_cache_gib < 1:
+            raise ValueError(f"kv_cache_gib must be a whole number of GiB >= 1, got {self.kv_cache_gib!r}")
+        if self.kv_blocks is not None and self.kv_blocks * self.block_size < self.max_model_len:
+            raise ValueError(f"kv_blocks={self.kv_blocks} x block_size={self.block_size} cannot hold one request of "
+                             f"max_model_len={self.max_model_len}")
+
+
+class VllmEngine:
+    def __init__(self, config: EngineConfig):
+        check_vllm_version()
+        self.config = config
+        self._llm = None
+
+    def start(self) -> VllmEngine:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        c = self.config
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(c.kv_cache_gib)
+        if c.step_log:
+            os.environ[STEP_LOG_ENV] = str(Path(c.step_log).resolve())
+        else:
+            os.environ.pop(STEP_LOG_ENV, None)
+        args = AsyncEngineArgs(model=c.model, max_model_len=c.max_model_len, max_num_seqs=c.max_num_seqs,
+                               max_num_batched_tokens=c.max_num_batched_tokens, block_size=c.block_size,
+                               enable_prefix_caching=True, enforce_eager=True, scheduler_cls=PLUGINS[c.plugin],
+                               num_gpu_blocks_override=c.kv_blocks, disable_log_stats=True)
+        self._llm = AsyncLLM.from_engine_args(args)
+        return self
+
+    async def generate(self, prompt_token_ids: list[int], max_tokens: int, request_id: str | None = None
+                       ) -> list[int]:
+        """Greedy-generate exactly `max_tokens` tokens after `prompt_token_ids`."""
+        from vllm import SamplingParams
+
+        if self._llm is None:
+            raise RuntimeError("engine not started: call start() first")
+        if not prompt_token_ids:
+            raise ValueError("prompt_token_ids must not be empty")
+        if len(prompt_token_ids) + max_tokens > self.config.max_model_len:
+            raise ValueError(f"context {len(prompt_token_ids)} + {max_tokens} new tokens exceeds max_model_len "
+                             f"{self.config.max_model_len}")
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+        last = None
+        async for out in self._llm.generate({"prompt_token_ids": list(prompt_token_ids)}, params,
+                                            request_id or uuid.uuid4().hex):
+            last = out
+        return list(last.outputs[0].token_ids)
+
+    def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
