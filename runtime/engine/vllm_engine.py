@@ -16,9 +16,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.engine.vllm_scheduler import STEP_LOG_ENV, check_vllm_version
+from runtime.engine.job_hints import JobHint
+from runtime.engine.vllm_scheduler import POLICY_ENV, STEP_LOG_ENV, check_vllm_version
 
-PLUGINS = {"steplog": "runtime.engine.vllm_scheduler.StepLogScheduler"}
+PLUGINS = {"steplog": "runtime.engine.vllm_scheduler.StepLogScheduler",
+           "policy": "runtime.engine.vllm_scheduler.PolicyScheduler"}
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class EngineConfig:
     block_size: int = 32  # vLLM's CPU backend needs a multiple of 32
     plugin: str = "steplog"
     step_log: str | None = None  # JSONL path for the per-iteration step log
+    policy: str = "astraea"  # runtime.agents policy the "policy" plugin orders the waiting queue with
 
     def __post_init__(self) -> None:
         if not Path(self.model, "config.json").exists():
@@ -60,6 +63,7 @@ class VllmEngine:
         c = self.config
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(c.kv_cache_gib)
+        os.environ[POLICY_ENV] = c.policy
         if c.step_log:
             os.environ[STEP_LOG_ENV] = str(Path(c.step_log).resolve())
         else:
@@ -71,8 +75,8 @@ class VllmEngine:
         self._llm = AsyncLLM.from_engine_args(args)
         return self
 
-    async def generate(self, prompt_token_ids: list[int], max_tokens: int, request_id: str | None = None
-                       ) -> list[int]:
+    async def generate(self, prompt_token_ids: list[int], max_tokens: int, request_id: str | None = None,
+                       hint: JobHint | None = None) -> list[int]:
         """Greedy-generate exactly `max_tokens` tokens after `prompt_token_ids`."""
         from vllm import SamplingParams
 
@@ -86,7 +90,8 @@ class VllmEngine:
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
         last = None
         async for out in self._llm.generate({"prompt_token_ids": list(prompt_token_ids)}, params,
-                                            request_id or uuid.uuid4().hex):
+                                            request_id or uuid.uuid4().hex,
+                                            kv_hints=hint.envelope() if hint is not None else None):
             last = out
         return list(last.outputs[0].token_ids)
 

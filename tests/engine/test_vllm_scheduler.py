@@ -1,0 +1,51 @@
+"""The policy plugin re-orders a real vLLM engine's waiting queue with the simulator's policy objects."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runtime.engine.job_hints import HINT_TYPE, JobHint, hint_of
+from runtime.engine.tiny_model import build_model
+
+SCRIPT = Path(__file__).with_name("order_script.py")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return build_model("tiny", tmp_path_factory.mktemp("m") / "tiny")
+
+
+def _completion_order(model, policy, tmp_path) -> list[str]:
+    out = tmp_path / f"{policy}.json"
+    res = subprocess.run([sys.executable, str(SCRIPT), str(model), policy, str(out)], capture_output=True,
+                         text=True, timeout=420, cwd=Path(__file__).parents[2])
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["queued_while_blocked"], "set-up: the blocker finished before the others were queued"
+    return result["order"]
+
+
+def test_fcfs_keeps_vllms_order_and_astraea_serves_short_segments_first(tiny, tmp_path):
+    assert _completion_order(tiny, "fcfs", tmp_path) == ["blocker", "long", "short1", "short2"]
+    assert _completion_order(tiny, "astraea", tmp_path) == ["blocker", "short1", "short2", "long"]
+
+
+def test_hint_round_trip_and_validation():
+    hint = JobHint(job_id="j", arrival_s=1.0, seg=2, context_tokens=300, prompt_tokens=20, output_tokens=8,
+                   prev_category="search", first_category="search")
+    env = hint.envelope()
+    assert env.actions[0].action_type == HINT_TYPE
+
+    class Req:
+        kv_hints = env
+
+    assert hint_of(Req()) == hint
+    Req.kv_hints = None
+    assert hint_of(Req()) is None
+    with pytest.raises(ValueError, match="output_tokens >= 1"):
+        JobHint(job_id="j", arrival_s=0.0, seg=0, context_tokens=0, prompt_tokens=1, output_tokens=0)
+    with pytest.raises(ValueError, match="job_id"):
+        JobHint(job_id="", arrival_s=0.0, seg=0, context_tokens=0, prompt_tokens=1, output_tokens=1)
