@@ -193,13 +193,14 @@ def plot(agg: list[dict], cdfs: dict, stem: Path, title: str) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colors = {p: plt.get_cmap("tab10")(i) for i, p in enumerate(POLICIES)}
+    names = list(POLICIES) + sorted({a["policy"] for a in agg} - set(POLICIES))  # e.g. "vllm" from jct_real
+    colors = {p: plt.get_cmap("tab10")(i % 10) for i, p in enumerate(names)}
     series = {}
     for a in agg:
         series.setdefault((a["policy"], a["estimator"]), []).append((a["load"], a["avg_jct_s"]))
     paths = []
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for (pol, est), pts in sorted(series.items(), key=lambda kv: (list(POLICIES).index(kv[0][0]), kv[0][1])):
+    for (pol, est), pts in sorted(series.items(), key=lambda kv: (names.index(kv[0][0]), kv[0][1])):
         pts.sort()
         oracle = dict(series.get((pol, "oracle"), []))
         if est != "oracle" and oracle and all(abs(y - oracle.get(x, -1)) <= 1e-3 * y for x, y in pts):

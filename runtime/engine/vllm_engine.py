@@ -45,9 +45,10 @@ class EngineConfig:
             raise ValueError(f"block_size must be a multiple of 32 on vLLM's CPU backend, got {self.block_size}")
         if not isinstance(self.kv_cache_gib, int) or self.kv_cache_gib < 1:
             raise ValueError(f"kv_cache_gib must be a whole number of GiB >= 1, got {self.kv_cache_gib!r}")
-        if self.kv_blocks is not None and self.kv_blocks * self.block_size < self.max_model_len:
+        if self.kv_blocks is not None and (self.kv_blocks - 1) * self.block_size < self.max_model_len:
+            # vLLM keeps one block back (the null block)
             raise ValueError(f"kv_blocks={self.kv_blocks} x block_size={self.block_size} cannot hold one request of "
-                             f"max_model_len={self.max_model_len}")
+                             f"max_model_len={self.max_model_len} (vLLM also keeps one block back)")
 
 
 class VllmEngine:
@@ -94,6 +95,11 @@ class VllmEngine:
                                             kv_hints=hint.envelope() if hint is not None else None):
             last = out
         return list(last.outputs[0].token_ids)
+
+    async def reset_prefix_cache(self) -> None:
+        """Forget cached prefixes, so a repeated replay starts as cold as the first."""
+        if self._llm is not None:
+            await self._llm.reset_prefix_cache()
 
     def shutdown(self) -> None:
         if self._llm is not None:
