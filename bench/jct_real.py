@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from bench.jct_sim import plot
 from runtime.agents.metrics import jct_summary
@@ -78,8 +79,10 @@ async def _run_policy(args, policy: str, table) -> list[tuple[dict, list[float]]
                 jobs = fit_to_context(jobs_from_table(table, rate_scale=scale), args.max_model_len)
                 await engine.reset_prefix_cache()
                 t0 = time.monotonic()
-                res = await replay(engine.generate, jobs, vocab=vocab, tool_time_scale=args.tool_time_scale,
-                                   hints=policy != "vllm")
+                with tqdm(total=len(jobs), desc=f"{policy} load {scale:g} seed {seed}", unit="job",
+                          file=sys.stderr) as bar:
+                    res = await replay(engine.generate, jobs, vocab=vocab, tool_time_scale=args.tool_time_scale,
+                                       hints=policy != "vllm", on_done=lambda _: bar.update(1))
                 wall = time.monotonic() - t0
                 jcts = [r.jct_s for r in res]
                 row = {"policy": policy, "load": scale, "seed": seed, "jobs": len(res), **jct_summary(np.array(jcts)),

@@ -65,8 +65,9 @@ def fit_to_context(jobs: list[Job], max_model_len: int) -> list[Job]:
 
 
 async def replay(generate: Generate, jobs: list[Job], *, vocab: int, tool_time_scale: float = 1.0,
-                 hints: bool = False) -> list[JobResult]:
-    """Run every job to completion; `hints` attaches a JobHint to each request (for the policy plugin)."""
+                 hints: bool = False, on_done: Callable[[JobResult], None] | None = None) -> list[JobResult]:
+    """Run every job to completion; `hints` attaches a JobHint to each request (for the policy plugin);
+    `on_done` is called as each job finishes (progress bars)."""
     if tool_time_scale < 0:
         raise ValueError(f"tool_time_scale must be >= 0, got {tool_time_scale}")
     start = time.monotonic()
@@ -94,6 +95,9 @@ async def replay(generate: Generate, jobs: list[Job], *, vocab: int, tool_time_s
             produced += len(out)
             if seg.api_category:
                 await asyncio.sleep(seg.api_time_s * tool_time_scale)
-        return JobResult(job.job_id, job.arrival_s, time.monotonic() - start, len(job.segments), produced)
+        result = JobResult(job.job_id, job.arrival_s, time.monotonic() - start, len(job.segments), produced)
+        if on_done is not None:
+            on_done(result)
+        return result
 
     return list(await asyncio.gather(*(run(j) for j in jobs)))
