@@ -128,10 +128,6 @@ class Predictor:
         # for calls of unknown length), which keeps long-tailed calls from being predicted as ending now.
         return mean - elapsed_s if elapsed_s < mean else elapsed_s
 
-    def api_samples(self, category: str) -> int:
-        est = self._api.get(category)
-        return est.n if est else 0
-
     # ----------------------------------------------------------------------------------- observations
     def observe_api(self, category: str, duration_s: float) -> None:
         self._api.setdefault(category, RunningMean()).add(duration_s)

@@ -17,7 +17,7 @@ import heapq
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from runtime.agents.costmodel import DeploymentProfile, prefill_pairs
 from runtime.agents.job import Job, KVState, Phase
@@ -469,7 +469,6 @@ class SimResult:
     makespan_s: float
     wall_s: float
     gpu_kv_tokens: int
-    extra: dict = field(default_factory=dict)
 
 
 def validate_fits(jobs: list[Job], profile: DeploymentProfile) -> None:

@@ -30,7 +30,8 @@ SUPPORTED_VLLM = "0.32."
 STEP_LOG_ENV = "AGENTRIVER_STEP_LOG"  # JSONL file the plugin appends one StepRecord per iteration to
 POLICY_ENV = "AGENTRIVER_POLICY"  # runtime.agents policy name for PolicyScheduler
 COST_ENV = "AGENTRIVER_COST"  # JSON of StepCost fields (e.g. fitted from a step log) for the predictor
-# Fitted from a step log of the `small` model on this 2-core CPU class; only relative times matter for ordering.
+# Hand-set placeholder for CPU engines (not fitted): only relative service times matter for ordering. Pass a
+# cost fitted from the step log (`costmodel.fit`) through AGENTRIVER_COST for real predictions.
 CPU_DEFAULT_COST = StepCost(base_s=3e-3, token_s=2e-5, kv_read_s=1e-8, attn_pair_s=1e-10)
 
 
@@ -185,7 +186,7 @@ class PolicyScheduler(StepLogScheduler):
         return job
 
     def _reorder(self) -> None:
-        if self.policy_is_fcfs or not isinstance(self.waiting, deque) or len(self.waiting) < 2:
+        if self.policy.name == "fcfs" or not isinstance(self.waiting, deque) or len(self.waiting) < 2:
             return
         hinted = [r for r in self.waiting if r.request_id in self._live]
         if len(hinted) < 2:
@@ -195,10 +196,6 @@ class PolicyScheduler(StepLogScheduler):
         rest = [r for r in self.waiting if r.request_id not in self._live]
         self.waiting.clear()
         self.waiting.extend(ordered + rest)
-
-    @property
-    def policy_is_fcfs(self) -> bool:
-        return self.policy.name == "fcfs"
 
 
 def read_step_log(path: str | os.PathLike) -> list[StepRecord]:
