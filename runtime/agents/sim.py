@@ -161,15 +161,18 @@ class EngineSim:
                 self.push(self.now + ttl_s, _TTL, job, job.seg)
         elif action is KVAction.SWAP:
             self.counters.swap += 1
-            start = max(self.now, self.link_free_s)
-            self.link_free_s = start + self.profile.swap_s(job.kv_tokens)
             job.kv = KVState.SWAPPING_OUT
-            self.push(self.link_free_s, _SWAP_OUT_DONE, job)
+            self.push(self._transfer(job.kv_tokens), _SWAP_OUT_DONE, job)
         else:
             self.counters.discard += 1
             self.pool.release_to_cache(job.job_id, job.kv_tokens)
             job.kv = KVState.DISCARDED
             job.kv_tokens = 0
+
+    def _transfer(self, tokens: int) -> float:
+        """Queue a KV transfer of `tokens` on the serial GPU<->CPU link; returns when it completes."""
+        self.link_free_s = max(self.now, self.link_free_s) + self.profile.swap_s(tokens)
+        return self.link_free_s
 
     def _victims(self, forced: bool) -> Iterator[tuple[Job, KVAction]]:
         """Idle KV in the policy's eviction order, ranked once and consumed lazily."""
@@ -288,12 +291,10 @@ class EngineSim:
             self._set_idle(job, False)
         if job.kv is KVState.SWAPPED:
             self.pool.allocate(job.job_id, need)
-            start = max(self.now, self.link_free_s)
-            self.link_free_s = start + self.profile.swap_s(job.kv_tokens)
             job.kv = KVState.SWAPPING_IN
             job.phase = Phase.RUNNING
             self.swapping_in += 1
-            self.push(self.link_free_s, _SWAP_IN_DONE, job)
+            self.push(self._transfer(job.kv_tokens), _SWAP_IN_DONE, job)
             return 0
         if job.kv in (KVState.NONE, KVState.DISCARDED):
             hit_blocks = self.pool.take_cached(job.job_id)
