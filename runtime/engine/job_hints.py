@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 HINT_TYPE = "agentriver.job"
 HINT_VERSION = "1"
+KV_ACTIONS = ("", "preserve", "swap", "discard")
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,10 @@ class JobHint:
     output_tokens: int  # tokens it will generate (the segment oracle, like the simulator's default)
     prev_category: str = ""  # tool whose output this segment consumes ("" for the first segment)
     first_category: str = ""  # the job's first tool ("" until known)
+    tool_category: str = ""  # tool the job calls when this segment ends ("" if none or not yet known)
     last: bool = False  # the job ends with this segment (when the caller knows)
+    kv_action: str = ""  # preserve|swap|discard: the caller's choice for the KV at this segment's tool call
+    # ("" lets the engine's KV manager decide; a caller may know a tool call will be long, e.g. a human reply)
 
     def __post_init__(self) -> None:
         if not self.job_id:
@@ -31,6 +35,9 @@ class JobHint:
         if self.seg < 0 or self.context_tokens < 0 or self.prompt_tokens < 0 or self.output_tokens < 1:
             raise ValueError(f"JobHint for job {self.job_id!r}: seg, context and prompt tokens must be >= 0 and "
                              f"output_tokens >= 1")
+        if self.kv_action not in KV_ACTIONS:
+            raise ValueError(f"JobHint for job {self.job_id!r}: kv_action must be one of {KV_ACTIONS}, "
+                             f"got {self.kv_action!r}")
 
     def envelope(self):
         from vllm.v1.kv_hints import KvHintAction, KvHintsEnvelope

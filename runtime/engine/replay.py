@@ -86,6 +86,7 @@ async def replay(generate: Generate, jobs: list[Job], *, vocab: int, tool_time_s
                                output_tokens=seg.output_tokens,
                                prev_category=job.segments[seg.index - 1].api_category if seg.index else "",
                                first_category=job.segments[0].api_category if seg.index else "",
+                               tool_category=seg.api_category,
                                last=seg.index == len(job.segments) - 1)
             out = await generate(context, seg.output_tokens, hint=hint)
             if len(out) != seg.output_tokens:

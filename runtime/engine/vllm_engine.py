@@ -16,8 +16,14 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.engine.host_swap import CONNECTOR_NAME, MODULE_PATH
 from runtime.engine.job_hints import JobHint
-from runtime.engine.vllm_scheduler import POLICY_ENV, STEP_LOG_ENV, check_vllm_version
+from runtime.engine.vllm_scheduler import (
+    KV_LOG_ENV,
+    POLICY_ENV,
+    STEP_LOG_ENV,
+    check_vllm_version,
+)
 
 PLUGINS = {"steplog": "runtime.engine.vllm_scheduler.StepLogScheduler",
            "policy": "runtime.engine.vllm_scheduler.PolicyScheduler"}
@@ -35,6 +41,8 @@ class EngineConfig:
     plugin: str = "steplog"
     step_log: str | None = None  # JSONL path for the per-iteration step log
     policy: str = "astraea"  # runtime.agents policy the "policy" plugin orders the waiting queue with
+    host_swap_blocks: int = 0  # host memory for swapped KV, in blocks (0: no swap; the KV manager never picks it)
+    kv_log: str | None = None  # JSONL path for KV events (decisions, releases, resumes and the tokens they reused)
 
     def __post_init__(self) -> None:
         if not Path(self.model, "config.json").exists():
@@ -49,6 +57,14 @@ class EngineConfig:
             # vLLM keeps one block back (the null block)
             raise ValueError(f"kv_blocks={self.kv_blocks} x block_size={self.block_size} cannot hold one request of "
                              f"max_model_len={self.max_model_len} (vLLM also keeps one block back)")
+        if self.host_swap_blocks < 0:
+            raise ValueError(f"host_swap_blocks must be >= 0, got {self.host_swap_blocks}")
+        if self.plugin != "policy" and (self.host_swap_blocks or self.kv_log):
+            raise ValueError("host_swap_blocks and kv_log need plugin='policy' (the KV manager lives there)")
+
+
+class UnknownJobError(ValueError):
+    """A segment claims to resume a job this engine has not seen (or skips one of its segments)."""
 
 
 class VllmEngine:
@@ -56,6 +72,7 @@ class VllmEngine:
         check_vllm_version()
         self.config = config
         self._llm = None
+        self._next_seg: dict[str, int] = {}  # job id -> the segment it may submit next
 
     def start(self) -> VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -65,14 +82,23 @@ class VllmEngine:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(c.kv_cache_gib)
         os.environ[POLICY_ENV] = c.policy
-        if c.step_log:
-            os.environ[STEP_LOG_ENV] = str(Path(c.step_log).resolve())
-        else:
-            os.environ.pop(STEP_LOG_ENV, None)
+        for env, value in ((STEP_LOG_ENV, c.step_log), (KV_LOG_ENV, c.kv_log)):
+            if value:
+                os.environ[env] = str(Path(value).resolve())
+            else:
+                os.environ.pop(env, None)
+        transfer = None
+        if c.host_swap_blocks:
+            from vllm.config import KVTransferConfig
+
+            transfer = KVTransferConfig(kv_connector=CONNECTOR_NAME, kv_connector_module_path=MODULE_PATH,
+                                        kv_role="kv_both",
+                                        kv_connector_extra_config={"host_blocks": c.host_swap_blocks})
         args = AsyncEngineArgs(model=c.model, max_model_len=c.max_model_len, max_num_seqs=c.max_num_seqs,
                                max_num_batched_tokens=c.max_num_batched_tokens, block_size=c.block_size,
                                enable_prefix_caching=True, enforce_eager=True, scheduler_cls=PLUGINS[c.plugin],
-                               num_gpu_blocks_override=c.kv_blocks, disable_log_stats=True)
+                               num_gpu_blocks_override=c.kv_blocks, disable_log_stats=True,
+                               kv_transfer_config=transfer)
         self._llm = AsyncLLM.from_engine_args(args)
         return self
 
@@ -88,18 +114,41 @@ class VllmEngine:
         if len(prompt_token_ids) + max_tokens > self.config.max_model_len:
             raise ValueError(f"context {len(prompt_token_ids)} + {max_tokens} new tokens exceeds max_model_len "
                              f"{self.config.max_model_len}")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+        claimed = self._claim_segment(hint) if hint is not None else None
         last = None
-        async for out in self._llm.generate({"prompt_token_ids": list(prompt_token_ids)}, params,
-                                            request_id or uuid.uuid4().hex,
-                                            kv_hints=hint.envelope() if hint is not None else None):
-            last = out
+        try:
+            async for out in self._llm.generate({"prompt_token_ids": list(prompt_token_ids)}, params,
+                                                request_id or uuid.uuid4().hex,
+                                                kv_hints=hint.envelope() if hint is not None else None):
+                last = out
+        except BaseException:
+            if claimed is not None:
+                self._next_seg[hint.job_id] = claimed  # the segment did not run: it may be submitted again
+            raise
         return list(last.outputs[0].token_ids)
 
-    async def reset_prefix_cache(self) -> None:
-        """Forget cached prefixes, so a repeated replay starts as cold as the first."""
-        if self._llm is not None:
-            await self._llm.reset_prefix_cache()
+    def _claim_segment(self, hint: JobHint) -> int:
+        """Segments of one job arrive in order, one at a time: the plugin's job history depends on it, and an
+        exception in the engine process would kill the engine, so the check happens here."""
+        expected = self._next_seg.get(hint.job_id, 0)
+        if hint.seg != expected:
+            known = f"its next segment is {expected}" if hint.job_id in self._next_seg else "it was never started"
+            raise UnknownJobError(f"job {hint.job_id!r}: segment {hint.seg} cannot run here; {known}")
+        if hint.last:
+            self._next_seg.pop(hint.job_id, None)
+        else:
+            self._next_seg[hint.job_id] = hint.seg + 1
+        return expected
+
+    async def reset_prefix_cache(self) -> bool:
+        """Forget cached prefixes, so a repeated replay starts as cold as the first. False (and nothing dropped)
+        while any block is held - by a running request or a preserved job's pin."""
+        if self._llm is None:
+            return False
+        return bool(await self._llm.reset_prefix_cache())
 
     def shutdown(self) -> None:
         if self._llm is not None:
