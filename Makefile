@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 EXTRAS  ?= dev,cpu
 
-.PHONY: install run test bench lint model clean
+.PHONY: install run test bench bench-real lint model clean
 
 $(STAMP):
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -28,7 +28,20 @@ test: $(STAMP)  ## the whole suite
 
 bench: $(STAMP)  ## the committed simulator benchmarks (bench/results/) and the target check
 	$(PY) -m bench.reproduce
-	$(PY) -m bench.targets bench/results/jct_sim_*.json
+	$(PY) -m bench.targets bench/results/jct_sim_*.json $(wildcard bench/results/jct_real_*.json)
+
+REAL := HF_HUB_OFFLINE=1 $(PY) -m bench.jct_real --model small --seeds 0 --kv-blocks 256
+bench-real: $(STAMP) models/small/config.json  ## the committed real-vLLM (CPU) benchmarks, ~25 min on 2 cores
+	$(PY) -m agentriver trace --mix infercept --jobs 24 --rate 0.25 --seed 0 --out build/traces/infercept24.parquet
+	$(PY) -m agentriver trace --mix infercept --jobs 96 --rate 2 --seed 1 --out build/traces/infercept96.parquet
+	$(REAL) --trace build/traces/infercept24.parquet --policies vllm,astraea --rate-scales 1,4 \
+		--tool-time-scale 0.1 --out bench/results/jct_real_infercept.json
+	$(REAL) --trace build/traces/infercept96.parquet --policies vllm,fcfs,astraea --rate-scales 4 --single-segment \
+		--out bench/results/jct_real_notools.json
+	$(PY) -m bench.targets bench/results/jct_sim_*.json bench/results/jct_real_*.json
+
+models/small/config.json: | $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m agentriver model --preset small
 
 model: $(STAMP)  ## local random-weight models + tokenizers under models/ (no downloads)
 	HF_HUB_OFFLINE=1 $(PY) -m agentriver model --preset tiny --preset small

@@ -1,11 +1,14 @@
-"""Check the issue's targets against committed jct_sim results and write bench/results/README.md.
+"""Check the issues' targets against committed benchmark results and write bench/results/README.md.
 
-    python -m bench.targets bench/results/jct_sim_infercept.json bench/results/jct_sim_swe.json ...
+    python -m bench.targets bench/results/jct_sim_*.json bench/results/jct_real_*.json
 
-For each result file (oracle estimator rows): the reference load is the lightest load at which fcfs's average JCT
-is 3-5x its light-load value (else the load closest to that window); there it checks astraea avg <= 0.70x fcfs
-and p99 <= fcfs p99; at every load it checks that astraea beats every other policy except the sjf oracle. It
-reports what it finds, wins and losses alike.
+jct_sim files (oracle estimator rows): the reference load is the lightest load at which fcfs's average JCT is 3-5x
+its light-load value (else the load closest to that window); there it checks astraea avg <= 0.70x fcfs and p99 <=
+fcfs p99; at every load it checks that astraea beats every other policy except the sjf oracle.
+jct_real files (real vLLM): at the heaviest load astraea avg <= 0.80x unmodified vllm and p99 not worse; every
+row's simulated average JCT within 15% of the measured one; on a run without tool calls (--single-segment),
+astraea's output tokens/s >= 0.97x vllm's at every load (and fcfs through the plugin, which isolates its
+overhead). It reports what it finds, wins and losses alike.
 """
 
 from __future__ import annotations
@@ -49,18 +52,48 @@ def check(path: Path) -> tuple[list[str], list[str]]:
     return lines, misses
 
 
+def check_real(path: Path) -> tuple[list[str], list[str]]:
+    data = json.loads(path.read_text())
+    rows = [r for r in data["rows"] if r["seed"] == min(r["seed"] for r in data["rows"])]
+    by = {(r["policy"], r["load"]): r for r in rows}
+    loads = sorted({r["load"] for r in rows})
+    checks = []
+    if data["meta"].get("single_segment"):
+        # fcfs through the plugin schedules like vLLM itself: its ratio is the plugin's overhead alone
+        for ld in loads:
+            for policy in ("fcfs", "astraea"):
+                if ("vllm", ld) in by and (policy, ld) in by:
+                    ratio = by[(policy, ld)]["tokens_per_s"] / by[("vllm", ld)]["tokens_per_s"]
+                    checks.append((ratio >= 0.97, f"no tool calls, load {ld:g}: {policy} (plugin) output tokens/s = "
+                                                  f"{ratio:.3f}x vllm (target >= 0.97)"))
+    else:
+        heavy = loads[-1]
+        v, a = by[("vllm", heavy)], by[("astraea", heavy)]
+        ratio, p99r = a["avg_jct_s"] / v["avg_jct_s"], a["p99_jct_s"] / v["p99_jct_s"]
+        checks += [(ratio <= 0.80, f"load {heavy:g}: astraea avg JCT = {ratio:.3f}x vllm (target <= 0.80)"),
+                   (p99r <= 1.0, f"load {heavy:g}: astraea p99 JCT = {p99r:.3f}x vllm (target <= 1.0)")]
+    for r in sorted(rows, key=lambda r: (r["load"], r["policy"])):
+        if "sim_error" in r:
+            checks.append((abs(r["sim_error"]) <= 0.15,
+                           f"simulator vs engine, {r['policy']} load {r['load']:g}: {r['sim_avg_jct_s']:.2f} s vs "
+                           f"{r['avg_jct_s']:.2f} s ({r['sim_error']:+.1%}, target within 15%)"))
+    lines = [("PASS " if ok else "MISS ") + text for ok, text in checks]
+    return lines, [f"{path.stem}: {text}" for ok, text in checks if not ok]
+
+
 def main(argv: list[str] | None = None) -> int:
     paths = [Path(p) for p in (argv if argv is not None else sys.argv[1:])]
     if not paths:
         raise SystemExit("give one or more jct_sim result files")
-    out = ["# Simulator benchmark results", "",
-           "Every file here was produced by `make bench` (`python -m bench.reproduce`); each table's first line is",
-           "its exact command. Plots: `*_jct_vs_load.png` (average JCT vs load), `*_cdf.png` (JCT CDF at the",
-           "heaviest load). This page is written by `python -m bench.targets` from the JSON files.", ""]
+    out = ["# Benchmark results", "",
+           "`jct_sim_*` come from `make bench` (`python -m bench.reproduce`, the simulator); `jct_real_*` from",
+           "`make bench-real` (real vLLM on this machine's CPU, the `small` model). Each table's first line is its",
+           "exact command. Plots: `*_jct_vs_load.png` (average JCT vs load), `*_cdf.png` (JCT CDF at the heaviest",
+           "load). This page is written by `python -m bench.targets` from the JSON files.", ""]
     all_misses = []
     for p in paths:
         data = json.loads(p.read_text())
-        lines, misses = check(p)
+        lines, misses = check_real(p) if "rows" in data else check(p)
         all_misses += misses
         out += [f"## {p.stem}", "", f"`{data['meta']['command']}`", "",
                 f"Table: [{p.with_suffix('.md').name}]({p.with_suffix('.md').name}), plots: "

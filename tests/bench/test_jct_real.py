@@ -33,14 +33,22 @@ def test_real_replay_writes_rows_for_each_policy_and_load(tmp_path):
         assert r["jobs"] == 3 and r["output_tokens"] == 64
         # a's tool wait alone is 0.5 x 0.5 s: no job can finish faster than its own work and waits
         assert r["p99_jct_s"] >= r["avg_jct_s"] > 0
+        assert r["sim_avg_jct_s"] > 0 and abs(r["sim_error"]) < 10  # the check ran; its accuracy is the bench's
+        # two jobs call one tool each; astraea decides a KV action for each call, vllm has no KV manager
+        decided = r["kv_preserve"] + r["kv_swap"] + r["kv_discard"]
+        assert decided == (2 if r["policy"] == "astraea" else 0)
+    assert data["meta"]["fitted_profile"]["steps"] > 10
     assert "| astraea |" in out.with_suffix(".md").read_text()
     assert Path(str(out.with_suffix("")) + "_jct_vs_load.png").stat().st_size > 1000
 
 
 def test_bad_arguments(tmp_path, capsys):
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "config.json").write_text("{}")
     for argv, msg in ((["--trace", "x", "--policies", "vllm,lottery"], "unknown ['lottery']"),
                       (["--trace", "x", "--rate-scales", "0"], "scales > 0"),
-                      (["--trace", "x", "--model", str(tmp_path)], "run `make model`")):
+                      (["--trace", "x", "--model", str(tmp_path)], "run `make model`"),
+                      (["--trace", "x", "--model", str(tmp_path / "tiny")], "--kv-blocks is needed")):
         with pytest.raises(SystemExit):
             jct_real.parse_args(argv)
         assert msg in capsys.readouterr().err

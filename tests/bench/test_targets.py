@@ -23,3 +23,27 @@ def test_reference_load_and_verdicts(tmp_path):
     assert misses == ["jct_sim_x: load 4: astraea 26.00 s vs best other infercept 24.00 s (1.083x)"]
     assert targets.main([str(path)]) == 0
     assert "infercept 24.00 s" in (tmp_path / "README.md").read_text()
+
+
+def _real(policy, load, avg, p99, tps, sim):
+    return {"policy": policy, "load": load, "seed": 0, "avg_jct_s": avg, "p99_jct_s": p99, "tokens_per_s": tps,
+            "sim_avg_jct_s": sim, "sim_error": sim / avg - 1}
+
+
+def test_real_engine_verdicts(tmp_path):
+    rows = [_real("vllm", 1, 10.0, 20.0, 100.0, 10.5), _real("astraea", 1, 9.0, 18.0, 100.0, 9.5),
+            _real("vllm", 4, 30.0, 60.0, 150.0, 33.0), _real("astraea", 4, 21.0, 66.0, 150.0, 26.0)]
+    path = tmp_path / "jct_real_x.json"
+    path.write_text(json.dumps({"meta": {"command": "cmd"}, "rows": rows}))
+    lines, misses = targets.check_real(path)
+    assert "PASS load 4: astraea avg JCT = 0.700x vllm (target <= 0.80)" in lines
+    assert "MISS load 4: astraea p99 JCT = 1.100x vllm (target <= 1.0)" in lines
+    assert misses == ["jct_real_x: load 4: astraea p99 JCT = 1.100x vllm (target <= 1.0)",
+                      "jct_real_x: simulator vs engine, astraea load 4: 26.00 s vs 21.00 s (+23.8%, target within 15%)"]
+    notools = tmp_path / "jct_real_y.json"
+    notools.write_text(json.dumps({"meta": {"command": "cmd", "single_segment": True},
+                                   "rows": [_real("vllm", 8, 5.0, 6.0, 200.0, 5.0),
+                                            _real("astraea", 8, 5.0, 6.0, 190.0, 5.0)]}))
+    lines, misses = targets.check_real(notools)
+    assert lines[0] == "MISS no tool calls, load 8: astraea (plugin) output tokens/s = 0.950x vllm (target >= 0.97)"
+    assert targets.main([str(path), str(notools)]) == 0

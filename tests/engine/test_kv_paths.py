@@ -46,7 +46,7 @@ def test_each_path_reused_what_it_kept(run):
             assert decided[(job, seg - 1)]["event"] == job
             kept = decided[(job, seg - 1)]["tokens"] // 32 * 32  # whole blocks
             r = resumes[(job, seg)]
-            assert r["cause"] == {"preserve": "from_preserved", "swap": "from_swapped", "discard": "from_discarded"}[job]
+            assert r["cause"] == "from_" + {"preserve": "preserved", "swap": "swapped", "discard": "discarded"}[job]
             assert r["tokens"] == (0 if job == "discard" else kept)
             assert r["host_tokens"] == (kept if job == "swap" else 0)
 

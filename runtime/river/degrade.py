@@ -1,0 +1,76 @@
+"""What a cloud-gaming server really streams: the 720p frame area-downscaled x2 and H.264-encoded at a CRF.
+
+The low-res input of every SR pair is made from the ground truth itself (natively rendered 360p frames are not
+pixel-aligned with 720p). Ground truth is stored losslessly (libx264rgb, CRF 0: decoded frames equal the rendered
+ones bit for bit); the low-res stream with libx264 yuv420p, `preset=veryfast, tune=zerolatency`, as a live
+encoder would.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import av
+import numpy as np
+
+SCALE = 2
+
+
+def area_downscale(frames: np.ndarray, scale: int = SCALE) -> np.ndarray:
+    """Mean over scale x scale blocks (cv2.INTER_AREA for an integer factor), rounded back to uint8."""
+    t, h, w, c = frames.shape
+    if h % scale or w % scale:
+        raise ValueError(f"frame size {w}x{h} is not divisible by the scale {scale}")
+    blocks = frames.reshape(t, h // scale, scale, w // scale, scale, c).astype(np.float32)
+    return np.round(blocks.mean(axis=(2, 4))).astype(np.uint8)
+
+
+def encode(frames: np.ndarray, fps: float, *, crf: int | None) -> bytes:
+    """H.264 in MP4. crf=None: lossless RGB (ground truth); else yuv420p at that CRF (the streamed video)."""
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    if crf is not None and not 0 <= crf <= 51:
+        raise ValueError(f"crf must be in 0..51, got {crf}")
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        if crf is None:
+            stream = container.add_stream("libx264rgb", rate=_rate(fps))
+            stream.pix_fmt = "rgb24"
+            stream.options = {"crf": "0", "preset": "ultrafast"}
+        else:
+            stream = container.add_stream("libx264", rate=_rate(fps))
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(crf), "preset": "veryfast", "tune": "zerolatency"}
+        stream.height, stream.width = frames.shape[1:3]
+        for f in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def decode(data: bytes | str | Path) -> np.ndarray:
+    """All frames of an H.264 file or buffer as (T, H, W, 3) uint8 RGB. Undecodable input raises ValueError."""
+    src = io.BytesIO(data) if isinstance(data, bytes) else str(data)
+    try:
+        with av.open(src) as container:
+            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+    except (av.error.FFmpegError, IndexError) as e:
+        raise ValueError(f"cannot decode video: {e}") from e
+    if not frames:
+        raise ValueError("cannot decode video: no frames")
+    return np.stack(frames)
+
+
+def degrade(frames: np.ndarray, fps: float, crf: int, scale: int = SCALE) -> tuple[bytes, np.ndarray]:
+    """The streamed bitstream and the low-res frames a client decodes from it."""
+    data = encode(area_downscale(frames, scale), fps, crf=crf)
+    return data, decode(data)
+
+
+def _rate(fps: float):
+    from fractions import Fraction
+
+    return Fraction(fps).limit_denominator(1000)

@@ -1,0 +1,160 @@
+"""River's online path: pick a stored model for each segment, check it on the server, fine-tune on a miss.
+
+Per frame, every edge-rich patch finds its nearest key (one FAISS search for the whole segment); the frame votes
+for the model most of its patches found, and the segment uses the model most frames voted for (clients should
+not switch models within a segment). The game server has the 720p frames, so the quality gate measures the
+chosen model's PSNR gain over bicubic on a few sampled frames. Below the target, a fine-tune of this segment is
+submitted - unless one for the same content is already running - and the segment is served right away with the
+better of the chosen and the generic model: a segment never waits for training. Finished fine-tunes are added
+to the store by `collect()`, keyed by the K-means centroids of their segment's patch features.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from runtime.river.features import kmeans_keys, patch_features
+from runtime.river.sr import EDSR, SRConfig, psnr_y, upscale
+from runtime.river.store import ModelStore
+from runtime.river.train import Pairs, TrainConfig, TrainResult, finetune, model_from_state
+
+GENERIC = 0  # model id of the generic model (never in the store)
+
+
+class Trainer(Protocol):
+    """Runs fine-tunes somewhere (a thread pool here, Ray tasks on a cluster)."""
+
+    def submit(self, base: dict[str, torch.Tensor], sr: SRConfig, pairs: Pairs, cfg: TrainConfig) -> Future: ...
+
+
+class LocalTrainer:
+    """Fine-tunes on this machine, `workers` at a time (the cluster's trainer runs them as Ray tasks)."""
+
+    def __init__(self, workers: int = 1):
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="river-finetune")
+
+    def submit(self, base, sr, pairs, cfg) -> Future:
+        return self._pool.submit(finetune, base, sr, pairs, cfg)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    target_gain_db: float = 0.3  # the model in use must beat bicubic by this much on the sampled frames
+    sample_frames: int = 3
+    keys_per_model: int = 16
+    same_content: float = 0.9  # mean best similarity to a running fine-tune's keys that counts as "same content"
+
+    def __post_init__(self) -> None:
+        if self.sample_frames < 1 or self.keys_per_model < 1 or not 0 < self.same_content <= 1:
+            raise ValueError("GateConfig: sample_frames >= 1, keys_per_model >= 1, same_content in (0, 1]")
+
+
+@dataclass(frozen=True)
+class Decision:
+    segment_id: str
+    model_id: int  # what the client uses for this segment (GENERIC = the generic model)
+    voted_id: int  # what the lookup found (-1: empty store)
+    vote_share: float  # share of frames that voted for it
+    gain_db: float  # measured PSNR gain over bicubic of the model in use, on the sampled frames
+    finetune_scheduled: bool
+    lookup_ms: float  # features + search + vote
+    gate_ms: float
+
+
+@dataclass
+class _Pending:
+    future: Future
+    keys: np.ndarray
+    segment_id: str
+    sample_lr: np.ndarray  # the gate's sampled frames: the new model's recorded gain is measured on them
+    sample_hr: np.ndarray
+    bicubic_db: float
+
+
+class OnlineRiver:
+    def __init__(self, store: ModelStore, generic: TrainResult, trainer: Trainer, *, gate: GateConfig | None = None,
+                 finetune: TrainConfig | None = None, cache_models: int = 8):
+        self.store, self.generic, self.trainer = store, generic, trainer
+        self.gate, self.finetune_cfg = gate or GateConfig(), finetune or TrainConfig()
+        self._generic_model = model_from_state(generic.state, generic.sr)
+        self._models: OrderedDict[int, EDSR] = OrderedDict()
+        self._cache_models = cache_models
+        self.pending: list[_Pending] = []
+
+    # ------------------------------------------------------------------------------------------ lookup
+    def lookup(self, lr: np.ndarray) -> tuple[int, float, float, np.ndarray]:
+        """(model id, vote share, milliseconds, the segment's features)."""
+        t0 = time.perf_counter()
+        votes = []
+        feats = []
+        for frame in lr:
+            f = patch_features(frame[None])
+            feats.append(f)
+            ids, _ = self.store.search(f)
+            ids = ids[ids >= 0]
+            if len(ids):
+                values, counts = np.unique(ids, return_counts=True)
+                votes.append(int(values[np.argmax(counts)]))
+        features = np.concatenate(feats) if feats else np.zeros((0, 1), np.float32)
+        if not votes:
+            return -1, 0.0, (time.perf_counter() - t0) * 1e3, features
+        values, counts = np.unique(votes, return_counts=True)
+        best = int(np.argmax(counts))
+        return int(values[best]), float(counts[best] / len(lr)), (time.perf_counter() - t0) * 1e3, features
+
+    def model(self, model_id: int) -> EDSR:
+        if model_id == GENERIC:
+            return self._generic_model
+        if model_id not in self._models:
+            self._models[model_id] = model_from_state(self.store.weights(model_id), self.store.info(model_id).sr)
+            if len(self._models) > self._cache_models:
+                self._models.popitem(last=False)
+        self._models.move_to_end(model_id)
+        return self._models[model_id]
+
+    # ------------------------------------------------------------------------------------------ segments
+    def process(self, segment_id: str, lr: np.ndarray, hr: np.ndarray) -> Decision:
+        """Choose the model for one segment (`hr`: the server's ground truth for the same frames)."""
+        voted, share, lookup_ms, features = self.lookup(lr)
+        t0 = time.perf_counter()
+        picks = np.linspace(0, len(lr) - 1, min(self.gate.sample_frames, len(lr))).round().astype(int)
+        lo, hi = lr[picks], hr[picks]
+        bicubic = psnr_y(upscale(None, lo), hi)
+        candidates = [GENERIC] if voted < 0 else [voted, GENERIC]
+        gains = {m: psnr_y(upscale(self.model(m), lo), hi) - bicubic for m in candidates}
+        use = max(candidates, key=lambda m: gains[m])
+        scheduled = False
+        if gains[use] < self.gate.target_gain_db and len(features) and not self._same_content_running(features):
+            future = self.trainer.submit(self.generic.state, self.generic.sr, [(lr, hr)], self.finetune_cfg)
+            keys = kmeans_keys(features, self.gate.keys_per_model)
+            self.pending.append(_Pending(future, keys, segment_id, lo, hi, bicubic))
+            scheduled = True
+        return Decision(segment_id, use, voted, share, gains[use], scheduled, lookup_ms,
+                        (time.perf_counter() - t0) * 1e3)
+
+    def _same_content_running(self, features: np.ndarray) -> bool:
+        return any(float((features @ p.keys.T).max(axis=1).mean()) >= self.gate.same_content for p in self.pending)
+
+    def collect(self, wait: bool = False) -> list[int]:
+        """Add finished fine-tunes to the store (`wait`: block for the running ones); returns the new ids. Each
+        model's recorded gain is measured on the frames the gate sampled from its segment."""
+        new = []
+        for p in list(self.pending):
+            if not (wait or p.future.done()):
+                continue
+            self.pending.remove(p)
+            result: TrainResult = p.future.result()
+            gain = psnr_y(upscale(model_from_state(result.state, result.sr), p.sample_lr), p.sample_hr) - p.bicubic_db
+            new.append(self.store.add(result.state, result.sr, p.keys, source_segments=[p.segment_id],
+                                      psnr_gain_db=gain, train_s=result.seconds))
+        return new

@@ -1,0 +1,118 @@
+"""A small EDSR-style x2 super-resolution CNN, and the quality metrics River's gate and benchmark use.
+
+EDSR's body (residual blocks without batch norm, residual scaling, pixel-shuffle upsampling) at mobile size, with
+one change: the network predicts a residual over bicubic upsampling. A fresh or barely fine-tuned model then starts
+at bicubic quality instead of below it, which is what a quality gate that compares against bicubic needs.
+Weights travel as safetensors (the store, the model endpoint); `SRConfig` is stored beside them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SCALE = 2
+
+
+@dataclass(frozen=True)
+class SRConfig:
+    blocks: int = 4
+    channels: int = 16
+    res_scale: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.blocks < 1 or self.channels < 4:
+            raise ValueError(f"SRConfig needs blocks >= 1 and channels >= 4, got {self.blocks}, {self.channels}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Block(nn.Module):
+    def __init__(self, c: int, res_scale: float):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, padding=1))
+        self.res_scale = res_scale
+
+    def forward(self, x):
+        return x + self.body(x) * self.res_scale
+
+
+class EDSR(nn.Module):
+    """Input and output are float RGB in [0, 1], (N, 3, H, W) -> (N, 3, 2H, 2W)."""
+
+    def __init__(self, cfg: SRConfig = SRConfig()):
+        super().__init__()
+        self.cfg = cfg
+        c = cfg.channels
+        self.head = nn.Conv2d(3, c, 3, padding=1)
+        self.body = nn.Sequential(*[_Block(c, cfg.res_scale) for _ in range(cfg.blocks)], nn.Conv2d(c, c, 3, padding=1))
+        self.tail = nn.Sequential(nn.Conv2d(c, 3 * SCALE * SCALE, 3, padding=1), nn.PixelShuffle(SCALE))
+        nn.init.zeros_(self.tail[0].weight)  # start exactly at bicubic
+        nn.init.zeros_(self.tail[0].bias)
+
+    def forward(self, x):
+        base = F.interpolate(x, scale_factor=SCALE, mode="bicubic", align_corners=False)
+        h = self.head(x)
+        return base + self.tail(h + self.body(h))
+
+
+def to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """(T, H, W, 3) uint8 -> (T, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def to_frames(x: torch.Tensor) -> np.ndarray:
+    return x.clamp(0, 1).mul(255.0).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
+@torch.inference_mode()
+def upscale(model: nn.Module | None, lr: np.ndarray, batch: int = 4) -> np.ndarray:
+    """SR frames (uint8) for low-res frames; model None = bicubic."""
+    out = []
+    for i in range(0, len(lr), batch):
+        x = to_tensor(lr[i:i + batch])
+        y = F.interpolate(x, scale_factor=SCALE, mode="bicubic", align_corners=False) if model is None else model(x)
+        out.append(to_frames(y))
+    return np.concatenate(out)
+
+
+def _luma(frames: np.ndarray) -> np.ndarray:
+    """BT.601 Y in [16, 235] as BasicSR computes it (rgb2ycbcr, y_only)."""
+    f = frames.astype(np.float64)
+    return 16.0 + (65.481 * f[..., 0] + 128.553 * f[..., 1] + 24.966 * f[..., 2]) / 255.0
+
+
+def psnr_y(sr: np.ndarray, hr: np.ndarray, crop: int = SCALE) -> float:
+    """PSNR on the Y channel with `crop` border pixels removed, over all frames' pixels (BasicSR's convention)."""
+    if sr.shape != hr.shape:
+        raise ValueError(f"shape mismatch: {sr.shape} vs {hr.shape}")
+    a, b = _luma(sr), _luma(hr)
+    if crop:
+        a, b = a[..., crop:-crop, crop:-crop], b[..., crop:-crop, crop:-crop]
+    mse = float(np.mean((a - b) ** 2))
+    return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
+
+
+def ssim_y(sr: np.ndarray, hr: np.ndarray, crop: int = SCALE) -> float:
+    """Mean SSIM on the Y channel (Gaussian window 11, sigma 1.5, as in Wang et al.), averaged over frames."""
+    if sr.shape != hr.shape:
+        raise ValueError(f"shape mismatch: {sr.shape} vs {hr.shape}")
+    a, b = (torch.from_numpy(_luma(x)).unsqueeze(1) for x in (sr, hr))
+    if crop:
+        a, b = a[..., crop:-crop, crop:-crop], b[..., crop:-crop, crop:-crop]
+    g = torch.exp(-((torch.arange(11, dtype=torch.float64) - 5) ** 2) / (2 * 1.5**2))
+    g = g / g.sum()
+
+    def blur(x):  # separable Gaussian, 'valid' region only (as skimage with gaussian_weights=True crops)
+        return F.conv2d(F.conv2d(x, g.view(1, 1, 1, 11)), g.view(1, 1, 11, 1))
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mu1, mu2 = blur(a), blur(b)
+    s11, s22, s12 = blur(a * a) - mu1**2, blur(b * b) - mu2**2, blur(a * b) - mu1 * mu2
+    m = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1**2 + mu2**2 + c1) * (s11 + s22 + c2))
+    return float(m.mean(dim=(1, 2, 3)).mean())

@@ -1,0 +1,31 @@
+"""Prefetch prediction from learned model transitions."""
+
+import pytest
+
+from runtime.river.prefetch import PrefetchTracker, TransitionModel
+
+
+def test_predictions_prefer_the_game_then_global_then_popular():
+    t = TransitionModel()
+    for a, b in ((1, 2), (1, 2), (1, 3)):
+        t.observe("freedoom2", a, b)
+    t.observe("freedoom1", 1, 4)
+    t.observe("freedoom1", 1, 4)
+    t.observe("freedoom1", 1, 4)
+    t.observe("freedoom1", None, 7)
+    assert t.predict("freedoom2", 1, 2) == [2, 3]
+    assert t.predict("freedoom2", 1, 3) == [2, 3, 4]  # filled from the global row
+    assert t.predict("unseen", 9, 2) == [4, 2]  # nothing known about 9: the most used models
+    with pytest.raises(ValueError, match="k must be"):
+        t.predict("freedoom2", 1, 0)
+
+
+def test_hit_rate_on_a_repeating_stream():
+    tracker = PrefetchTracker(k=1)
+    stream = [1, 2, 3] * 5
+    results = [tracker.use("s", "g", m) for m in stream]
+    assert results[0] is None
+    assert results[1:3] == [False, False]  # nothing learned yet
+    assert all(results[3:])  # 3 -> 1 guessed from popularity, then every transition is learned
+    assert tracker.hit_rate == pytest.approx(12 / 14)
+    assert tracker.next_models("s") == [1]

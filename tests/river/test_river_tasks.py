@@ -1,0 +1,20 @@
+"""Fine-tunes as Ray tasks on a local Ray (the same code path a cluster runs)."""
+
+import ray
+
+from actors.river_tasks import submit_finetune
+from runtime.river.sr import EDSR, SRConfig
+from runtime.river.train import TrainConfig
+
+
+def test_two_finetunes_run_as_ray_tasks(pairs):
+    sr = SRConfig(blocks=1, channels=4)
+    base = EDSR(sr).state_dict()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        refs = [submit_finetune(base, sr, [(p.lr[:2], p.hr[:2])], TrainConfig(steps=3, batch=2)) for p in pairs[:2]]
+        results = ray.get(refs, timeout=300)
+    finally:
+        ray.shutdown()
+    assert [r.steps for r in results] == [3, 3]
+    assert all(set(r.state) == set(base) for r in results)
