@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -74,6 +75,7 @@ def _game(cfg: GameplayConfig, map_name: str):
     g = vzd.DoomGame()
     g.set_doom_game_path(os.path.join(vzd.__path__[0], f"{cfg.wad}.wad"))
     g.set_doom_map(map_name)
+    g.set_doom_config_path(os.path.join(tempfile.gettempdir(), "agentriver_vizdoom.ini"))  # not the working dir
     g.set_doom_skill(cfg.skill)
     g.set_screen_resolution(vzd.ScreenResolution.RES_1280X720)
     g.set_screen_format(vzd.ScreenFormat.RGB24)
