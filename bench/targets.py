@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     all_misses = []
     for p in paths:
         data = json.loads(p.read_text())
-        lines, misses = check_real(p) if "rows" in data else check(p)
+        lines, misses = check(p) if "summary" in data else check_real(p)
         all_misses += misses
         out += [f"## {p.stem}", "", f"`{data['meta']['command']}`", "",
                 f"Table: [{p.with_suffix('.md').name}]({p.with_suffix('.md').name}), plots: "
