@@ -9,14 +9,13 @@ import pytest
 
 from bench import jct_real
 from runtime.agents.trace import write_trace
-from runtime.engine.tiny_model import build_model
 from tests.conftest import make_table
 
 ROOT = Path(__file__).parents[2]
 
 
-def test_real_replay_writes_rows_for_each_policy_and_load(tmp_path):
-    model = build_model("tiny", tmp_path / "tiny")
+def test_real_replay_writes_rows_for_each_policy_and_load(tiny_model, tmp_path):
+    model = tiny_model
     rows = [("a", 0, 0.0, 120, 16, "search", 0.5), ("a", 1, 0.0, 30, 8, "", 0.0),
             ("b", 0, 0.2, 200, 24, "", 0.0), ("c", 0, 0.3, 60, 8, "calc", 0.2), ("c", 1, 0.3, 20, 8, "", 0.0)]
     trace = tmp_path / "t.parquet"

@@ -2,25 +2,20 @@
 memory pressure, error paths and shutdown. One engine for the module (kv_script.py)."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from runtime.engine.job_hints import JobHint
-from runtime.engine.tiny_model import build_model
+from tests.conftest import run_script
 
 SCRIPT = Path(__file__).with_name("kv_script.py")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tiny_model, tmp_path_factory):
     d = tmp_path_factory.mktemp("kv")
-    model = build_model("tiny", d / "tiny")
-    res = subprocess.run([sys.executable, str(SCRIPT), str(model), str(d / "kv.jsonl"), str(d / "out.json")],
-                         capture_output=True, text=True, timeout=420, cwd=Path(__file__).parents[2])
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    run_script(SCRIPT, tiny_model, d / "kv.jsonl", d / "out.json")
     events = [json.loads(line) for line in (d / "kv.jsonl").read_text().splitlines()]
     return json.loads((d / "out.json").read_text()), events
 

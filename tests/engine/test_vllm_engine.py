@@ -1,27 +1,22 @@
 """The vLLM adapter and its scheduler plugin on a real vLLM (CPU build) engine."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from runtime.agents.costmodel import fit
-from runtime.engine.tiny_model import build_model
 from runtime.engine.vllm_engine import EngineConfig
 from runtime.engine.vllm_scheduler import check_vllm_version, read_step_log
+from tests.conftest import run_script
 
 SCRIPT = Path(__file__).with_name("engine_script.py")
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tiny_model, tmp_path_factory):
     d = tmp_path_factory.mktemp("engine")
-    model = build_model("tiny", d / "tiny")
-    res = subprocess.run([sys.executable, str(SCRIPT), str(model), str(d / "steps.jsonl"), str(d / "out.json")],
-                         capture_output=True, text=True, timeout=420, cwd=Path(__file__).parents[2])
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    run_script(SCRIPT, tiny_model, d / "steps.jsonl", d / "out.json")
     return json.loads((d / "out.json").read_text()), read_step_log(d / "steps.jsonl")
 
 

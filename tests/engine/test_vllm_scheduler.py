@@ -1,36 +1,27 @@
 """The policy plugin re-orders a real vLLM engine's waiting queue with the simulator's policy objects."""
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from runtime.engine.job_hints import HINT_TYPE, JobHint, hint_of
-from runtime.engine.tiny_model import build_model
+from tests.conftest import run_script
 
 SCRIPT = Path(__file__).with_name("order_script.py")
 
 
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    return build_model("tiny", tmp_path_factory.mktemp("m") / "tiny")
-
-
 def _completion_order(model, policy, tmp_path) -> list[str]:
     out = tmp_path / f"{policy}.json"
-    res = subprocess.run([sys.executable, str(SCRIPT), str(model), policy, str(out)], capture_output=True,
-                         text=True, timeout=420, cwd=Path(__file__).parents[2])
-    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+    run_script(SCRIPT, model, policy, out)
     result = json.loads(out.read_text())
     assert result["queued_while_blocked"], "set-up: the blocker finished before the others were queued"
     return result["order"]
 
 
-def test_fcfs_keeps_vllms_order_and_astraea_serves_short_segments_first(tiny, tmp_path):
-    assert _completion_order(tiny, "fcfs", tmp_path) == ["blocker", "long", "short1", "short2"]
-    assert _completion_order(tiny, "astraea", tmp_path) == ["blocker", "short1", "short2", "long"]
+def test_fcfs_keeps_vllms_order_and_astraea_serves_short_segments_first(tiny_model, tmp_path):
+    assert _completion_order(tiny_model, "fcfs", tmp_path) == ["blocker", "long", "short1", "short2"]
+    assert _completion_order(tiny_model, "astraea", tmp_path) == ["blocker", "short1", "short2", "long"]
 
 
 def test_hint_round_trip_and_validation():
