@@ -103,6 +103,7 @@ class HostSwapConnector(KVConnectorBase_V1):
             self._meta.drops.append(old.store_id)
 
     def request_finished(self, request, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
+        self._pending_load.pop(request.request_id, None)
         job_id = self._swap_requested.pop(request.request_id, None)
         if job_id is None:
             return False, None

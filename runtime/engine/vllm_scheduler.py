@@ -286,9 +286,8 @@ class PolicyScheduler(StepLogScheduler):
         """Give up a pinned job's blocks (swap or discard); returns how many blocks that frees."""
         request, _ = self._pinned.pop(job.job_id)
         blocks = self.kv_cache_manager.get_block_ids(request.request_id)[0]
-        if action is KVAction.SWAP and self._swap_fits(job):
+        if action is KVAction.SWAP and self._swap_fits(job) and self._swap.store_blocks(request, blocks, job.job_id):
             self.requests[request.request_id] = request  # vLLM frees it when the worker reports the copy done
-            self._swap.store_blocks(request, blocks, job.job_id)
             job.kv = KVState.SWAPPED
         else:
             action = KVAction.DISCARD
