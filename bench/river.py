@@ -50,9 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=300, help="steps of one fine-tune")
     p.add_argument("--generic-steps", type=int, default=1500)
     p.add_argument("--eval-every", type=int, default=3, help="evaluate every n-th frame")
-    # The gate must sit above what the generic model already reaches, or River never trains: on Freedoom the
-    # generic model gains +0.6..+3.3 dB over bicubic per segment, a segment's own fine-tune +0.2..+0.5 more.
-    p.add_argument("--target-gain", type=float, default=2.5, help="river's quality gate, dB over bicubic")
+    p.add_argument("--target-gain", type=float, default=GateConfig().target_gain_db,
+                   help="river's quality gate, dB over bicubic (see GateConfig)")
     p.add_argument("--quick", action="store_true", help="4 short segments and tiny budgets (CI)")
     p.add_argument("--cache", default="build/river")
     p.add_argument("--out", default="river.json")
@@ -75,6 +74,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+class _ReadyAt(Future):
+    """A finished fine-tune that reports done() only once the stream clock reaches its ready time."""
+
+    def __init__(self, result, clock: StreamClockTrainer, ready_at: float):
+        super().__init__()
+        self.set_result(result)
+        self._clock, self._ready_at = clock, ready_at
+
+    def done(self) -> bool:
+        return self._clock.now >= self._ready_at
+
+
 class StreamClockTrainer:
     """Trains at once (this process) but reports a fine-tune done only once the stream clock has passed its
     submission time plus its measured training seconds."""
@@ -88,16 +99,7 @@ class StreamClockTrainer:
         result = finetune(base, sr, pairs, cfg)
         self.total_s += result.seconds
         self.count += 1
-        ready_at = self.now + result.seconds
-        clock = self
-
-        class _Ready(Future):
-            def done(self):
-                return clock.now >= ready_at
-
-        fut = _Ready()
-        fut.set_result(result)
-        return fut
+        return _ReadyAt(result, self, self.now + result.seconds)
 
 
 def score(model, pair, every: int) -> tuple[float, float]:
