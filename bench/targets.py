@@ -1,6 +1,6 @@
 """Check the issues' targets against committed benchmark results and write bench/results/README.md.
 
-    python -m bench.targets bench/results/jct_sim_*.json bench/results/jct_real_*.json
+    python -m bench.targets bench/results/jct_sim_*.json bench/results/jct_real_*.json bench/results/river*.json
 
 jct_sim files (oracle estimator rows): the reference load is the lightest load at which fcfs's average JCT is 3-5x
 its light-load value (else the load closest to that window); there it checks astraea avg <= 0.70x fcfs and p99 <=
@@ -8,7 +8,9 @@ fcfs p99; at every load it checks that astraea beats every other policy except t
 jct_real files (real vLLM): at the heaviest load astraea avg <= 0.80x unmodified vllm and p99 not worse; every
 row's simulated average JCT within 15% of the measured one; on a run without tool calls (--single-segment),
 astraea's output tokens/s >= 0.97x vllm's at every load (and fcfs through the plugin, which isolates its
-overhead). It reports what it finds, wins and losses alike.
+overhead). river (bench.river): River's training seconds <= 0.5x per_segment, PSNR >= generic + 1.81 dB and within
+0.3 dB of per_segment, prefetch top-3 hit >= 0.8; river_lookup: lookup + vote <= 5 ms per frame (p50) with >= 1,000
+models. It reports what it finds, wins and losses alike.
 """
 
 from __future__ import annotations
@@ -77,29 +79,68 @@ def check_real(path: Path) -> tuple[list[str], list[str]]:
             checks.append((abs(r["sim_error"]) <= 0.15,
                            f"simulator vs engine, {r['policy']} load {r['load']:g}: {r['sim_avg_jct_s']:.2f} s vs "
                            f"{r['avg_jct_s']:.2f} s ({r['sim_error']:+.1%}, target within 15%)"))
-    lines = [("PASS " if ok else "MISS ") + text for ok, text in checks]
-    return lines, [f"{path.stem}: {text}" for ok, text in checks if not ok]
+    return _verdicts(path, checks)
+
+
+def check_river(path: Path) -> tuple[list[str], list[str]]:
+    m = json.loads(path.read_text())["methods"]
+    river, seg, gen = m["river"], m["per_segment"], m["generic"]
+    checks = [(river["train_s"] <= 0.5 * seg["train_s"],
+               f"river training {river['train_s']:.1f} s = {river['train_s'] / seg['train_s']:.2f}x per_segment "
+               f"(target <= 0.5)"),
+              (river["psnr_db"] >= gen["psnr_db"] + 1.81,
+               f"river PSNR {river['psnr_db']:.2f} dB = generic {river['psnr_db'] - gen['psnr_db']:+.2f} dB "
+               f"(target >= +1.81)"),
+              (river["psnr_db"] >= seg["psnr_db"] - 0.3,
+               f"river PSNR = per_segment {river['psnr_db'] - seg['psnr_db']:+.2f} dB (target within 0.3 dB)"),
+              (river["prefetch_hit_top3"] >= 0.8,
+               f"prefetch top-3 hit {river['prefetch_hit_top3']:.2f} (target >= 0.8)")]
+    return _verdicts(path, checks)
+
+
+def check_river_lookup(path: Path) -> tuple[list[str], list[str]]:
+    cost = json.loads(path.read_text())["cost"]
+    checks = [(c["ms_per_frame_p50"] <= 5.0, f"lookup + vote with {c['models']} models: {c['ms_per_frame_p50']:.2f} ms "
+                                             f"per frame p50 (target <= 5)")
+              for c in cost.values() if c["models"] >= 1000]
+    return _verdicts(path, checks)
+
+
+def _verdicts(path: Path, checks: list[tuple[bool, str]]) -> tuple[list[str], list[str]]:
+    return ([("PASS " if ok else "MISS ") + text for ok, text in checks],
+            [f"{path.stem}: {text}" for ok, text in checks if not ok])
+
+
+def _checker(data: dict):
+    if "summary" in data:
+        return check, "[JCT vs load]({stem}_jct_vs_load.png), [CDF]({stem}_cdf.png)"
+    if "rows" in data:
+        return check_real, "[JCT vs load]({stem}_jct_vs_load.png), [CDF]({stem}_cdf.png)"
+    if "methods" in data:
+        return check_river, "[PSNR per segment, training seconds]({stem}.png)"
+    return check_river_lookup, "[retrieval, lookup cost]({stem}.png)"
 
 
 def main(argv: list[str] | None = None) -> int:
     paths = [Path(p) for p in (argv if argv is not None else sys.argv[1:])]
     if not paths:
-        raise SystemExit("give one or more jct_sim result files")
+        raise SystemExit("give one or more benchmark result files")
     out = ["# Benchmark results", "",
            "`jct_sim_*` come from `make bench` (`python -m bench.reproduce`, the simulator); `jct_real_*` from",
-           "`make bench-real` (real vLLM on this machine's CPU, the `small` model). Each table's first line is its",
-           "exact command. Plots: `*_jct_vs_load.png` (average JCT vs load), `*_cdf.png` (JCT CDF at the heaviest",
-           "load). This page is written by `python -m bench.targets` from the JSON files.", ""]
+           "`make bench-real` (real vLLM on this machine's CPU, the `small` model); `river*` from `make bench-river`",
+           "(River on real Freedoom video). Each table's first line is its exact command. This page is written by",
+           "`python -m bench.targets` from the JSON files.", ""]
     all_misses = []
     for p in paths:
         data = json.loads(p.read_text())
-        lines, misses = check(p) if "summary" in data else check_real(p)
+        checker, plots = _checker(data)
+        lines, misses = checker(p)
         all_misses += misses
         out += [f"## {p.stem}", "", f"`{data['meta']['command']}`", "",
                 f"Table: [{p.with_suffix('.md').name}]({p.with_suffix('.md').name}), plots: "
-                f"[JCT vs load]({p.stem}_jct_vs_load.png), [CDF]({p.stem}_cdf.png)", ""]
+                + plots.format(stem=p.stem), ""]
         out += [f"- {line}" for line in lines] + [""]
-    out += ["## Where astraea does not meet a target", ""]
+    out += ["## Targets not met", ""]
     out += [f"- {m}" for m in all_misses] if all_misses else ["- none"]
     text = "\n".join(out) + "\n"
     dest = paths[0].parent / "README.md"

@@ -14,11 +14,14 @@ from pathlib import Path
 import av
 import numpy as np
 
+from runtime.river.patches import check_frames
+
 SCALE = 2
 
 
 def area_downscale(frames: np.ndarray, scale: int = SCALE) -> np.ndarray:
     """Mean over scale x scale blocks (cv2.INTER_AREA for an integer factor), rounded back to uint8."""
+    check_frames(frames)
     t, h, w, c = frames.shape
     if h % scale or w % scale:
         raise ValueError(f"frame size {w}x{h} is not divisible by the scale {scale}")
@@ -28,10 +31,11 @@ def area_downscale(frames: np.ndarray, scale: int = SCALE) -> np.ndarray:
 
 def encode(frames: np.ndarray, fps: float, *, crf: int | None) -> bytes:
     """H.264 in MP4. crf=None: lossless RGB (ground truth); else yuv420p at that CRF (the streamed video)."""
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
+    check_frames(frames)
     if crf is not None and not 0 <= crf <= 51:
         raise ValueError(f"crf must be in 0..51, got {crf}")
+    if crf is not None and (frames.shape[1] % 2 or frames.shape[2] % 2):
+        raise ValueError(f"frame size {frames.shape[2]}x{frames.shape[1]} is odd: 4:2:0 video needs even sizes")
     buf = io.BytesIO()
     with av.open(buf, "w", format="mp4") as container:
         if crf is None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-SCALE = 2
+from runtime.river.degrade import SCALE
 
 
 @dataclass(frozen=True)

@@ -47,3 +47,28 @@ def test_real_engine_verdicts(tmp_path):
     lines, misses = targets.check_real(notools)
     assert lines[0] == "MISS no tool calls, load 8: astraea (plugin) output tokens/s = 0.950x vllm (target >= 0.97)"
     assert targets.main([str(path), str(notools)]) == 0
+
+
+def _method(psnr, train_s, prefetch=None):
+    return {"psnr_db": psnr, "ssim": 0.9, "finetunes": 1, "train_s": train_s, "lookup_ms_p50": None,
+            "prefetch_hit_top3": prefetch}
+
+
+def test_river_verdicts(tmp_path):
+    river = tmp_path / "river.json"
+    river.write_text(json.dumps({"meta": {"command": "cmd"}, "methods": {
+        "bicubic": _method(33.0, 0), "generic": _method(35.0, 0), "per_video": _method(36.0, 10),
+        "per_segment": _method(37.0, 100.0), "river": _method(36.9, 40.0, 0.85)}}))
+    lines, misses = targets.check_river(river)
+    assert lines == ["PASS river training 40.0 s = 0.40x per_segment (target <= 0.5)",
+                     "PASS river PSNR 36.90 dB = generic +1.90 dB (target >= +1.81)",
+                     "PASS river PSNR = per_segment -0.10 dB (target within 0.3 dB)",
+                     "PASS prefetch top-3 hit 0.85 (target >= 0.8)"]
+    lookup = tmp_path / "river_lookup.json"
+    lookup.write_text(json.dumps({"meta": {"command": "cmd"}, "cost": {
+        "10": {"models": 10, "ms_per_frame_p50": 2.0}, "1000": {"models": 1000, "ms_per_frame_p50": 6.0}}}))
+    lines, misses = targets.check_river_lookup(lookup)
+    assert misses == ["river_lookup: lookup + vote with 1000 models: 6.00 ms per frame p50 (target <= 5)"]
+    assert targets.main([str(river), str(lookup)]) == 0
+    page = (tmp_path / "README.md").read_text()
+    assert "[retrieval, lookup cost](river_lookup.png)" in page and "- river_lookup: lookup + vote" in page

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.river.features import DIM, kmeans_keys, patch_features
+from runtime.river.degrade import degrade, encode
+from runtime.river.features import DIM, PATCH, OverlayMask, frame_patch_features, kmeans_keys, patch_features
+from runtime.river.online import lookup
 from runtime.river.sr import EDSR, SRConfig
 from runtime.river.store import CorruptModelError, ModelStore
 
@@ -76,3 +78,60 @@ def test_store_round_trip_reload_and_corruption(features, tmp_path):
         reopened.add(_state(0), SRConfig(), np.zeros((2, 5)), source_segments=[], psnr_gain_db=0, train_s=0)
     with pytest.raises(KeyError, match="no model 99"):
         reopened.info(99)
+
+
+def test_overlay_mask_learns_the_status_bar(pairs):
+    mask = OverlayMask(min_pairs=16)
+    mask.update(pairs[0].lr[:5])
+    assert mask.positions() is None  # too little seen to tell overlay from a player standing still
+    for p in pairs:
+        mask.update(p.lr)
+    cols = pairs[0].lr.shape[2] // PATCH
+    overlay = mask.positions().reshape(-1, cols)
+    assert overlay[-1].all()  # the bottom patch row is ViZDoom's status bar
+    assert not overlay[:-2].any()  # the 3D view above it changes as the player moves
+    f_all, _ = frame_patch_features(pairs[0].lr)
+    f_view, frame_of = frame_patch_features(pairs[0].lr, mask.positions())
+    assert 0 < len(f_view) < len(f_all) and frame_of.max() == len(pairs[0].lr) - 1
+    top = frame_patch_features(pairs[0].lr, mask.positions(), per_frame=5)[1]
+    assert np.bincount(top).max() <= 5
+
+
+def test_lookup_finds_the_model_of_near_duplicate_content(pairs, tmp_path):
+    """Every segment has a model, keyed as the online path keys a fine-tune (its lookup features, overlay masked);
+    the same gameplay streamed again at other qualities (real re-encodes at other CRFs) finds its own segment's
+    model - among models of the same map's neighbouring segment too."""
+    mask = OverlayMask(min_pairs=16)
+    for p in pairs:
+        mask.update(p.lr)
+    overlay = mask.positions()
+    store = ModelStore(tmp_path)
+    ids = {p.segment_id: store.add(_state(0), SRConfig(blocks=1, channels=4),
+                                   kmeans_keys(lookup(store, p.lr, overlay).features),
+                                   source_segments=[p.segment_id], psnr_gain_db=0.0, train_s=0.0) for p in pairs}
+    for crf in (23, 36):
+        for p in pairs:
+            _, again = degrade(p.hr, fps=8.75, crf=crf)
+            assert not np.array_equal(again, p.lr)
+            found = lookup(store, again, overlay)
+            assert found.model_id == ids[p.segment_id], (crf, p.segment_id, found.model_id)
+            assert found.vote_share > 0.5 and found.ms > 0
+
+
+def test_bad_frames_get_clear_errors(tmp_path):
+    store = ModelStore(tmp_path)
+    good = np.zeros((2, 64, 64, 3), np.uint8)
+    for frames, msg in ((np.zeros((64, 64, 3), np.uint8), r"\(T, H, W, 3\) RGB array, got shape \(64, 64, 3\)"),
+                        (np.zeros((2, 64, 64, 4), np.uint8), "RGB array"),
+                        (good.astype(np.float32), "must be uint8, got float32"),
+                        (good[:0], "empty"),
+                        ([[1, 2, 3]], "got shape list"),
+                        (np.zeros((1, 16, 16, 3), np.uint8), "smaller than one 32x32 patch")):
+        with pytest.raises(ValueError, match=msg):
+            patch_features(frames)
+    with pytest.raises(ValueError, match="lr must be uint8"):
+        lookup(store, good.astype(np.float64))
+    with pytest.raises(ValueError, match="exclude mask has"):
+        patch_features(good, exclude=np.zeros(3, bool))
+    with pytest.raises(ValueError, match="odd"):
+        encode(np.zeros((1, 15, 16, 3), np.uint8), 10, crf=23)

@@ -28,6 +28,11 @@ def test_miss_finetune_then_reuse(pairs, tmp_path):
         assert (reuse.voted_id, reuse.model_id, reuse.vote_share) == (1, 1, 1.0)
         assert reuse.gain_db == pytest.approx(info.psnr_gain_db) and not reuse.finetune_scheduled
         assert reuse.lookup_ms > 0 and reuse.gate_ms > 0
+        for lr, hr, msg in ((seg.lr, seg.lr, "x2 ground truth of lr"), (seg.lr, seg.hr[:3], "x2 ground truth"),
+                            (seg.lr[:0], seg.hr[:0], "lr is empty"), (seg.lr, seg.hr * 1.0, "hr must be uint8")):
+            with pytest.raises(ValueError, match=msg):
+                river.process("bad", lr, hr)
+        assert len(river.store) == 1 and not river.pending  # nothing accepted changed
     finally:
         trainer.shutdown()
     with pytest.raises(ValueError, match="sample_frames"):
