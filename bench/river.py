@@ -14,7 +14,6 @@ Writes the JSON, a Markdown table and two plots (PSNR per segment per method; cu
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from bench.output import write_results
 from runtime.river.dataset import build_dataset, load_pairs
 from runtime.river.gameplay import GameplayConfig
 from runtime.river.online import GateConfig, OnlineRiver
@@ -201,13 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     data["meta"] = {"command": "python -m bench.river " + " ".join(argv if argv is not None else sys.argv[1:]),
                     "gameplay": asdict(args.eval_cfg), "finetune_steps": args.steps,
                     "generic_steps": args.generic_steps, "eval_every": args.eval_every}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1, default=str))
-    md = markdown(data)
-    out.with_suffix(".md").write_text(md)
-    plot(data, out.with_suffix(""))
-    print(md)
+    print(write_results(args.out, data, markdown, plot))
     return 0
 
 

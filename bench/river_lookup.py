@@ -20,7 +20,6 @@ Writes JSON, a Markdown table and a plot.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from bench.output import write_results
 from runtime.river.dataset import build_dataset, load_pairs
 from runtime.river.features import OverlayMask, frame_patch_features, kmeans_keys
 from runtime.river.gameplay import GameplayConfig
@@ -207,13 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data = run(args)
     data["meta"] = {"command": "python -m bench.river_lookup " + " ".join(argv if argv is not None else sys.argv[1:])}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=1))
-    md = markdown(data)
-    out.with_suffix(".md").write_text(md)
-    plot(data, out.with_suffix(""))
-    print(md)
+    print(write_results(args.out, data, markdown, plot))
     return 0
 
 
