@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from bench.output import write_results
+from bench.output import command_line, save_figure, write_results
 from runtime.river.dataset import build_dataset, load_pairs
 from runtime.river.gameplay import GameplayConfig
 from runtime.river.online import GateConfig, OnlineRiver
@@ -190,15 +190,13 @@ def plot(data: dict, stem: Path) -> None:
     a.set(xlabel="segment (stream order)", ylabel="PSNR-Y (dB)", title="quality per segment")
     b.set(xlabel="segment (stream order)", ylabel="training seconds so far", title="training cost")
     a.legend()
-    fig.tight_layout()
-    fig.savefig(f"{stem}.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, stem)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data = run(args)
-    data["meta"] = {"command": "python -m bench.river " + " ".join(argv if argv is not None else sys.argv[1:]),
+    data["meta"] = {"command": command_line("bench.river", argv),
                     "gameplay": asdict(args.eval_cfg), "finetune_steps": args.steps,
                     "generic_steps": args.generic_steps, "eval_every": args.eval_every}
     print(write_results(args.out, data, markdown, plot))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from bench.output import write_results
+from bench.output import command_line, save_figure, write_results
 from runtime.river.dataset import build_dataset, load_pairs
 from runtime.river.features import OverlayMask, frame_patch_features, kmeans_keys
 from runtime.river.gameplay import GameplayConfig
@@ -198,15 +198,13 @@ def plot(data: dict, stem: Path) -> None:
     b.axhline(5.0, color="grey", ls=":", label="5 ms goal")
     b.set(xscale="log", xlabel="models in the store", ylabel="ms per frame", title="lookup + vote")
     b.legend()
-    fig.tight_layout()
-    fig.savefig(f"{stem}.png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, stem)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data = run(args)
-    data["meta"] = {"command": "python -m bench.river_lookup " + " ".join(argv if argv is not None else sys.argv[1:])}
+    data["meta"] = {"command": command_line("bench.river_lookup", argv)}
     print(write_results(args.out, data, markdown, plot))
     return 0
 
