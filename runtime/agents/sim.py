@@ -19,13 +19,15 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from runtime.agents.cluster import HELD, GlobalQueue, autellix_engine
 from runtime.agents.costmodel import DeploymentProfile, prefill_pairs
 from runtime.agents.job import Job, KVState, Phase
 from runtime.agents.kv import CpuBlockPool, GpuBlockPool, KVAction, MemoryView, blocks_for
 from runtime.agents.policy import Policy, PolicyContext, SegmentStats, make_policy
 from runtime.agents.predictor import Predictor
 
-PLACEMENTS = ("round_robin", "least_loaded")
+PLACEMENTS = ("round_robin", "least_loaded", "global", "autellix")
+AUTELLIX_SHORT_S = 2.0  # predicted segment compute below which Autellix treats a call as short
 
 _ARRIVAL, _TOOL_RETURN, _SWAP_OUT_DONE, _SWAP_IN_DONE, _TTL = range(5)
 
@@ -86,6 +88,10 @@ class EngineSim:
         self._blocked = False
         self._blocked_head: Job | None = None
         self._new_ready: list[Job] = []
+        # Cluster modes: where a job that becomes ready (arrival or tool return) goes instead of this engine's
+        # queue, and the global queue this engine pulls from.
+        self.route: Callable[[Job, float], None] | None = None
+        self.cluster: GlobalQueue | None = None
 
     # ------------------------------------------------------------------------------------------ events
     def push(self, t: float, kind: int, job: Job, tag: int = 0) -> None:
@@ -110,7 +116,11 @@ class EngineSim:
                 dur = t - job.tool_started_s
                 self.pred.observe_api(job.segments[job.seg - 1].api_category, dur)
                 self.policy.on_tool_return(job, t, dur)
-                self._make_ready(job, t)
+                if self.route is None:
+                    self._make_ready(job, t)
+                else:
+                    job.phase, job.ready_since = Phase.READY, t
+                    self.route(job, t)
             elif kind == _SWAP_OUT_DONE:
                 self._blocked = False
                 self.pool.free_job(job.job_id)
@@ -129,6 +139,38 @@ class EngineSim:
         self.ready.append(job)
         self._new_ready.append(job)
         self.policy.on_ready(job, t)
+
+    # ------------------------------------------------------------------------------------------ cluster
+    def room(self) -> tuple[int, int]:
+        blocks = self.pool.free - self._reserved_blocks()
+        if self.policy.evicts_for_admission or not self.running:
+            blocks += sum(self.pool.owned.get(j.job_id, 0) for j in self.preserved.values())
+        blocks -= sum(blocks_for(j.resume_tokens + 1, self.bs) - self.pool.owned.get(j.job_id, 0) for j in self.ready)
+        seqs = self.profile.max_num_seqs - len(self.running) - self.swapping_in - len(self.ready)
+        return blocks, seqs
+
+    def backlog_s(self) -> float:
+        running = sum(r.prefill_left * self.cost.token_s + r.decode_left * self.pred.decode_s_per_token
+                      for r in self.running)
+        return running + sum(self.pred.compute_s(j) for j in self.ready)
+
+    def held_blocks(self, job: Job) -> int:
+        return self.pool.owned.get(job.job_id, 0)
+
+    def release(self, job: Job) -> None:
+        """`job` moves to another engine: give up the KV it holds here (it will be recomputed there)."""
+        if job.kv is KVState.PRESERVED:
+            self._evict(job, KVAction.DISCARD)
+        elif job.kv is KVState.SWAPPED:
+            self.cpu.free_job(job.job_id)
+            job.kv, job.kv_tokens = KVState.DISCARDED, 0
+
+    def _pull(self) -> None:
+        for job in self.cluster.pull(self):
+            if job.kv in HELD and job.engine != self.index:
+                self.cluster.engines[job.engine].release(job)
+            job.engine = self.index
+            self._make_ready(job, job.ready_since)
 
     # ------------------------------------------------------------------------------------------ memory
     def view(self) -> MemoryView:
@@ -340,6 +382,8 @@ class EngineSim:
                 n = min(r.prefill_left, budget)
                 chunks.append((r, n))
                 budget -= n
+        if self.cluster is not None:
+            self._pull()
         self._admit(budget)
         for r in self.running[n_old:]:  # newly admitted segments take what is left of the budget
             if r.prefill_left > 0 and budget > 0:
@@ -512,6 +556,29 @@ def simulate(jobs: list[Job], profile: DeploymentProfile, policy: str, *, engine
             on_progress(1)
 
     sims = [EngineSim(i, profile, make_policy(policy, ctx, policy_config), predictor, done) for i in range(engines)]
+    queue = None
+    if placement == "global":
+        queue = GlobalQueue(make_policy(policy, ctx, policy_config), predictor, profile.block_size, sims)
+
+        def route(job: Job, t: float) -> None:
+            queue.submit(job)
+            for e in sims:
+                if math.isinf(e.now):
+                    e.now = t  # an idle engine wakes up to pull
+
+        for e in sims:
+            e.route, e.cluster = route, queue
+    elif placement == "autellix":
+        def route(job: Job, t: float) -> None:
+            target = autellix_engine(job, sims, predictor, AUTELLIX_SHORT_S)
+            if job.kv in HELD and target.index != job.engine:
+                sims[job.engine].release(job)
+            if math.isinf(target.now):
+                target.now = t
+            target.push(t, _ARRIVAL, job)  # becomes ready there at t, as an arrival does
+
+        for e in sims:
+            e.route = route
     pending = sorted(jobs, key=lambda j: (j.arrival_s, j.job_id))
     nxt = 0
     rr = 0
@@ -521,6 +588,10 @@ def simulate(jobs: list[Job], profile: DeploymentProfile, policy: str, *, engine
         if ta <= eng.now or (math.isinf(eng.now) and nxt < len(pending)):
             job = pending[nxt]
             nxt += 1
+            if placement in ("global", "autellix"):
+                job.phase, job.ready_since = Phase.READY, ta
+                sims[0].route(job, ta)
+                continue
             if placement == "round_robin":
                 target = sims[rr % engines]
                 rr += 1
@@ -532,7 +603,10 @@ def simulate(jobs: list[Job], profile: DeploymentProfile, policy: str, *, engine
             continue
         if math.isinf(eng.now):
             raise RuntimeError(f"simulation stalled with {remaining[0]} jobs unfinished")
-        eng.step(ta)
+        horizon = ta
+        if placement in ("global", "autellix"):  # an engine must not idle past the next event anywhere: it may
+            horizon = min([ta] + [t for e in sims if (t := e.next_event_s()) > eng.now])  # make work for it
+        eng.step(horizon)
         if on_step is not None:
             on_step(eng)
     makespan = max(j.finish_s for j in jobs) - min(j.arrival_s for j in jobs)

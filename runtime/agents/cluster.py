@@ -1,0 +1,95 @@
+"""Cluster-wide placement of agent segments over several engines.
+
+Three arrangements, all driving the same per-engine policy objects:
+- `GlobalQueue` (placement "global"): one ready queue for the whole cluster, ordered by the policy (Astraea's
+  Stateful-MLFQ + HRRN over every ready segment), pulled by an engine only while it has room for the segment
+  (admission control: queues stay in one place, where the global order decides). A resuming job stays with the
+  engine that holds its KV unless recomputing it elsewhere costs less than that engine's predicted backlog.
+- `autellix_engine` (placement "autellix"): Autellix's load balancing, decided when a segment becomes ready:
+  short segments go to the least-loaded engine, long ones stay where their KV is.
+- round robin / least loaded per job (placement "round_robin" / "least_loaded", in `sim.simulate`): a job stays on
+  one engine for its whole life and each engine schedules alone.
+
+The engine side is described by `EngineState`, a protocol the simulator's engines implement (and the engine
+actors will report), so this module holds no engine internals.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from runtime.agents.job import Job, KVState
+from runtime.agents.kv import blocks_for
+from runtime.agents.policy import Policy
+from runtime.agents.predictor import Predictor
+
+# Where a job's KV still exists on its engine (a discarded job may hit the prefix cache there, but nothing is held)
+HELD = (KVState.PRESERVED, KVState.SWAPPED, KVState.SWAPPING_OUT)
+
+
+class EngineState(Protocol):
+    index: int
+    now: float
+
+    def room(self) -> tuple[int, int]:
+        """(KV blocks, sequence slots) the engine could still give to newly dispatched segments."""
+
+    def backlog_s(self) -> float:
+        """Predicted seconds of work the engine has running and queued."""
+
+    def held_blocks(self, job: Job) -> int:
+        """Blocks of `job`'s KV this engine holds on its GPU tier."""
+
+
+class GlobalQueue:
+    def __init__(self, policy: Policy, predictor: Predictor, block_size: int, engines: list[EngineState]):
+        self.policy, self.pred, self.bs, self.engines = policy, predictor, block_size, engines
+        self.ready: list[Job] = []
+        self.decisions = 0  # segments dispatched
+
+    def submit(self, job: Job) -> None:
+        self.ready.append(job)
+
+    def pull(self, engine: EngineState) -> list[Job]:
+        """Segments `engine` should take now, in the policy's order, while its room lasts. Jobs made ready at a
+        time past the engine's clock are not visible to it yet."""
+        blocks, seqs = engine.room()
+        if not self.ready or seqs <= 0:
+            return []
+        visible = [j for j in self.ready if j.ready_since <= engine.now]
+        taken: list[Job] = []
+        for job in self.policy.order(visible, engine.now):
+            if seqs <= 0:
+                break
+            home = job.engine if job.kv in HELD else None
+            if home is not None and home != engine.index:
+                if job.kv is KVState.SWAPPING_OUT:
+                    continue
+                if self.pred.recompute_s(job.kv_tokens) >= self.engines[home].backlog_s():
+                    continue  # cheaper to wait for the engine that holds its KV
+            need = blocks_for(job.resume_tokens + 1, self.bs)
+            if home == engine.index:
+                need -= engine.held_blocks(job)
+            if need > blocks:
+                if self.policy.packs:
+                    continue
+                break
+            blocks -= need
+            seqs -= 1
+            taken.append(job)
+        if taken:
+            ids = {id(j) for j in taken}
+            self.ready = [j for j in self.ready if id(j) not in ids]
+            self.decisions += len(taken)
+        return taken
+
+
+def autellix_engine(job: Job, engines: list[EngineState], predictor: Predictor, short_s: float) -> EngineState:
+    """Autellix's placement of a segment that became ready: short (predicted compute below `short_s`) to the
+    least-loaded engine, long to the engine that ran the job before (its KV and prefix cache are there)."""
+    least = min(engines, key=lambda e: (e.backlog_s(), e.index))
+    if job.seg == 0 and job.seg_generated == 0:
+        return least
+    if predictor.compute_s(job) < short_s:
+        return least
+    return engines[job.engine]
