@@ -10,8 +10,9 @@ Three arrangements, all driving the same per-engine policy objects:
 - round robin / least loaded per job (placement "round_robin" / "least_loaded", in `sim.simulate`): a job stays on
   one engine for its whole life and each engine schedules alone.
 
-The engine side is described by `EngineState`, a protocol the simulator's engines implement (and the engine
-actors will report), so this module holds no engine internals.
+The engine side is described by `EngineState`, a protocol the simulator's engines implement and the real
+cluster's dispatcher (`runtime.serving.dispatch`) builds from engine reports, so this module holds no engine
+internals and the simulator and the GlobalScheduler actor run the same placement code.
 """
 
 from __future__ import annotations
@@ -50,10 +51,12 @@ class GlobalQueue:
     def submit(self, job: Job) -> None:
         self.ready.append(job)
 
-    def pull(self, engine: EngineState) -> list[Job]:
-        """Segments `engine` should take now, in the policy's order, while its room lasts. Jobs made ready at a
-        time past the engine's clock are not visible to it yet."""
+    def pull(self, engine: EngineState, limit: int | None = None) -> list[Job]:
+        """Segments `engine` should take now (at most `limit`), in the policy's order, while its room lasts. Jobs
+        made ready at a time past the engine's clock are not visible to it yet."""
         blocks, seqs = engine.room()
+        if limit is not None:
+            seqs = min(seqs, limit)
         if not self.ready or seqs <= 0:
             return []
         visible = [j for j in self.ready if j.ready_since <= engine.now]

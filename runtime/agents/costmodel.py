@@ -48,6 +48,11 @@ def prefill_pairs(cached: int, n: int) -> float:
     return n * cached + n * (n + 1) / 2.0
 
 
+# Hand-set placeholder for CPU engines (not fitted): only relative service times matter for ordering. A cost
+# fitted from an engine's step log (`fit`) gives real predictions.
+CPU_DEFAULT_COST = StepCost(base_s=3e-3, token_s=2e-5, kv_read_s=1e-8, attn_pair_s=1e-10)
+
+
 @dataclass(frozen=True)
 class DeploymentProfile:
     """A model on its hardware: step cost, KV geometry and the engine limits the simulator enforces."""

@@ -16,6 +16,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.engine.engine_state import EngineLoad, load_logger_factory
 from runtime.engine.host_swap import CONNECTOR_NAME, MODULE_PATH
 from runtime.engine.job_hints import JobHint
 from runtime.engine.vllm_scheduler import (
@@ -65,8 +66,17 @@ class EngineConfig:
             raise ValueError("kv_log needs plugin='policy' (the KV manager lives there)")
 
 
-class UnknownJobError(ValueError):
-    """A segment claims to resume a job this engine has not seen (or skips one of its segments)."""
+class SegmentOrderError(ValueError):
+    """A segment of a job that is not after the job's latest segment on this engine (a repeat, or one that would
+    run beside the job's running segment)."""
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What one segment produced: its tokens and why it stopped ("length": max_tokens reached, "stop": EOS)."""
+
+    token_ids: list[int]
+    finish_reason: str
 
 
 class VllmEngine:
@@ -74,7 +84,11 @@ class VllmEngine:
         check_vllm_version()
         self.config = config
         self._llm = None
-        self._next_seg: dict[str, int] = {}  # job id -> the segment it may submit next
+        # job id -> its latest segment started here. A job may run earlier segments on other engines (the global
+        # scheduler moves jobs), but here its segments run one at a time, in order: the plugin's job history
+        # depends on it, and an exception in the engine process would kill the engine, so the check is here.
+        self._latest_seg: dict[str, int] = {}
+        self.load = EngineLoad()
 
     def start(self) -> VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -101,49 +115,74 @@ class VllmEngine:
                                enable_prefix_caching=True, enforce_eager=True, scheduler_cls=PLUGINS[c.plugin],
                                num_gpu_blocks_override=c.kv_blocks, disable_log_stats=True,
                                kv_transfer_config=transfer)
-        self._llm = AsyncLLM.from_engine_args(args)
+        self._llm = AsyncLLM.from_engine_args(args, stat_loggers=[load_logger_factory(self.load)])
         return self
+
+    @property
+    def kv_blocks(self) -> int:
+        """Blocks in the KV pool, as the engine core sized it."""
+        if self._llm is None:
+            raise RuntimeError("engine not started: call start() first")
+        return int(self._llm.vllm_config.cache_config.num_gpu_blocks)
 
     async def generate(self, prompt_token_ids: list[int], max_tokens: int, request_id: str | None = None,
                        hint: JobHint | None = None) -> list[int]:
-        """Greedy-generate exactly `max_tokens` tokens after `prompt_token_ids`."""
+        """Greedy-generate exactly `max_tokens` tokens after `prompt_token_ids` (end of sequence ignored, so a
+        replay's lengths are exactly its trace's)."""
+        tokens: list[int] = []
+        async for delta in self.stream(prompt_token_ids, max_tokens, request_id=request_id, hint=hint):
+            tokens += delta.token_ids
+        return tokens
+
+    async def stream(self, prompt_token_ids: list[int], max_tokens: int, *, temperature: float = 0.0,
+                     ignore_eos: bool = True, request_id: str | None = None, hint: JobHint | None = None):
+        """Yield a `Completion` with each step's new tokens; the last one carries the finish reason."""
         from vllm import SamplingParams
 
         if self._llm is None:
             raise RuntimeError("engine not started: call start() first")
         if not prompt_token_ids:
             raise ValueError("prompt_token_ids must not be empty")
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
         if len(prompt_token_ids) + max_tokens > self.config.max_model_len:
             raise ValueError(f"context {len(prompt_token_ids)} + {max_tokens} new tokens exceeds max_model_len "
                              f"{self.config.max_model_len}")
-        if max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
-        claimed = self._claim_segment(hint) if hint is not None else None
-        last = None
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        params = SamplingParams(temperature=temperature, max_tokens=max_tokens, ignore_eos=ignore_eos)
+        previous = self._claim_segment(hint) if hint is not None else None
+        sent = 0
         try:
             async for out in self._llm.generate({"prompt_token_ids": list(prompt_token_ids)}, params,
                                                 request_id or uuid.uuid4().hex,
                                                 kv_hints=hint.envelope() if hint is not None else None):
-                last = out
+                done = out.outputs[0]
+                tokens = list(done.token_ids)
+                if len(tokens) > sent or out.finished:
+                    yield Completion(tokens[sent:], (done.finish_reason or "") if out.finished else "")
+                    sent = len(tokens)
         except BaseException:
-            if claimed is not None:
-                self._next_seg[hint.job_id] = claimed  # the segment did not run: it may be submitted again
+            if hint is not None and sent == 0:  # the segment did not run: it may be submitted again
+                self._unclaim(hint, previous)
             raise
-        return list(last.outputs[0].token_ids)
 
-    def _claim_segment(self, hint: JobHint) -> int:
-        """Segments of one job arrive in order, one at a time: the plugin's job history depends on it, and an
-        exception in the engine process would kill the engine, so the check happens here."""
-        expected = self._next_seg.get(hint.job_id, 0)
-        if hint.seg != expected:
-            known = f"its next segment is {expected}" if hint.job_id in self._next_seg else "it was never started"
-            raise UnknownJobError(f"job {hint.job_id!r}: segment {hint.seg} cannot run here; {known}")
+    def _claim_segment(self, hint: JobHint) -> int | None:
+        latest = self._latest_seg.get(hint.job_id)
+        if latest is not None and hint.seg <= latest:
+            raise SegmentOrderError(f"job {hint.job_id!r}: segment {hint.seg} cannot run here; segment {latest} "
+                                    f"of this job already ran here")
         if hint.last:
-            self._next_seg.pop(hint.job_id, None)
+            self._latest_seg.pop(hint.job_id, None)
         else:
-            self._next_seg[hint.job_id] = hint.seg + 1
-        return expected
+            self._latest_seg[hint.job_id] = hint.seg
+        return latest
+
+    def _unclaim(self, hint: JobHint, previous: int | None) -> None:
+        if previous is None:
+            self._latest_seg.pop(hint.job_id, None)
+        else:
+            self._latest_seg[hint.job_id] = previous
 
     async def reset_prefix_cache(self) -> bool:
         """Forget cached prefixes, so a repeated replay starts as cold as the first. False (and nothing dropped)

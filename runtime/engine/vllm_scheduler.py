@@ -25,7 +25,14 @@ import vllm
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import RequestStatus
 
-from runtime.agents.costmodel import DeploymentProfile, StepCost, StepRecord, kv_bytes_per_token, prefill_pairs
+from runtime.agents.costmodel import (
+    CPU_DEFAULT_COST,
+    DeploymentProfile,
+    StepCost,
+    StepRecord,
+    kv_bytes_per_token,
+    prefill_pairs,
+)
 from runtime.agents.job import Job, KVState, Phase, Segment
 from runtime.agents.kv import KVAction, KVDecision, MemoryView, blocks_for
 from runtime.agents.policy import PolicyContext, SegmentStats, make_policy
@@ -39,9 +46,6 @@ POLICY_ENV = "AGENTRIVER_POLICY"  # runtime.agents policy name for PolicySchedul
 COST_ENV = "AGENTRIVER_COST"  # JSON of StepCost fields (e.g. fitted from a step log) for the predictor
 KV_LOG_ENV = "AGENTRIVER_KV_LOG"  # JSONL file of KV events (decisions, releases, resumes with reused tokens)
 HOST_COPY_BYTES_PER_S = 10e9  # assumed device<->host copy rate for swap costs (PCIe-class; not measured here)
-# Hand-set placeholder for CPU engines (not fitted): only relative service times matter for ordering. Pass a
-# cost fitted from the step log (`costmodel.fit`) through AGENTRIVER_COST for real predictions.
-CPU_DEFAULT_COST = StepCost(base_s=3e-3, token_s=2e-5, kv_read_s=1e-8, attn_pair_s=1e-10)
 
 
 def check_vllm_version(version: str = vllm.__version__) -> None:

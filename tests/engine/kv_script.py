@@ -45,7 +45,8 @@ async def errors(engine: VllmEngine) -> dict:
     for name, call in {
         "too_long": lambda: engine.generate([5] * 1100, OUT),
         "bad_max_tokens": lambda: engine.generate([5] * 10, 0),
-        "unknown_job": lambda: engine.generate([5] * 10, OUT, hint=hint("ghost", 2, 100, 10, False)),
+        "moved_job": lambda: engine.generate([5] * 110, OUT, hint=hint("ghost", 2, 100, 10, False)),
+        "repeated_segment": lambda: engine.generate([5] * 10, OUT, hint=hint("ghost", 1, 0, 10, False)),
     }.items():
         try:
             await asyncio.wait_for(call(), 30)

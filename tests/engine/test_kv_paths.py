@@ -62,7 +62,8 @@ def test_errors_come_back_as_clear_exceptions(run):
     err = out["errors"]
     assert err["too_long"].startswith("ValueError") and "max_model_len 1024" in err["too_long"]
     assert err["bad_max_tokens"].startswith("ValueError") and "max_tokens" in err["bad_max_tokens"]
-    assert err["unknown_job"].startswith("UnknownJobError") and "never started" in err["unknown_job"]
+    assert err["moved_job"] == "no error"  # its earlier segments ran on another engine
+    assert err["repeated_segment"].startswith("SegmentOrderError") and "segment 2" in err["repeated_segment"]
     assert "maximum context length is 1024" in err["vllm_too_long"]
     assert err["still_serves"]
 

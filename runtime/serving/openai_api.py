@@ -1,0 +1,105 @@
+"""The OpenAI chat-completions wire format this runtime accepts and answers, as pydantic models.
+
+Only what an agent client sends is modelled; unknown fields are ignored (clients send many optional ones), but
+every field that is present is checked, so a bad value is refused with its name instead of reaching an engine.
+Two fields are this runtime's own: `session_id` (ties calls into one agent job; the `X-Session-Id` header does the
+same) and `tool_category` (the tool this call's answer will invoke, which feeds the service-time predictor).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+
+
+class ToolCallFunction(BaseModel):
+    name: str
+    arguments: str = ""
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: ToolCallFunction
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_call_id: str | None = None
+
+    def text(self) -> str:
+        """The message's text: content parts of type text joined (images and audio are not served here)."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, gt=0)
+    max_completion_tokens: int | None = Field(default=None, gt=0)
+    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
+    stream: bool = False
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    session_id: str | None = None
+    tool_category: str = Field(default="", max_length=64)
+    user: str | None = None
+
+    @field_validator("session_id")
+    @classmethod
+    def _session_id(cls, v: str | None) -> str | None:
+        if v is not None and not SESSION_ID.match(v):
+            raise ValueError("must be 1-128 characters of letters, digits and ._:- starting with a letter or digit")
+        return v
+
+    def output_budget(self, default: int) -> int:
+        return self.max_completion_tokens or self.max_tokens or default
+
+
+def completion_id() -> str:
+    return f"chatcmpl-{uuid.uuid4().hex}"
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def completion(cid: str, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int,
+               session_id: str) -> dict:
+    return {"id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": finish_reason}],
+            "usage": usage(prompt_tokens, completion_tokens), "session_id": session_id}
+
+
+def chunk(cid: str, model: str, delta: dict, finish_reason: str | None, session_id: str,
+          usage_: dict | None = None) -> str:
+    """One server-sent event of a streamed completion."""
+    body = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}], "session_id": session_id}
+    if usage_ is not None:
+        body["usage"] = usage_
+    return f"data: {json.dumps(body)}\n\n"
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

@@ -1,0 +1,118 @@
+"""The dispatcher's decisions (pure Python: the GlobalScheduler actor only adds Ray around it)."""
+
+import pytest
+
+from runtime.serving.dispatch import Dispatcher, EngineInfo, NoEngine, QueueFull, SessionBusy, UnknownSession
+
+
+class Clock:
+    def __init__(self):
+        self.t = 1000.0
+
+    def __call__(self):
+        return self.t
+
+
+def make(n=2, blocks=64, seqs=4, **kw):
+    clock = Clock()
+    infos = [EngineInfo(f"e{i}", blocks, 32, seqs, 1024) for i in range(n)]
+    return Dispatcher(infos, clock=clock, **kw), clock
+
+
+def test_a_session_is_one_job_whose_history_spans_its_segments():
+    d, clock = make()
+    t = d.submit("s", 100, 16, tool_category="search")
+    clock.t += 2.0
+    [g] = d.grant()
+    assert g.ticket == t and g.hint.seg == 0 and g.hint.prompt_tokens == 100 and g.hint.tool_category == "search"
+    clock.t += 1.0
+    d.finish(t, 16, 1.0, "preserved", 116)
+    clock.t += 5.0
+    t1 = d.submit("s", 150, 16)  # the whole conversation again: 34 new tokens after 116 known
+    [g1] = d.grant()
+    assert g1.hint.seg == 1 and g1.hint.context_tokens == 116 and g1.hint.prompt_tokens == 34
+    assert g1.hint.prev_category == "search" == g1.hint.first_category
+    assert g1.engine == g.engine  # its KV is kept there and the other engine is no faster
+    d.finish(t1, 8, 0.5, "discarded")
+    view = d.session_view("s")
+    assert view["segments"] == 2 and view["waited_s"] == pytest.approx(2.0) and view["state"] == "tool"
+    assert [r["output_tokens"] for r in view["segment_log"]] == [16, 8]
+    done = d.close("s")
+    assert done.segments == 2 and done.jct_s == pytest.approx(8.0)
+    with pytest.raises(UnknownSession):
+        d.session_view("s")
+
+
+def test_new_jobs_spread_over_engines_and_admission_holds_the_rest():
+    d, _ = make(n=2, blocks=8, seqs=4)  # 8 blocks of 32 tokens: one 200+16 token segment needs 7
+    tickets = [d.submit(f"s{i}", 200, 16) for i in range(3)]
+    grants = d.grant()
+    assert sorted(g.engine for g in grants) == [0, 1]  # one per engine; the third does not fit anywhere
+    assert len(d.queue.ready) == 1
+    d.finish(grants[0].ticket, 16, 0.1)
+    [late] = d.grant()
+    assert late.ticket == (set(tickets) - {g.ticket for g in grants}).pop() and late.engine == grants[0].engine
+
+
+def test_bounded_queue_says_when_to_retry():
+    d, _ = make(n=1, max_queue=2)
+    d.submit("a", 10, 4)
+    d.submit("b", 10, 4)
+    with pytest.raises(QueueFull) as e:
+        d.submit("c", 10, 4)
+    assert e.value.retry_after_s >= 1.0
+    assert set(d.jobs) == {"a", "b"}  # nothing accepted was lost
+
+
+def test_one_segment_at_a_time_per_session():
+    d, _ = make()
+    d.submit("a", 10, 4)
+    with pytest.raises(SessionBusy):
+        d.submit("a", 12, 4)
+    with pytest.raises(SessionBusy):
+        d.close("a")
+    with pytest.raises(ValueError, match="context length 1024"):
+        d.submit("b", 1020, 8)
+
+
+def test_a_segment_whose_engine_died_is_recomputed_elsewhere_with_its_history():
+    d, clock = make(n=2)
+    t = d.submit("s", 100, 20)
+    [g] = d.grant()
+    clock.t += 3.0
+    d.fail(t, emitted_tokens=5)
+    assert not d.engines[g.engine].alive
+    [again] = d.grant()
+    assert again.ticket == t and again.engine != g.engine
+    assert again.hint.prompt_tokens == 105 and again.max_tokens == 15  # continues after what was sent
+    d.finish(t, 15, 1.0)
+    assert d.session_view("s")["segment_log"][0]["retries"] == 1
+    d.engine_down(again.engine)
+    with pytest.raises(NoEngine):
+        d.submit("s", 200, 4)
+    d.engine_up(g.engine, d.engines[g.engine].info)
+    d.submit("s", 200, 4)
+    assert d.grant()[0].engine == g.engine
+
+
+def test_idle_sessions_expire_and_cancelled_segments_leave_no_trace():
+    d, clock = make()
+    t = d.submit("s", 10, 4)
+    d.grant()
+    d.finish(t, 4, 0.1)
+    d.submit("q", 10, 4)
+    d.cancel("q/0")
+    assert "q" not in d.jobs and not d.queue.ready
+    clock.t += 100
+    assert [f.session_id for f in d.expire(60.0)] == ["s"]
+    assert not d.jobs
+
+
+def test_engine_reports_update_kept_kv():
+    d, _ = make(n=1)
+    t = d.submit("s", 100, 10)
+    d.grant()
+    d.finish(t, 10, 0.1, "preserved", 110)
+    assert d.engines[0].held == {"s": 4}
+    d.engine_report(0, {"s": ("swapped", 110)})  # memory pressure moved it to host memory
+    assert d.engines[0].held == {} and d.session_view("s")["kv_state"] == "swapped"
