@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 EXTRAS  ?= dev,cpu
 
-.PHONY: install run test bench bench-real bench-river lint model clean
+.PHONY: install run serve test bench bench-real bench-river lint model clean
 
 $(STAMP):
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -20,8 +20,12 @@ $(STAMP):
 
 install: $(STAMP)
 
-run: $(STAMP)  ## the main job: quick simulator benchmark of every policy
-	$(PY) -m agentriver bench-sim --quick --out build/quick/results.json
+run: $(STAMP) models/small/config.json  ## the main job: the agent service on local Ray + a demo agent workload over HTTP
+	HF_HUB_OFFLINE=1 $(PY) -m deployments.launch demo
+
+PORT ?= 8000
+serve: $(STAMP) models/small/config.json  ## the agent service on local Ray at http://127.0.0.1:$(PORT) until Ctrl-C
+	HF_HUB_OFFLINE=1 $(PY) -m deployments.launch serve --port $(PORT)
 
 test: $(STAMP)  ## the whole suite
 	$(PY) -m pytest -q

@@ -10,6 +10,7 @@ recomputed on another engine and the client sees one answer.
 from __future__ import annotations
 
 import hmac
+import logging
 import os
 import uuid
 
@@ -27,6 +28,7 @@ from runtime.serving.chat import ChatTokenizer, IncrementalText
 from runtime.serving.config import API_KEY_ENV, ServeSettings
 from runtime.serving.dispatch import NoEngine, QueueFull, SessionBusy, UnknownSession
 
+log = logging.getLogger("ray.serve")
 ENGINE_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 OPEN_PATHS = ("/health", "/docs", "/openapi.json")
 
@@ -63,8 +65,10 @@ async def _http(_: Request, e: StarletteHTTPException) -> JSONResponse:
 
 
 @api.exception_handler(Exception)
-async def _internal(_: Request, e: Exception) -> JSONResponse:
-    return JSONResponse(oai.error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), 500)
+async def _internal(request: Request, e: Exception) -> JSONResponse:
+    log.exception("%s %s failed", request.method, request.url.path)  # the trace goes to the log, not the client
+    return JSONResponse(oai.error_body(f"internal error ({type(e).__name__}); see the service log",
+                                       "server_error"), 500)
 
 
 @api.middleware("http")
@@ -129,7 +133,7 @@ class AgentIngress:
     @api.post("/v1/chat/completions")
     async def chat(self, body: oai.ChatCompletionRequest, x_session_id: str | None = Header(default=None)):
         if body.model != self.settings.served_model_name:
-            raise ApiError(400, f"model {body.model!r} is not served here; GET /v1/models lists "
+            raise ApiError(400, f"model: {body.model!r} is not served here; GET /v1/models lists "
                                 f"{self.settings.served_model_name!r}", param="model")
         session = body.session_id or x_session_id
         if session is not None and not oai.SESSION_ID.match(session):
@@ -141,8 +145,8 @@ class AgentIngress:
         budget = body.output_budget(self.settings.default_max_tokens)
         limit = self.cluster["max_model_len"]
         if len(prompt) + budget > limit:
-            raise ApiError(400, f"the prompt is {len(prompt)} tokens and max_tokens {budget}: together over the "
-                                f"model's context length {limit}", param="messages")
+            raise ApiError(400, f"messages: the prompt is {len(prompt)} tokens and max_tokens {budget}: together "
+                                f"over the model's context length {limit}", param="messages")
         grant = await self._acquire(session, len(prompt), budget, body.tool_category, one_shot)
         segment = self._segment(grant, prompt, body.temperature, one_shot)
         cid = oai.completion_id()

@@ -71,7 +71,10 @@ class QueueFull(Exception):
     def __init__(self, ready: int, retry_after_s: float):
         super().__init__(f"{ready} segments are waiting for an engine (the queue's bound); retry in "
                          f"{retry_after_s:.0f} s")
-        self.retry_after_s = retry_after_s
+        self.ready, self.retry_after_s = ready, retry_after_s
+
+    def __reduce__(self):  # rebuilt from its fields where Ray delivers it
+        return QueueFull, (self.ready, self.retry_after_s)
 
 
 class SessionBusy(Exception):

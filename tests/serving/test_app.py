@@ -1,0 +1,227 @@
+"""The agent service end to end: real Ray and Serve started locally, two real vLLM (CPU) engine actors serving the
+tiny model, driven over HTTP with the official `openai` client and httpx."""
+
+import asyncio
+import socket
+import time
+
+import httpx
+import psutil
+import pytest
+
+ray = pytest.importorskip("ray")
+from openai import APIStatusError, AsyncOpenAI  # noqa: E402
+from ray import serve  # noqa: E402
+
+from actors.global_scheduler import engine_name  # noqa: E402
+from deployments.app import AgentIngress  # noqa: E402
+from runtime.serving.agent_client import Turn, run_agent  # noqa: E402
+from runtime.serving.config import API_KEY_ENV, ServeSettings  # noqa: E402
+
+MODEL = "tiny"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deploy(settings: dict, env: dict | None = None) -> None:
+    options = {"num_cpus": 0, **({"runtime_env": {"env_vars": env}} if env else {})}
+    serve.run(AgentIngress.options(ray_actor_options=options).bind(settings), name="agentriver", route_prefix="/")
+
+
+@pytest.fixture(scope="module")
+def service(tiny_model):
+    settings = ServeSettings(model=str(tiny_model), engines=2, max_queue=64,
+                             engine={"max_model_len": 1024, "max_num_seqs": 16, "host_swap_blocks": 64}).model_dump()
+    port = free_port()
+    ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    deploy(settings)
+    yield {"url": f"http://127.0.0.1:{port}", "settings": settings}
+    from actors.global_scheduler import SCHEDULER_NAME
+
+    scheduler = ray.get_actor(SCHEDULER_NAME, namespace="agentriver")
+    ray.get(scheduler.shutdown.remote())
+    ray.kill(scheduler)
+    serve.shutdown()
+    ray.shutdown()
+
+
+def client(service, **kw) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=service["url"] + "/v1", api_key="unused", max_retries=0, timeout=300, **kw)
+
+
+def turns(n: int, max_tokens: int = 12, tool_s: float = 0.2) -> list[Turn]:
+    return [Turn(f"step {k}: " + "look up the value and report " * 5, max_tokens,
+                 "search" if k < n - 1 else "", tool_s if k < n - 1 else 0.0) for k in range(n)]
+
+
+def test_models_and_a_three_segment_session_is_one_job(service):
+    async def go():
+        c = client(service)
+        models = await c.models.list()
+        assert [m.id for m in models.data] == [MODEL]
+        return await run_agent(c, MODEL, "three", turns(3))
+
+    r = asyncio.run(go())
+    assert r.segments == 3 and r.completion_tokens <= 36
+    v = r.view
+    assert v["session_id"] == "three" and v["segments"] == 3 and v["state"] == "tool"
+    assert [s["index"] for s in v["segment_log"]] == [0, 1, 2]
+    assert [s["tool_category"] for s in v["segment_log"]] == ["search", "search", ""]
+    assert v["segment_log"][1]["prompt_tokens"] < v["segment_log"][0]["prompt_tokens"] + 60  # only what was added
+    assert v["kv_state"] in ("preserved", "swapped", "discarded") and v["engine"].startswith("agentriver-engine-")
+    gone = httpx.get(service["url"] + "/v1/sessions/three")
+    assert gone.status_code == 404 and gone.json()["error"]["param"] == "session_id"
+
+
+def test_streaming_sends_deltas_then_usage(service):
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "stream please " * 10}], "max_tokens": 20,
+            "stream": True, "temperature": 0}
+    with httpx.stream("POST", service["url"] + "/v1/chat/completions", json=body, timeout=120,
+                      headers={"X-Session-Id": "streamer"}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [line[6:] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    import json
+
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop")
+    assert 1 <= chunks[-1]["usage"]["completion_tokens"] <= 20
+    assert len(chunks) >= 3  # the answer came in pieces, not at once
+    httpx.post(service["url"] + "/v1/sessions/streamer/close")
+
+
+@pytest.mark.parametrize("body, status, param", [
+    ("{not json", 400, None),
+    ({"model": MODEL}, 400, "messages"),
+    ({"model": MODEL, "messages": []}, 400, "messages"),
+    ({"model": "gpt-17", "messages": [{"role": "user", "content": "hi"}]}, 400, "model"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, 400, "max_tokens"),
+    ({"model": MODEL, "messages": [{"role": "wizard", "content": "hi"}]}, 400, "messages.0.role"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "word " * 2000}]}, 400, "messages"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "session_id": "../etc"}, 400, "session_id"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": -1}, 400, "temperature"),
+])
+def test_malformed_requests_get_a_json_4xx_naming_the_field(service, body, status, param):
+    kw = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, str) else {"json": body}
+    r = httpx.post(service["url"] + "/v1/chat/completions", timeout=60, **kw)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["message"]
+    if param:
+        assert param.split(".")[0] in err["message"]
+
+
+def test_unknown_session_and_paths_answer_json(service):
+    for method, path, status in (("GET", "/v1/sessions/nobody", 404), ("POST", "/v1/sessions/nobody/close", 404),
+                                 ("GET", "/v1/nothing", 404)):
+        r = httpx.request(method, service["url"] + path, timeout=30)
+        assert r.status_code == status and "error" in r.json()
+
+
+def test_bounded_queue_answers_429_with_retry_after(service):
+    """120 calls at once: 32 run (16 sequences per engine), 64 may wait; the rest are refused, none fails."""
+    async def go():
+        async with httpx.AsyncClient(base_url=service["url"], timeout=300) as h:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "burst " * 50}], "max_tokens": 64}
+            return await asyncio.gather(*(h.post("/v1/chat/completions", json=body) for _ in range(120)))
+
+    answers = asyncio.run(go())
+    codes = [r.status_code for r in answers]
+    assert set(codes) <= {200, 429} and codes.count(429) > 0 and codes.count(200) >= 96, codes
+    refused = next(r for r in answers if r.status_code == 429)
+    assert int(refused.headers["Retry-After"]) >= 1 and refused.json()["error"]["type"] == "rate_limit_error"
+
+
+def test_auth_when_the_key_is_set(service):
+    deploy(service["settings"], {API_KEY_ENV: "s3cret"})
+    try:
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+        url = service["url"] + "/v1/chat/completions"
+        assert httpx.post(url, json=body, timeout=60).status_code == 401
+        wrong = httpx.post(url, json=body, headers={"Authorization": "Bearer nope"}, timeout=60)
+        assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
+        ok = httpx.post(url, json=body, headers={"Authorization": "Bearer s3cret"}, timeout=60)
+        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 2
+        assert httpx.get(service["url"] + "/health", timeout=30).status_code == 200
+    finally:
+        deploy(service["settings"])
+    assert httpx.get(service["url"] + "/v1/models", timeout=30).status_code == 200
+
+
+def test_32_sessions_for_60_seconds_no_5xx(service):
+    errors: list[str] = []
+
+    async def agent(c, i, until):
+        done = 0
+        while time.monotonic() < until:
+            try:
+                r = await run_agent(c, MODEL, f"load-{i}-{done}", turns(3, max_tokens=8, tool_s=0.3), stream=i % 2)
+                assert r.segments == 3
+                done += 1
+            except APIStatusError as e:
+                errors.append(f"{e.status_code}: {e.message}")
+                await asyncio.sleep(1)
+        return done
+
+    async def go():
+        c = client(service)
+        until = time.monotonic() + 60
+        return await asyncio.gather(*(agent(c, i, until) for i in range(32)))
+
+    before = metric(service, "agentriver_job_completion_seconds_count")
+    done = asyncio.run(go())
+    assert not [e for e in errors if e.startswith("5")], errors
+    assert all(n >= 1 for n in done), done
+    assert metric(service, "agentriver_job_completion_seconds_count") - before == sum(done)
+    assert metric(service, "agentriver_sessions") == 0
+
+
+def metric(service, name: str) -> float:
+    text = httpx.get(service["url"] + "/metrics", timeout=30).text
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
+               or line.startswith(name + "{"))
+
+
+def test_engine_killed_mid_run_loses_no_job(service):
+    """Kill one engine actor while segments run on it: they are recomputed on the other engine, every session
+    completes with each of its answers given once, and Ray restarts the engine, which rejoins."""
+    async def go():
+        c = client(service)
+        tasks = [asyncio.create_task(run_agent(c, MODEL, f"fault-{i}", turns(3, max_tokens=96, tool_s=0.5),
+                                               stream=True)) for i in range(8)]
+        victim = ray.get_actor(engine_name(0), namespace="agentriver")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            cluster = httpx.get(service["url"] + "/v1/cluster", timeout=30).json()
+            if cluster["engines"][0]["running"] >= 2:
+                break
+            await asyncio.sleep(0.05)
+        old_pid = ray.get(victim.pid.remote())
+        children = [p.pid for p in psutil.Process(old_pid).children(recursive=True)]
+        ray.kill(victim, no_restart=False)
+        return await asyncio.gather(*tasks), old_pid, children
+
+    results, old_pid, children = asyncio.run(go())
+    assert children  # vLLM's engine core runs in a child process
+    assert len(results) == 8 and all(r.segments == 3 for r in results)
+    assert all(r.completion_tokens <= 3 * 96 for r in results)
+    logs = [s for r in results for s in r.view["segment_log"]]
+    assert sum(s["retries"] for s in logs) >= 1  # at least one segment was running on the killed engine
+    assert all(s["output_tokens"] <= 96 for s in logs)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if httpx.get(service["url"] + "/v1/cluster", timeout=30).json()["engines"][0]["alive"]:
+            break
+        time.sleep(2)
+    else:
+        pytest.fail("the restarted engine did not rejoin in 300 s")
+    victim = ray.get_actor(engine_name(0), namespace="agentriver")
+    assert ray.get(victim.pid.remote()) != old_pid
+    stray = [p for p in children if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    assert stray == [], "the killed engine's vLLM processes outlived it"
