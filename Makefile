@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 EXTRAS  ?= dev,cpu
 
-.PHONY: install run serve test bench bench-real bench-river lint model clean
+.PHONY: install run serve test bench bench-real bench-http bench-river lint model clean
 
 $(STAMP):
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -32,8 +32,11 @@ test: $(STAMP)  ## the whole suite
 
 bench: $(STAMP)  ## the committed simulator benchmarks (bench/results/) and the target check
 	$(PY) -m bench.reproduce
-	$(PY) -m bench.targets bench/results/jct_sim_*.json \
+	$(TARGETS)
 		$(wildcard bench/results/jct_real_*.json bench/results/river*.json)
+
+# every committed result checked against its targets (bench/results/README.md); globbed when the recipe runs
+TARGETS = $(PY) -m bench.targets bench/results/jct_*.json bench/results/river*.json
 
 REAL := HF_HUB_OFFLINE=1 $(PY) -m bench.jct_real --model small --seeds 0 --kv-blocks 256
 bench-real: $(STAMP) models/small/config.json  ## the committed real-vLLM (CPU) benchmarks, ~25 min on 2 cores
@@ -43,14 +46,23 @@ bench-real: $(STAMP) models/small/config.json  ## the committed real-vLLM (CPU) 
 		--tool-time-scale 0.1 --out bench/results/jct_real_infercept.json
 	$(REAL) --trace build/traces/infercept96.parquet --policies vllm,fcfs,astraea --rate-scales 4 --single-segment \
 		--out bench/results/jct_real_notools.json
-	$(PY) -m bench.targets bench/results/jct_sim_*.json bench/results/jct_real_*.json \
+	$(TARGETS)
 		$(wildcard bench/results/river*.json)
+
+HTTP := HF_HUB_OFFLINE=1 $(PY) -m bench.jct_http --model small --kv-blocks 256
+bench-http: $(STAMP) models/small/config.json  ## the agent service benchmarks: HTTP replay (~15 min) + cluster sim
+	$(PY) -m agentriver trace --mix infercept --jobs 24 --rate 0.25 --seed 0 --out build/traces/infercept24.parquet
+	$(HTTP) --trace build/traces/infercept24.parquet --policies vllm,astraea --rate-scales 4 --tool-time-scale 0.1 \
+		--out bench/results/jct_http_infercept.json
+	$(PY) -m bench.jct_cluster --mixes swe,infercept --engines 8,64 --jobs-per-engine 60 --seeds 0 \
+		--out bench/results/jct_cluster.json
+	$(TARGETS)
 
 RIVER := --wad freedoom2 --maps MAP01,MAP02,MAP03 --segments 24
 bench-river: $(STAMP)  ## the committed River benchmarks (real Freedoom video), ~15 min on 2 cores
 	$(PY) -m bench.river $(RIVER) --out bench/results/river.json
 	$(PY) -m bench.river_lookup $(RIVER) --models 10,100,1000 --out bench/results/river_lookup.json
-	$(PY) -m bench.targets bench/results/jct_sim_*.json $(wildcard bench/results/jct_real_*.json) \
+	$(TARGETS)
 		bench/results/river*.json
 
 models/small/config.json: | $(STAMP)

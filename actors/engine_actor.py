@@ -18,6 +18,7 @@ import ray
 from runtime.engine.engine_state import KvLogTail
 from runtime.engine.job_hints import JobHint
 from runtime.engine.vllm_engine import EngineConfig, VllmEngine
+from runtime.serving.config import VLLM_BASELINE
 from runtime.serving.dispatch import EngineInfo
 
 
@@ -26,7 +27,11 @@ class EngineActor:
     def __init__(self, name: str, model: str, settings: dict, policy: str):
         self.name = name
         log = Path(tempfile.mkdtemp(prefix=f"agentriver-{name}-")) / "kv.jsonl"
-        config = EngineConfig(model=model, plugin="policy", policy=policy, kv_log=str(log), **settings)
+        # "vllm": unmodified vLLM scheduling (FCFS, KV freed at every segment end); the step-log plugin only
+        # records iterations. Both keep the host-swap connector configured, so engines run alike.
+        plugin = "steplog" if policy == VLLM_BASELINE else "policy"
+        config = EngineConfig(model=model, plugin=plugin, policy="fcfs" if plugin == "steplog" else policy,
+                              kv_log=str(log) if plugin == "policy" else None, **settings)
         self.engine = VllmEngine(config).start()
         self.kv = KvLogTail(log)
 
@@ -37,11 +42,12 @@ class EngineActor:
     def pid(self) -> int:
         return os.getpid()
 
-    async def stream(self, prompt_token_ids: list[int], max_tokens: int, temperature: float, hint: JobHint):
+    async def stream(self, prompt_token_ids: list[int], max_tokens: int, temperature: float, ignore_eos: bool,
+                     hint: JobHint):
         """Yields {"token_ids", "finish_reason"} per step, then {"kv_state", "kv_tokens", "service_s"}: how the
         engine kept the job's KV for its tool call."""
         started = time.monotonic()
-        async for c in self.engine.stream(prompt_token_ids, max_tokens, temperature=temperature, ignore_eos=False,
+        async for c in self.engine.stream(prompt_token_ids, max_tokens, temperature=temperature, ignore_eos=ignore_eos,
                                           hint=hint):
             yield {"token_ids": c.token_ids, "finish_reason": c.finish_reason}
         self.kv.poll()  # the plugin logged its decision before vLLM returned the last output

@@ -14,7 +14,7 @@ from dataclasses import asdict
 import ray
 
 from actors.engine_actor import EngineActor
-from runtime.serving.config import ServeSettings
+from runtime.serving.config import VLLM_BASELINE, ServeSettings
 from runtime.serving.dispatch import Dispatcher, Grant
 from runtime.serving.metrics import SchedulerMetrics
 
@@ -50,7 +50,8 @@ class GlobalScheduler:
 
     async def _start(self) -> None:
         infos = await asyncio.gather(*(e.info.remote() for e in self.engines))
-        self.d = Dispatcher(list(infos), self.settings.policy, self.settings.max_queue)
+        policy = "fcfs" if self.settings.policy == VLLM_BASELINE else self.settings.policy
+        self.d = Dispatcher(list(infos), policy, self.settings.max_queue)
         self._monitor_task = asyncio.get_running_loop().create_task(self._monitor())
 
     # ------------------------------------------------------------------------------------------ segments
@@ -116,7 +117,7 @@ class GlobalScheduler:
 
     def describe(self) -> dict:
         return {"policy": self.settings.policy, "max_model_len": self.d.max_model_len,
-                "engines": [e.view() for e in self.d.engines], "ready": len(self.d.queue.ready),
+                "engines": [e.view() for e in self.d.engines], "ready": len(self.d.queue),
                 "sessions": len(self.d.jobs)}
 
     # ------------------------------------------------------------------------------------------ engines

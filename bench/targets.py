@@ -75,6 +75,9 @@ def check_real(path: Path) -> tuple[list[str], list[str]]:
         checks += [(ratio <= 0.80, f"load {heavy:g}: astraea avg JCT = {ratio:.3f}x vllm (target <= 0.80)"),
                    (p99r <= 1.0, f"load {heavy:g}: astraea p99 JCT = {p99r:.3f}x vllm (target <= 1.0)")]
     for r in sorted(rows, key=lambda r: (r["load"], r["policy"])):
+        if "http_errors" in r:
+            checks.append((r["http_errors"] == 0, f"{r['policy']} load {r['load']:g}: {r['http_errors']} failed HTTP "
+                                                  f"calls (target 0)"))
         if "sim_error" in r:
             checks.append((abs(r["sim_error"]) <= 0.15,
                            f"simulator vs engine, {r['policy']} load {r['load']:g}: {r['sim_avg_jct_s']:.2f} s vs "
@@ -106,12 +109,32 @@ def check_river_lookup(path: Path) -> tuple[list[str], list[str]]:
     return _verdicts(path, checks)
 
 
+def check_cluster(path: Path) -> tuple[list[str], list[str]]:
+    data = json.loads(path.read_text())
+    rows, checks = data["rows"], []
+    for mix, n in sorted({(r["mix"], r["engines"]) for r in data["rows"]}):
+        group = {r["arrangement"]: r["avg_jct_s"] for r in rows if (r["mix"], r["engines"]) == (mix, n)
+                 and r["seed"] == min(x["seed"] for x in rows)}
+        per_engine = {a: v for a, v in group.items() if not a.startswith("global")}
+        if "global+astraea" in group and per_engine:
+            best = min(per_engine, key=per_engine.get)
+            ratio = group["global+astraea"] / per_engine[best]
+            checks.append((ratio < 1.0, f"{mix}, {n} engines: global+astraea avg JCT = {ratio:.3f}x the best "
+                                        f"per-engine arrangement ({best}) (target < 1)"))
+    c = data["decision_cost"]
+    checks.append((c["p50_ms"] <= 1.0, f"decision cost with {c['ready']} ready segments: {c['p50_ms']:.2f} ms per "
+                                       f"dispatch p50 (target <= 1)"))
+    return _verdicts(path, checks)
+
+
 def _verdicts(path: Path, checks: list[tuple[bool, str]]) -> tuple[list[str], list[str]]:
     return ([("PASS " if ok else "MISS ") + text for ok, text in checks],
             [f"{path.stem}: {text}" for ok, text in checks if not ok])
 
 
 def _checker(data: dict):
+    if "decision_cost" in data:
+        return check_cluster, "[average JCT per arrangement]({stem}.png)"
     if "summary" in data:
         return check, "[JCT vs load]({stem}_jct_vs_load.png), [CDF]({stem}_cdf.png)"
     if "rows" in data:
@@ -127,9 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("give one or more benchmark result files")
     out = ["# Benchmark results", "",
            "`jct_sim_*` come from `make bench` (`python -m bench.reproduce`, the simulator); `jct_real_*` from",
-           "`make bench-real` (real vLLM on this machine's CPU, the `small` model); `river*` from `make bench-river`",
-           "(River on real Freedoom video). Each table's first line is its exact command. This page is written by",
-           "`python -m bench.targets` from the JSON files.", ""]
+           "`make bench-real` (real vLLM on this machine's CPU, the `small` model); `jct_http_*` and `jct_cluster`",
+           "from `make bench-http` (the served agent API on real vLLM; cluster arrangements in the simulator);",
+           "`river*` from `make bench-river` (River on real Freedoom video). Each table's first line is its exact",
+           "command.",
+           "This page is written by `python -m bench.targets` from the JSON files.", ""]
     all_misses = []
     for p in paths:
         data = json.loads(p.read_text())

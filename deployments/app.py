@@ -148,7 +148,7 @@ class AgentIngress:
             raise ApiError(400, f"messages: the prompt is {len(prompt)} tokens and max_tokens {budget}: together "
                                 f"over the model's context length {limit}", param="messages")
         grant = await self._acquire(session, len(prompt), budget, body.tool_category, one_shot)
-        segment = self._segment(grant, prompt, body.temperature, one_shot)
+        segment = self._segment(grant, prompt, body.temperature, body.ignore_eos, one_shot)
         cid = oai.completion_id()
         if body.stream:
             return StreamingResponse(self._sse(segment, cid, body.model, session, len(prompt)),
@@ -172,7 +172,7 @@ class AgentIngress:
         except NoEngine as e:
             raise ApiError(503, str(e), "server_error", headers={"Retry-After": "10"}) from e
 
-    async def _segment(self, grant, prompt: list[int], temperature: float, one_shot: bool):
+    async def _segment(self, grant, prompt: list[int], temperature: float, ignore_eos: bool, one_shot: bool):
         """The segment's token chunks, from whichever engine ends up serving it (engine deaths are retried)."""
         emitted: list[int] = []
         final: dict = {}
@@ -181,7 +181,7 @@ class AgentIngress:
                 engine = self._engine(grant.engine_name)
                 try:
                     async for ref in engine.stream.remote(prompt + emitted, grant.max_tokens, temperature,
-                                                          grant.hint):
+                                                          ignore_eos, grant.hint):
                         item = await ref
                         if "token_ids" in item:
                             emitted += item["token_ids"]

@@ -28,15 +28,17 @@ class AgentResult:
     view: dict  # GET /v1/sessions/{id} just before the session was closed
 
 
-async def run_agent(client, model: str, session_id: str, turns: list[Turn], stream: bool = False) -> AgentResult:
-    """Run every turn through `client` (an `openai.AsyncOpenAI`), then close the session."""
+async def run_agent(client, model: str, session_id: str, turns: list[Turn], stream: bool = False,
+                    ignore_eos: bool = False) -> AgentResult:
+    """Run every turn through `client` (an `openai.AsyncOpenAI`), then close the session. `ignore_eos`: every
+    answer has exactly its turn's max_tokens (trace replays)."""
     start = time.monotonic()
     messages: list[dict] = []
     tokens = 0
     for i, turn in enumerate(turns):
         messages.append({"role": "user" if i == 0 else "tool", "content": turn.prompt,
                          **({"tool_call_id": f"call-{i - 1}"} if i else {})})
-        extra = {"session_id": session_id, "tool_category": turn.tool_category}
+        extra = {"session_id": session_id, "tool_category": turn.tool_category, "ignore_eos": ignore_eos}
         if stream:
             parts = []
             async for chunk in await client.chat.completions.create(model=model, messages=messages,

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from runtime.agents.policy import POLICIES
 
+VLLM_BASELINE = "vllm"  # policy name for unmodified vLLM engines behind a FCFS global queue (the baseline)
 API_KEY_ENV = "AGENTRIVER_API_KEY"  # when set where the ingress runs, every /v1 call needs this bearer token
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,8 +48,8 @@ class ServeSettings(BaseModel):
     @field_validator("policy")
     @classmethod
     def _policy(cls, v: str) -> str:
-        if v not in POLICIES:
-            raise ValueError(f"unknown policy {v!r}; choose one of {', '.join(POLICIES)}")
+        if v not in POLICIES and v != VLLM_BASELINE:
+            raise ValueError(f"unknown policy {v!r}; choose one of {VLLM_BASELINE}, {', '.join(POLICIES)}")
         return v
 
     @model_validator(mode="after")

@@ -106,8 +106,21 @@ class EngineSlot:
     def __init__(self, index: int, info: EngineInfo, dispatcher: Dispatcher):
         self.index, self.info, self._d = index, info, dispatcher
         self.alive = True
-        self.inflight: dict[str, int] = {}  # ticket -> KV blocks reserved for the segment
+        self.inflight: dict[str, tuple[int, float]] = {}  # ticket -> (KV blocks reserved, predicted seconds)
         self.held: dict[str, int] = {}  # job id -> blocks of its KV kept here while it waits
+        self._reserved = 0  # running sums of `inflight`: read at every pull, so not re-added each time
+        self._backlog_s = 0.0
+
+    def start(self, ticket: str, blocks: int, predicted_s: float) -> None:
+        self.inflight[ticket] = (blocks, predicted_s)
+        self._reserved += blocks
+        self._backlog_s += predicted_s
+
+    def end(self, ticket: str) -> None:
+        entry = self.inflight.pop(ticket, None)
+        if entry is not None:
+            self._reserved -= entry[0]
+            self._backlog_s -= entry[1]
 
     @property
     def now(self) -> float:
@@ -116,14 +129,14 @@ class EngineSlot:
     def room(self) -> tuple[int, int]:
         if not self.alive:
             return 0, 0
-        blocks = self.info.kv_blocks - sum(self.inflight.values())
+        blocks = self.info.kv_blocks - self._reserved
         if not (self._d.policy.evicts_for_admission or not self.inflight):
             blocks -= sum(self.held.values())  # kept KV is given up for new work only by policies that evict
         return blocks, self.info.max_num_seqs - len(self.inflight)
 
     def backlog_s(self) -> float:
-        d = self._d
-        return sum(d.pred.compute_s(d.pending[t].job) for t in self.inflight)
+        """Predicted compute of the segments running here (as predicted when each was granted)."""
+        return max(self._backlog_s, 0.0)
 
     def held_blocks(self, job: Job) -> int:
         return self.held.get(job.job_id, 0)
@@ -131,7 +144,7 @@ class EngineSlot:
     def view(self) -> dict:
         kept = Counter(self._d.jobs[j].kv.value for j in self.held if j in self._d.jobs)
         return {"name": self.info.name, "alive": self.alive, "running": len(self.inflight),
-                "kv_blocks": self.info.kv_blocks, "kv_blocks_reserved": sum(self.inflight.values()),
+                "kv_blocks": self.info.kv_blocks, "kv_blocks_reserved": self._reserved,
                 "kv_blocks_held": sum(self.held.values()), "paused_by_kv": dict(kept)}
 
 
@@ -151,8 +164,12 @@ class Dispatcher:
     max_queue: int = 1024
     clock: Callable[[], float] = time.time
     policy_config: dict | None = None
+    # How long one full policy order of the ready queue is reused (GlobalQueue): re-ordering 10,000 ready segments
+    # costs ~0.1 s of Python when the predictor's estimates moved (bench.jct_cluster measures it).
+    refresh_s: float = 0.5
     jobs: dict[str, Job] = field(default_factory=dict, init=False)  # session id -> its job
     pending: dict[str, _Pending] = field(default_factory=dict, init=False)  # ticket -> queued or granted segment
+    queued: dict[str, _Pending] = field(default_factory=dict, init=False)  # session id -> its queued segment
     records: dict[str, list[SegmentRecord]] = field(default_factory=dict, init=False)
     last_done_s: dict[str, float] = field(default_factory=dict, init=False)
 
@@ -174,7 +191,7 @@ class Dispatcher:
         self.policy = make_policy(self.policy_name, PolicyContext(self.pred, profile), self.policy_config)
         self.bs = first.block_size
         self.engines = [EngineSlot(i, info, self) for i, info in enumerate(self.engines_info)]
-        self.queue = GlobalQueue(self.policy, self.pred, self.bs, self.engines)
+        self.queue = GlobalQueue(self.policy, self.pred, self.bs, self.engines, self.refresh_s)
 
     # ------------------------------------------------------------------------------------------ segments
     def submit(self, session_id: str, prompt_tokens: int, max_tokens: int, tool_category: str = "",
@@ -187,8 +204,8 @@ class Dispatcher:
                              f"context length {self.max_model_len}")
         if not any(e.alive for e in self.engines):
             raise NoEngine("no engine is alive")
-        if len(self.queue.ready) >= self.max_queue:
-            raise QueueFull(len(self.queue.ready), self.retry_after_s())
+        if len(self.queue) >= self.max_queue:
+            raise QueueFull(len(self.queue), self.retry_after_s())
         now = self.clock()
         job = self.jobs.get(session_id)
         if job is None:
@@ -209,19 +226,18 @@ class Dispatcher:
         self.policy.on_ready(job, now)
         self.queue.submit(job)
         ticket = f"{session_id}/{job.seg}"
-        self.pending[ticket] = _Pending(job, ticket, max_tokens, kv_action, last)
+        self.pending[ticket] = self.queued[session_id] = _Pending(job, ticket, max_tokens, kv_action, last)
         return ticket
 
     def grant(self) -> list[Grant]:
         """Segments to start now: engines pull one at a time, least predicted backlog first, while any fits."""
         grants: list[Grant] = []
-        by_job = {id(p.job): p for p in self.pending.values() if p.engine < 0}
         progress = True
-        while progress and self.queue.ready:
+        while progress and len(self.queue):
             progress = False
             for eng in sorted((e for e in self.engines if e.alive), key=lambda e: (e.backlog_s(), e.index)):
                 for job in self.queue.pull(eng, limit=1):
-                    grants.append(self._start(by_job[id(job)], eng))
+                    grants.append(self._start(self.queued.pop(job.job_id), eng))
                     progress = True
         return grants
 
@@ -237,7 +253,7 @@ class Dispatcher:
             job.kv, job.kv_tokens = KVState.NONE, 0
         eng.held.pop(job.job_id, None)  # the segment takes over what was kept for it
         job.engine, p.engine = eng.index, eng.index
-        eng.inflight[p.ticket] = blocks_for(job.input_tokens + p.max_tokens, self.bs)
+        eng.start(p.ticket, blocks_for(job.input_tokens + p.max_tokens, self.bs), self.pred.compute_s(job))
         rec = self.records[job.job_id][-1]
         rec.queued_s += waited
         rec.engine = eng.info.name
@@ -255,7 +271,7 @@ class Dispatcher:
         p = self._granted(ticket)
         job, eng = p.job, self.engines[p.engine]
         del self.pending[ticket]
-        eng.inflight.pop(ticket, None)
+        eng.end(ticket)
         now = self.clock()
         job.attained_s += service_s
         self.pred.observe_output(job, output_tokens)
@@ -275,12 +291,13 @@ class Dispatcher:
         """The segment's engine died under it after `emitted_tokens` reached the client: mark the engine down
         (everything it held is gone) and queue the rest of the segment again, its history kept."""
         p = self._granted(ticket)
-        self.engines[p.engine].inflight.pop(ticket, None)
+        self.engines[p.engine].end(ticket)
         self.engine_down(p.engine)
         job = p.job
         job.phase, job.ready_since = Phase.READY, self.clock()
         job.kv, job.kv_tokens = KVState.NONE, 0
         p.engine = -1
+        self.queued[job.job_id] = p
         if emitted_tokens:  # the retry continues after what was sent: its prompt grows, its budget shrinks
             p.max_tokens = max(1, p.max_tokens - emitted_tokens)
             seg = job.current
@@ -297,9 +314,10 @@ class Dispatcher:
             return
         job = p.job
         if p.engine >= 0:
-            self.engines[p.engine].inflight.pop(ticket, None)
+            self.engines[p.engine].end(ticket)
         else:
-            self.queue.ready = [j for j in self.queue.ready if j is not job]
+            self.queue.remove(job)
+            del self.queued[job.job_id]
         self.records[job.job_id].pop()
         job.phase, job.tool_started_s = Phase.TOOL, self.clock()
         if job.seg == 0:
@@ -383,10 +401,10 @@ class Dispatcher:
     def retry_after_s(self) -> float:
         alive = [e for e in self.engines if e.alive] or self.engines
         return max(1.0, min(e.backlog_s() for e in alive) + sum(
-            self.pred.compute_s(j) for j in self.queue.ready) / len(alive))
+            self.pred.compute_s(j) for j in self.queue.jobs()) / len(alive))
 
     def queue_by_level(self) -> dict[int, int]:
-        return dict(Counter(j.level for j in self.queue.ready))
+        return dict(Counter(j.level for j in self.queue.jobs()))
 
     def _mirror(self, job: Job, prompt_tokens: int, max_tokens: int, tool_category: str) -> None:
         """What the policy may know of the job: its past segments' tools, this segment's sizes (max_tokens

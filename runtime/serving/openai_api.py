@@ -61,6 +61,7 @@ class ChatCompletionRequest(BaseModel):
     tool_choice: str | dict[str, Any] | None = None
     session_id: str | None = None
     tool_category: str = Field(default="", max_length=64)
+    ignore_eos: bool = False  # vLLM's extension: generate exactly max_tokens (benchmarks replaying traces)
     user: str | None = None
 
     @field_validator("session_id")

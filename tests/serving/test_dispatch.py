@@ -48,7 +48,7 @@ def test_new_jobs_spread_over_engines_and_admission_holds_the_rest():
     tickets = [d.submit(f"s{i}", 200, 16) for i in range(3)]
     grants = d.grant()
     assert sorted(g.engine for g in grants) == [0, 1]  # one per engine; the third does not fit anywhere
-    assert len(d.queue.ready) == 1
+    assert len(d.queue) == 1
     d.finish(grants[0].ticket, 16, 0.1)
     [late] = d.grant()
     assert late.ticket == (set(tickets) - {g.ticket for g in grants}).pop() and late.engine == grants[0].engine
@@ -102,7 +102,7 @@ def test_idle_sessions_expire_and_cancelled_segments_leave_no_trace():
     d.finish(t, 4, 0.1)
     d.submit("q", 10, 4)
     d.cancel("q/0")
-    assert "q" not in d.jobs and not d.queue.ready
+    assert "q" not in d.jobs and not len(d.queue)
     clock.t += 100
     assert [f.session_id for f in d.expire(60.0)] == ["s"]
     assert not d.jobs
@@ -116,3 +116,21 @@ def test_engine_reports_update_kept_kv():
     assert d.engines[0].held == {"s": 4}
     d.engine_report(0, {"s": ("swapped", 110)})  # memory pressure moved it to host memory
     assert d.engines[0].held == {} and d.session_view("s")["kv_state"] == "swapped"
+
+
+def test_a_reused_order_still_puts_a_job_that_became_ready_at_its_place():
+    """With the order cached (refresh_s), a resuming job that arrives after the cache was built is inserted by
+    the policy's key: Astraea runs in-flight jobs before new ones."""
+    d, clock = make(n=1, seqs=1, refresh_s=10.0)
+    t = d.submit("old", 50, 4)
+    d.grant()
+    d.finish(t, 4, 0.1)
+    d.submit("n1", 50, 4)
+    d.submit("n2", 50, 4)
+    [first] = d.grant()  # builds the cached order [n1, n2]
+    assert first.session_id == "n1"
+    clock.t += 1.0
+    d.submit("old", 80, 4)
+    d.finish(first.ticket, 4, 0.1)
+    [nxt] = d.grant()
+    assert nxt.session_id == "old"

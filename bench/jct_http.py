@@ -1,0 +1,206 @@
+"""Job completion time through the served HTTP API: agent clients replay a trace against the Serve app.
+
+    python -m bench.jct_http --trace FILE --model small --policies vllm,astraea --rate-scales 4 \\
+        --tool-time-scale 0.1 --kv-blocks 256 --out results.json
+
+For each policy the whole service is started on a local Ray (GlobalScheduler, engine actors, Serve ingress), then
+every job of the trace is one agent session driven with the official `openai` client: it arrives at its
+(rate-scaled) arrival time, sends each segment as a chat call whose new message has the segment's prompt tokens
+(random token ids rendered as text, so the count is approximate after re-tokenisation) and asks for exactly its
+output tokens (`ignore_eos`), waits `api_time_s x tool-time-scale` for its tool, and closes its session at the
+end. `vllm` is unmodified vLLM engines behind a FCFS global queue; any `runtime.agents` policy runs the
+GlobalScheduler and the engines' plugin with it. Rows follow the other JCT benchmarks' schema, plus the HTTP errors
+seen and the engines' KV decisions read from `/metrics`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from bench.jct_sim import plot as jct_plot
+from bench.output import command_line, write_results
+from runtime.agents.job import Job
+from runtime.agents.metrics import jct_summary
+from runtime.agents.trace import jobs_from_table, read_trace
+from runtime.engine.replay import fit_to_context, prompt_ids
+from runtime.serving.agent_client import AgentResult, Turn, run_agent
+from runtime.serving.config import ServeSettings
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.jct_http", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--trace", required=True)
+    p.add_argument("--model", default="small", help="a preset built by `make model` (models/NAME) or a directory")
+    p.add_argument("--policies", default="vllm,astraea")
+    p.add_argument("--rate-scales", default="4")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tool-time-scale", type=float, default=0.1)
+    p.add_argument("--engines", type=int, default=1)
+    p.add_argument("--kv-blocks", type=int, default=None, help="cap each engine's KV pool (blocks of 32 tokens)")
+    p.add_argument("--host-swap-blocks", type=int, default=1024)
+    p.add_argument("--max-model-len", type=int, default=4096)
+    p.add_argument("--max-num-seqs", type=int, default=32)
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--out", default="results.json")
+    args = p.parse_args(argv)
+    args.model_dir = args.model if Path(args.model).is_dir() else str(Path("models") / args.model)
+    args.policy_list = [x for x in args.policies.split(",") if x]
+    args.scale_list = [float(x) for x in args.rate_scales.split(",")]
+    for policy in args.policy_list:  # a bad name fails here, before any service starts
+        ServeSettings(model=args.model_dir, policy=policy)
+    return args
+
+
+def turns_of(job: Job, text_of, tool_time_scale: float) -> list[Turn]:
+    return [Turn(text_of(job.job_id, s.index, s.prompt_tokens), s.output_tokens, s.api_category,
+                 s.api_time_s * tool_time_scale) for s in job.segments]
+
+
+async def replay_http(url: str, model: str, jobs: list[Job], text_of, tool_time_scale: float, desc: str
+                      ) -> tuple[list[AgentResult], list[float], int]:
+    """Every job as one session, arriving on schedule; returns results, JCTs and the count of failed calls."""
+    from openai import APIError, AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=3600)
+    start = time.monotonic()
+    errors = 0
+
+    async def one(job: Job, bar) -> tuple[AgentResult | None, float]:
+        nonlocal errors
+        await asyncio.sleep(max(0.0, job.arrival_s - (time.monotonic() - start)))
+        try:
+            res = await run_agent(client, model, job.job_id, turns_of(job, text_of, tool_time_scale),
+                                  ignore_eos=True)
+        except APIError as e:
+            errors += 1
+            print(f"{job.job_id}: {e}", file=sys.stderr)
+            return None, float("nan")
+        finally:
+            bar.update(1)
+        return res, time.monotonic() - start - job.arrival_s
+
+    with tqdm(total=len(jobs), desc=desc, unit="job", file=sys.stderr) as bar:
+        done = await asyncio.gather(*(one(j, bar) for j in jobs))
+    results = [r for r, _ in done if r is not None]
+    jcts = [t for r, t in done if r is not None]
+    return results, jcts, errors
+
+
+def kv_decisions(metrics_text: str) -> dict[str, int]:
+    counts = {"kv_preserve": 0, "kv_swap": 0, "kv_discard": 0, "kv_released": 0}
+    for line in metrics_text.splitlines():
+        if line.startswith("agentriver_kv_decisions_total{"):
+            labels = dict(kv.split("=") for kv in line[line.index("{") + 1:line.index("}")].split(","))
+            action, cause = labels["action"].strip('"'), labels["cause"].strip('"')
+            key = f"kv_{action}" if cause == "tool_call" else "kv_released"
+            counts[key] += int(float(line.split()[-1]))
+    return counts
+
+
+def run_policy(args, policy: str, loads: dict[float, list[Job]], text_of) -> list[tuple[dict, list[float]]]:
+    import httpx
+
+    from deployments.launch import start, stop
+
+    settings = ServeSettings(model=args.model_dir, policy=policy, engines=args.engines,
+                             max_queue=100_000, engine={"kv_blocks": args.kv_blocks,
+                                                        "max_model_len": args.max_model_len,
+                                                        "max_num_seqs": args.max_num_seqs,
+                                                        "host_swap_blocks": args.host_swap_blocks})
+    url = start(settings, args.port)
+    rows = []
+    try:
+        for scale, jobs in loads.items():
+            before = kv_decisions(httpx.get(f"{url}/metrics", timeout=30).text)
+            t0 = time.monotonic()
+            results, jcts, errors = asyncio.run(replay_http(url, settings.served_model_name, jobs, text_of,
+                                                            args.tool_time_scale, f"{policy} load {scale:g}"))
+            wall = time.monotonic() - t0
+            after = kv_decisions(httpx.get(f"{url}/metrics", timeout=30).text)
+            tokens = sum(r.completion_tokens for r in results)
+            row = {"policy": policy, "load": scale, "seed": args.seed, "jobs": len(results),
+                   **jct_summary(np.array(jcts)), "throughput_jobs_s": len(results) / wall,
+                   "output_tokens": tokens, "tokens_per_s": tokens / wall, "wall_s": wall, "http_errors": errors,
+                   "model": args.model, "engines": args.engines, "kv_blocks": args.kv_blocks,
+                   "tool_time_scale": args.tool_time_scale,
+                   "queued_s_avg": float(np.mean([s["queued_s"] for r in results
+                                                  for s in r.view["segment_log"]])),
+                   **{k: after[k] - before[k] for k in after}}
+            print(f"{policy:10s} load {scale:g}: avg JCT {row['avg_jct_s']:.2f} s, p99 {row['p99_jct_s']:.2f} s, "
+                  f"{errors} HTTP errors", file=sys.stderr, flush=True)
+            rows.append((row, jcts))
+    finally:
+        stop(settings)
+    return rows
+
+
+def markdown(data: dict) -> str:
+    rows = data["rows"]
+    base = {r["load"]: r for r in rows if r["policy"] == "vllm"}
+    lines = [f"Command: `{data['meta']['command']}`", "",
+             "| load | policy | jobs | avg JCT (s) | p50 | p99 | avg / vllm | p99 / vllm | output tok/s | "
+             "queued per segment (s) | preserve/swap/discard/released | HTTP errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["load"], r["policy"] != "vllm", r["policy"])):
+        b = base.get(r["load"])
+        ratio = f"{r['avg_jct_s'] / b['avg_jct_s']:.3f}" if b else "-"
+        p99r = f"{r['p99_jct_s'] / b['p99_jct_s']:.3f}" if b else "-"
+        kv = "/".join(str(r[k]) for k in ("kv_preserve", "kv_swap", "kv_discard", "kv_released"))
+        lines.append(f"| {r['load']:g} | {r['policy']} | {r['jobs']} | {r['avg_jct_s']:.2f} | {r['p50_jct_s']:.2f} | "
+                     f"{r['p99_jct_s']:.2f} | {ratio} | {p99r} | {r['tokens_per_s']:.1f} | "
+                     f"{r['queued_s_avg']:.3f} | {kv} | {r['http_errors']} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from transformers import AutoTokenizer
+
+    table = read_trace(args.trace)
+    tok = AutoTokenizer.from_pretrained(args.model_dir)
+    vocab = json.loads((Path(args.model_dir) / "config.json").read_text())["vocab_size"]
+
+    def text_of(job_id: str, seg: int, n: int) -> str:
+        """Text of about `n` tokens: random ids, re-tokenised until the count holds (or close: a few passes)."""
+        ids = prompt_ids(job_id, seg, n, vocab)
+        for _ in range(4):
+            text = tok.decode(ids, skip_special_tokens=True)
+            again = tok.encode(text, add_special_tokens=False)
+            if len(again) == n:
+                break
+            ids = again[:n]
+        return text
+
+    # The chat template and re-tokenisation add a little: keep 20% of the context free.
+    loads = {scale: fit_to_context(jobs_from_table(table, rate_scale=scale), int(args.max_model_len * 0.8))
+             for scale in args.scale_list}
+
+    rows, cdfs = [], {}
+    for policy in args.policy_list:
+        for row, jcts in run_policy(args, policy, loads, text_of):
+            rows.append(row)
+            if row["load"] == max(args.scale_list):
+                cdfs[(policy, "oracle")] = jcts
+    data = {"meta": {"command": command_line("bench.jct_http", argv), "trace": args.trace, "model": args.model,
+                     "engines": args.engines}, "rows": rows}
+
+    def plot(d: dict, stem: Path) -> None:
+        agg = [{"policy": r["policy"], "estimator": "oracle", "load": r["load"], "avg_jct_s": r["avg_jct_s"]}
+               for r in d["rows"]]
+        jct_plot(agg, cdfs, stem, f"HTTP API, real vLLM ({args.model})")
+
+    print(write_results(args.out, data, markdown, plot))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,18 @@
+"""bench.jct_cluster on a small sweep: every arrangement runs, rows and the decision cost are written."""
+
+import json
+
+from bench import jct_cluster
+
+
+def test_cluster_sweep_and_decision_cost(tmp_path):
+    out = tmp_path / "c.json"
+    assert jct_cluster.main(["--mixes", "bfcl", "--engines", "2", "--jobs-per-engine", "15", "--ready", "300",
+                             "--dispatches", "20", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert {r["arrangement"] for r in data["rows"]} == set(jct_cluster.ARRANGEMENTS)
+    assert all(r["jobs"] == 30 and r["engines"] == 2 for r in data["rows"])
+    cost = data["decision_cost"]
+    assert cost["ready"] == 300 and cost["dispatches"] == 20 and 0 < cost["p50_ms"] <= cost["p99_ms"]
+    md = out.with_suffix(".md").read_text()
+    assert "global+astraea" in md and "Decision cost" in md and out.with_suffix(".png").exists()
