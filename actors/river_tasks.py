@@ -3,6 +3,10 @@ cluster has one). The library function has no Ray import; this is the only place
 
 from __future__ import annotations
 
+import threading
+from collections import deque
+from concurrent.futures import Future
+
 import ray
 import torch
 
@@ -21,3 +25,49 @@ def submit_finetune(base: dict[str, torch.Tensor], sr: SRConfig, pairs: Pairs, c
     if num_gpus is None:
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     return _finetune_task.options(num_cpus=num_cpus, num_gpus=num_gpus).remote(base, sr, pairs, cfg)
+
+
+class RayTrainer:
+    """Fine-tunes as Ray tasks, at most `max_running` at once; later ones wait in submission order. It implements
+    `runtime.river.online.Trainer` (futures), so the online path runs unchanged on a cluster."""
+
+    def __init__(self, max_running: int = 2, num_cpus: float = 1, num_gpus: float | None = None):
+        if max_running < 1:
+            raise ValueError(f"max_running must be >= 1, got {max_running}")
+        self.max_running, self.num_cpus, self.num_gpus = max_running, num_cpus, num_gpus
+        self._lock = threading.RLock()
+        self._waiting: deque[tuple[tuple, Future]] = deque()
+        self._running: dict[ray.ObjectRef, Future] = {}
+        self.done = 0
+        self.failed = 0
+
+    def submit(self, base: dict[str, torch.Tensor], sr: SRConfig, pairs: Pairs, cfg: TrainConfig) -> Future:
+        future: Future = Future()
+        with self._lock:
+            self._waiting.append(((base, sr, pairs, cfg), future))
+            self._pump()
+        return future
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {"queued": len(self._waiting), "running": len(self._running), "done": self.done,
+                    "failed": self.failed}
+
+    def _pump(self) -> None:
+        while self._waiting and len(self._running) < self.max_running:
+            args, future = self._waiting.popleft()
+            ref = submit_finetune(*args, num_cpus=self.num_cpus, num_gpus=self.num_gpus)
+            self._running[ref] = future
+            ref.future().add_done_callback(lambda f, ref=ref: self._finished(ref, f))
+
+    def _finished(self, ref: ray.ObjectRef, result: Future) -> None:
+        with self._lock:
+            future = self._running.pop(ref)
+            error = result.exception()
+            if error is None:
+                self.done += 1
+                future.set_result(result.result())
+            else:
+                self.failed += 1
+                future.set_exception(error)
+            self._pump()

@@ -119,9 +119,7 @@ def generic_model(pairs_fn, key: dict, sr: SRConfig, cfg: TrainConfig, cache: st
     digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(cache) / f"generic-{digest}.safetensors"
     if path.exists():
-        state = load_file(path)
-        meta = json.loads(path.with_suffix(".json").read_text())
-        return TrainResult(state, sr, cfg.steps, meta["seconds"], meta["final_loss"], meta["patches"])
+        return load_generic(path)
     result = train(EDSR(sr), pairs_fn(), cfg, progress=progress, desc="generic SR model")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -130,3 +128,14 @@ def generic_model(pairs_fn, key: dict, sr: SRConfig, cfg: TrainConfig, cache: st
                                                      "final_loss": result.final_loss, "patches": result.patches}))
     os.replace(tmp, path)
     return result
+
+
+def load_generic(path: str | os.PathLike) -> TrainResult:
+    """A generic model that `generic_model` cached (weights beside the JSON of its recipe and training)."""
+    path = Path(path)
+    if not path.exists() or not path.with_suffix(".json").exists():
+        raise FileNotFoundError(f"no cached generic model at {path} (and its .json); `generic_model` writes one")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    sr = SRConfig(**meta["recipe"]["sr"])
+    return TrainResult(load_file(path), sr, meta["recipe"]["train"]["steps"], meta["seconds"], meta["final_loss"],
+                       meta["patches"])

@@ -1,0 +1,63 @@
+"""`ModelStoreActor`: River's model store as one named actor, the store directory's single writer.
+
+It runs the online path (`runtime.river.online.OnlineRiver`: lookup, quality gate, fine-tune on a miss) with
+fine-tunes as Ray tasks, at most `max_finetunes` at a time (`RayTrainer`); a fine-tune for content already being
+trained is not started twice (the online path's same-content check). Actor calls run one at a time, so every
+reader sees a consistent store. The store is files (Parquet metadata + safetensors weights, written by atomic
+renames): a restarted actor (Ray `max_restarts`) reloads every model. Fine-tunes still running when the actor
+died are lost; their content is simply missed again and retrained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import ray
+
+from actors.river_tasks import RayTrainer
+from runtime.river.online import GateConfig, OnlineRiver
+from runtime.river.prefetch import PrefetchTracker
+from runtime.river.store import ModelStore
+from runtime.river.train import TrainConfig, load_generic
+
+STORE_NAME = "agentriver-model-store"
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
+class ModelStoreActor:
+    def __init__(self, root: str, generic_path: str, max_finetunes: int = 2, gate: dict | None = None,
+                 finetune: dict | None = None, finetune_cpus: float = 1.0):
+        self.store = ModelStore(root)
+        self.trainer = RayTrainer(max_finetunes, num_cpus=finetune_cpus)
+        self.river = OnlineRiver(self.store, load_generic(generic_path), self.trainer, gate=GateConfig(**(gate or {})),
+                                 finetune=TrainConfig(**(finetune or {})))
+        self.prefetch = PrefetchTracker()
+        self.lookups = {"hit": 0, "miss": 0}
+
+    def process(self, session: str, game: str, segment_id: str, lr: np.ndarray, hr: np.ndarray) -> dict:
+        """Choose the model for one segment of `session` (playing `game`); finished fine-tunes join the store
+        first, so a segment sees every model trained so far."""
+        self.river.collect()
+        decision = self.river.process(segment_id, lr, hr)
+        self.lookups["hit" if decision.model_id == decision.voted_id and decision.voted_id > 0 else "miss"] += 1
+        self.prefetch.use(session, game, decision.model_id)
+        return asdict(decision)
+
+    def collect(self, wait: bool = False) -> list[int]:
+        return self.river.collect(wait)
+
+    def ids(self) -> list[int]:
+        return self.store.ids()
+
+    def weights(self, model_id: int) -> tuple[bytes, str]:
+        """The model's safetensors bytes and their checksum (an HTTP ETag)."""
+        return self.store.weight_bytes(model_id), self.store.info(model_id).checksum
+
+    def next_models(self, session: str) -> list[int]:
+        return self.prefetch.next_models(session)
+
+    def stats(self) -> dict:
+        return {"models": len(self.store), "problems": dict(self.store.problems), "lookups": dict(self.lookups),
+                "finetunes": {**self.trainer.counts(), "pending_in_store": len(self.river.pending)},
+                "prefetch_hit_rate": self.prefetch.hit_rate}
