@@ -10,13 +10,15 @@ died are lost; their content is simply missed again and retrained.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict
 
 import numpy as np
 import ray
+from safetensors.torch import save
 
 from actors.river_tasks import RayTrainer
-from runtime.river.online import GateConfig, OnlineRiver
+from runtime.river.online import GENERIC, GateConfig, OnlineRiver
 from runtime.river.prefetch import PrefetchTracker
 from runtime.river.store import ModelStore
 from runtime.river.train import TrainConfig, load_generic
@@ -33,13 +35,15 @@ class ModelStoreActor:
         self.river = OnlineRiver(self.store, load_generic(generic_path), self.trainer, gate=GateConfig(**(gate or {})),
                                  finetune=TrainConfig(**(finetune or {})))
         self.prefetch = PrefetchTracker()
+        self._generic_bytes: bytes | None = None
         self.lookups = {"hit": 0, "miss": 0}
 
-    def process(self, session: str, game: str, segment_id: str, lr: np.ndarray, hr: np.ndarray) -> dict:
+    def process(self, session: str, game: str, segment_id: str, lr: np.ndarray, hr: np.ndarray,
+                hr_index: list[int] | None = None) -> dict:
         """Choose the model for one segment of `session` (playing `game`); finished fine-tunes join the store
         first, so a segment sees every model trained so far."""
         self.river.collect()
-        decision = self.river.process(segment_id, lr, hr)
+        decision = self.river.process(segment_id, lr, hr, hr_index)
         self.lookups["hit" if decision.model_id == decision.voted_id and decision.voted_id > 0 else "miss"] += 1
         self.prefetch.use(session, game, decision.model_id)
         return asdict(decision)
@@ -51,8 +55,19 @@ class ModelStoreActor:
         return self.store.ids()
 
     def weights(self, model_id: int) -> tuple[bytes, str]:
-        """The model's safetensors bytes and their checksum (an HTTP ETag)."""
+        """The model's safetensors bytes and their checksum (an HTTP ETag); id 0 is the generic model."""
+        if model_id == GENERIC:
+            if self._generic_bytes is None:
+                self._generic_bytes = save({k: v.contiguous() for k, v in self.river.generic.state.items()})
+            return self._generic_bytes, hashlib.sha256(self._generic_bytes).hexdigest()
         return self.store.weight_bytes(model_id), self.store.info(model_id).checksum
+
+    def sr_config(self, model_id: int) -> dict:
+        sr = self.river.generic.sr if model_id == GENERIC else self.store.info(model_id).sr
+        return sr.to_dict()
+
+    def knows(self, session: str) -> bool:
+        return self.prefetch.knows(session)
 
     def next_models(self, session: str) -> list[int]:
         return self.prefetch.next_models(session)

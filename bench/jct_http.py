@@ -125,6 +125,7 @@ def run_policy(args, policy: str, loads: dict[float, list[Job]], text_of) -> lis
             results, jcts, errors = asyncio.run(replay_http(url, settings.served_model_name, jobs, text_of,
                                                             args.tool_time_scale, f"{policy} load {scale:g}"))
             wall = time.monotonic() - t0
+            time.sleep(2.5)  # engines report their KV logs to the scheduler every second
             after = kv_decisions(httpx.get(f"{url}/metrics", timeout=30).text)
             tokens = sum(r.completion_tokens for r in results)
             row = {"policy": policy, "load": scale, "seed": args.seed, "jobs": len(results),

@@ -9,26 +9,40 @@ recomputed on another engine and the client sees one answer.
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import contextlib
 import hmac
+import json
 import logging
 import os
 import uuid
+from collections import OrderedDict
+from typing import Annotated
 
+import numpy as np
 import ray
-from fastapi import FastAPI, Header, Request
+from fastapi import FastAPI, File, Form, Header, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from ray import serve
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+from safetensors.torch import load as load_safetensors
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.global_scheduler import SCHEDULER_NAME, GlobalScheduler
+from actors.model_store import STORE_NAME, ModelStoreActor
+from runtime.river.sr import SRConfig, upscale
+from runtime.river.store import CorruptModelError
+from runtime.river.train import model_from_state
 from runtime.serving import openai_api as oai
+from runtime.serving import river_api
 from runtime.serving.chat import ChatTokenizer, IncrementalText
 from runtime.serving.config import API_KEY_ENV, ServeSettings
 from runtime.serving.dispatch import NoEngine, QueueFull, SessionBusy, UnknownSession
 
 log = logging.getLogger("ray.serve")
+SR_MODEL_CACHE = 8  # SR models the ingress keeps loaded for /river/v1/enhance
 ENGINE_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 OPEN_PATHS = ("/health", "/docs", "/openapi.json")
 
@@ -94,6 +108,14 @@ class AgentIngress:
         self.cluster = await self.scheduler.ready.remote()
         self.tokenizer = ChatTokenizer(s.model)
         self._engines: dict[str, ray.actor.ActorHandle] = {}
+        self.river = None
+        if s.river is not None:
+            r = s.river
+            self.river = ModelStoreActor.options(name=STORE_NAME, namespace=s.namespace, lifetime="detached",
+                                                 get_if_exists=True).remote(
+                r.store_dir, r.generic, r.max_finetunes, {"target_gain_db": r.target_gain_db},
+                {"steps": r.finetune_steps})
+        self._sr_models: OrderedDict[int, object] = OrderedDict()
 
     @api.get("/health")
     async def health(self) -> dict:
@@ -212,11 +234,121 @@ class AgentIngress:
         yield oai.chunk(cid, model, {}, finish, session, oai.usage(prompt_tokens, len(text.token_ids)))
         yield "data: [DONE]\n\n"
 
+    # ------------------------------------------------------------------------------------------ River
+    def _store(self):
+        if self.river is None:
+            raise ApiError(404, "River is not configured on this service (ServeSettings.river)")
+        return self.river
+
+    def _upload_limit(self, request: Request) -> None:
+        limit = self.settings.river.max_upload_mb * 2**20
+        size = int(request.headers.get("content-length") or 0)
+        if size > limit:
+            raise ApiError(413, f"body: {size} bytes is over the {limit:.0f}-byte limit", param="body")
+
+    @api.post("/river/v1/segments")
+    async def river_segment(self, request: Request, session: Annotated[str, Form()], game: Annotated[str, Form()],
+                            segment_id: Annotated[str, Form()], gt_frames: Annotated[str, Form()],
+                            video: Annotated[UploadFile, File()],
+                            ground_truth: Annotated[list[UploadFile], File()]) -> dict:
+        """A game server's segment: the low-res H.264 stream and a few ground-truth PNG frames (`gt_frames`:
+        their frame numbers). Answers the model to use now and whether a fine-tune was scheduled."""
+        store = self._store()
+        self._upload_limit(request)
+        r = self.settings.river
+        with river_errors():
+            for field, value in (("session", session), ("game", game), ("segment_id", segment_id)):
+                river_api.check_id(field, value)
+            lr = river_api.decode_video(await video.read(), video.content_type, r.width, r.height)
+            numbers = river_api.frame_numbers(gt_frames, len(ground_truth))
+            hr_w, hr_h = river_api.hr_size(r.width, r.height)
+            hr = np.stack([river_api.decode_png(await f.read(), f.content_type, f"ground_truth[{i}]", hr_w, hr_h)
+                           for i, f in enumerate(ground_truth)])
+            if any(not 0 <= n < len(lr) for n in numbers):
+                raise ValueError(f"gt_frames: frame numbers must be in 0..{len(lr) - 1}, got {numbers}")
+            decision = await store.process.remote(session, game, segment_id, lr, hr, numbers)
+        return {**decision, "frames": len(lr)}
+
+    @api.get("/river/v1/models/{model_id}")
+    async def river_model(self, model_id: int, request: Request) -> Response:
+        store = self._store()
+        if model_id < 0:
+            raise ApiError(400, "model_id: must be >= 0", param="model_id")
+        try:
+            data, checksum = await store.weights.remote(model_id)
+            sr = await store.sr_config.remote(model_id)
+        except KeyError as e:
+            raise ApiError(404, f"model_id: no model {model_id}", param="model_id") from e
+        except CorruptModelError as e:
+            raise ApiError(503, f"model_id: model {model_id} is unavailable ({e})", "server_error") from e
+        etag = f'"{checksum}"'
+        headers = {"ETag": etag, "X-SR-Config": json.dumps(sr)}
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers=headers)
+        return Response(data, media_type="application/octet-stream", headers=headers)
+
+    @api.get("/river/v1/prefetch")
+    async def river_prefetch(self, session: str, k: Annotated[int, Query(ge=1, le=32)] = 3) -> dict:
+        store = self._store()
+        with river_errors():
+            river_api.check_id("session", session)
+        if not await store.knows.remote(session):
+            raise ApiError(404, f"session: no segment of session {session!r} was seen", param="session")
+        return {"session": session, "models": (await store.next_models.remote(session))[:k]}
+
+    @api.post("/river/v1/enhance")
+    async def river_enhance(self, request: Request, frames: Annotated[list[UploadFile], File()],
+                            model_id: Annotated[int, Form()] = 0) -> Response:
+        """Low-res PNG frame(s) in, x2 SR frame(s) out: one frame as image/png, several as base64 PNGs in JSON."""
+        self._store()
+        self._upload_limit(request)
+        r = self.settings.river
+        if len(frames) > r.max_enhance_frames:
+            raise ApiError(400, f"frames: at most {r.max_enhance_frames} per call, got {len(frames)}", param="frames")
+        with river_errors():
+            lr = np.stack([river_api.decode_png(await f.read(), f.content_type, f"frames[{i}]", r.width, r.height)
+                           for i, f in enumerate(frames)])
+        model = await self._sr_model(model_id)
+        sr = await asyncio.to_thread(upscale, model, lr)
+        pngs = [river_api.encode_png(f) for f in sr]
+        if len(pngs) == 1:
+            return Response(pngs[0], media_type="image/png")
+        return JSONResponse({"frames": [base64.b64encode(p).decode() for p in pngs]})
+
+    @api.get("/river/v1/stats")
+    async def river_stats(self) -> dict:
+        return await self._store().stats.remote()
+
+    async def _sr_model(self, model_id: int):
+        model = self._sr_models.get(model_id)
+        if model is None:
+            try:
+                data, _ = await self.river.weights.remote(model_id)
+                sr = await self.river.sr_config.remote(model_id)
+            except KeyError as e:
+                raise ApiError(404, f"model_id: no model {model_id}", param="model_id") from e
+            model = self._sr_models[model_id] = model_from_state(load_safetensors(data), SRConfig(**sr))
+            if len(self._sr_models) > SR_MODEL_CACHE:
+                self._sr_models.popitem(last=False)
+        self._sr_models.move_to_end(model_id)
+        return model
+
     def _engine(self, name: str):
         handle = self._engines.get(name)
         if handle is None:
             handle = self._engines[name] = ray.get_actor(name, namespace=self.settings.namespace)
         return handle
+
+
+@contextlib.contextmanager
+def river_errors():
+    """A ValueError from decoding or the store names its field first: a 400 with that field as `param`."""
+    try:
+        yield
+    except ValueError as e:
+        message = str(e).splitlines()[-1] if isinstance(e, ray.exceptions.RayTaskError) else str(e)
+        field = message.split(":")[0] if ":" in message and " " not in message.split(":")[0] else None
+        raise ApiError(400, message, param=field) from e
 
 
 def build_app(args: dict) -> serve.Application:

@@ -143,25 +143,39 @@ class OnlineRiver:
         return self._models[model_id]
 
     # ------------------------------------------------------------------------------------------ segments
-    def process(self, segment_id: str, lr: np.ndarray, hr: np.ndarray) -> Decision:
-        """Choose the model for one segment (`hr`: the server's ground truth for the same frames)."""
+    def process(self, segment_id: str, lr: np.ndarray, hr: np.ndarray, hr_index: list[int] | None = None
+                ) -> Decision:
+        """Choose the model for one segment. `hr`: the server's ground truth, of every frame of `lr`, or of the
+        frames `hr_index` names (a game server sends a few sampled frames)."""
         check_frames(lr, "lr")
         check_frames(hr, "hr")
-        if len(hr) != len(lr) or hr.shape[1:3] != (lr.shape[1] * SCALE, lr.shape[2] * SCALE):
-            raise ValueError(f"hr must be the x{SCALE} ground truth of lr frame by frame: lr {lr.shape}, hr {hr.shape}")
+        if hr.shape[1:3] != (lr.shape[1] * SCALE, lr.shape[2] * SCALE):
+            raise ValueError(f"hr must be the x{SCALE} ground truth of lr: lr frames {lr.shape[1:3]}, hr frames "
+                             f"{hr.shape[1:3]}")
+        if hr_index is None:
+            if len(hr) != len(lr):
+                raise ValueError(f"hr must be the x{SCALE} ground truth of lr frame by frame: {len(lr)} lr frames, "
+                                 f"{len(hr)} hr frames")
+            paired = lr
+        else:
+            if len(hr_index) != len(hr) or len(set(hr_index)) != len(hr_index) \
+                    or not all(0 <= i < len(lr) for i in hr_index):
+                raise ValueError(f"hr_index must name {len(hr)} distinct frames of the {len(lr)} in lr, got "
+                                 f"{list(hr_index)}")
+            paired = lr[list(hr_index)]
         self.overlay.update(lr)
         found = lookup(self.store, lr, self.overlay.positions())
         voted, features = found.model_id, found.features
         t0 = time.perf_counter()
-        picks = np.linspace(0, len(lr) - 1, min(self.gate.sample_frames, len(lr))).round().astype(int)
-        lo, hi = lr[picks], hr[picks]
+        picks = np.linspace(0, len(paired) - 1, min(self.gate.sample_frames, len(paired))).round().astype(int)
+        lo, hi = paired[picks], hr[picks]
         bicubic = psnr_y(upscale(None, lo), hi)
         candidates = [GENERIC] if voted < 0 else [voted, GENERIC]
         gains = {m: psnr_y(upscale(self.model(m), lo), hi) - bicubic for m in candidates}
         use = max(candidates, key=lambda m: gains[m])
         scheduled = False
         if gains[use] < self.gate.target_gain_db and len(features) and not self._same_content_running(features):
-            future = self.trainer.submit(self.generic.state, self.generic.sr, [(lr, hr)], self.finetune_cfg)
+            future = self.trainer.submit(self.generic.state, self.generic.sr, [(paired, hr)], self.finetune_cfg)
             keys = kmeans_keys(features, self.gate.keys_per_model)
             self.pending.append(_Pending(future, keys, segment_id, lo, hi, bicubic))
             scheduled = True

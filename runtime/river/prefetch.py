@@ -62,6 +62,9 @@ class PrefetchTracker:
         self._predicted[session] = self.model.predict(game, model_id, self.k)
         return hit
 
+    def knows(self, session: str) -> bool:
+        return session in self._last
+
     def next_models(self, session: str) -> list[int]:
         return list(self._predicted.get(session, []))
 

@@ -30,6 +30,28 @@ class EngineSettings(BaseModel):
     host_swap_blocks: int = Field(default=256, ge=0)
 
 
+class RiverSettings(BaseModel):
+    """River's endpoints (`/river/v1`): the store, the generic model and the stream's geometry."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    generic: str  # a cached generic SR model (`generic-*.safetensors` written by runtime.river.train.generic_model)
+    store_dir: str = str(REPO / "build" / "river" / "store")
+    max_finetunes: int = Field(default=2, ge=1)  # fine-tunes running at once (Ray tasks)
+    target_gain_db: float = 2.5  # runtime.river.online.GateConfig
+    finetune_steps: int = Field(default=300, ge=1)
+    width: int = Field(default=640, ge=16)  # the low-res stream's frame size
+    height: int = Field(default=360, ge=16)
+    max_upload_mb: float = Field(default=64.0, gt=0)
+    max_enhance_frames: int = Field(default=8, ge=1)
+
+    @model_validator(mode="after")
+    def _generic(self) -> RiverSettings:
+        if not Path(self.generic).exists():
+            raise ValueError(f"generic: no generic SR model at {self.generic!r}")
+        return self
+
+
 class ServeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -44,6 +66,7 @@ class ServeSettings(BaseModel):
     session_idle_s: float = Field(default=600.0, gt=0)  # a session whose tool call lasts longer is closed
     default_max_tokens: int = Field(default=128, ge=1)
     namespace: str = "agentriver"  # Ray namespace of the scheduler and engine actors
+    river: RiverSettings | None = None  # River's endpoints, when set
 
     @field_validator("policy")
     @classmethod

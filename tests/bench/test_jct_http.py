@@ -19,7 +19,7 @@ def test_http_replay_writes_rows_for_each_policy(tiny_model, tmp_path):
     out = tmp_path / "r.json"
     res = subprocess.run([sys.executable, "-m", "bench.jct_http", "--trace", str(trace), "--model", str(tiny_model),
                           "--policies", "vllm,astraea", "--rate-scales", "2", "--tool-time-scale", "0.5",
-                          "--kv-blocks", "64", "--max-model-len", "1024", "--port", "8765", "--out", str(out)],
+                          "--kv-blocks", "40", "--max-model-len", "1024", "--port", "8765", "--out", str(out)],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     data = json.loads(out.read_text())
@@ -29,5 +29,7 @@ def test_http_replay_writes_rows_for_each_policy(tiny_model, tmp_path):
         assert r["output_tokens"] == 64  # ignore_eos: exactly the trace's output tokens
         assert r["p99_jct_s"] >= r["avg_jct_s"] > 0.25  # job a waits 0.5 x 0.5 s for its tool
         decided = r["kv_preserve"] + r["kv_swap"] + r["kv_discard"]
-        assert decided == (2 if r["policy"] == "astraea" else 0)  # vllm has no KV manager
+        # astraea decides at every segment end of a session (the engine is not told which one is the job's last:
+        # 5 segments); vllm has no KV manager
+        assert decided == (5 if r["policy"] == "astraea" else 0)
     assert "| astraea |" in out.with_suffix(".md").read_text() and (tmp_path / "r_jct_vs_load.png").exists()

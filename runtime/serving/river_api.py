@@ -1,0 +1,79 @@
+"""What River's HTTP endpoints accept and send: decoded and checked before anything reaches the store.
+
+A game server posts a segment as H.264 bytes (the stream a client receives) plus a few ground-truth frames as PNG
+with their frame numbers; thin clients post low-res PNG frames to be enhanced. Every check names the field.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+
+import numpy as np
+
+from runtime.river.sr import SCALE
+
+ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+VIDEO_TYPES = ("video/h264", "video/mp4", "application/octet-stream")
+
+
+def check_id(field: str, value: str) -> str:
+    if not ID.match(value):
+        raise ValueError(f"{field}: must be 1-128 characters of letters, digits and ._:- starting with a letter or "
+                         f"digit")
+    return value
+
+
+def decode_video(data: bytes, content_type: str | None, width: int, height: int) -> np.ndarray:
+    from runtime.river.degrade import decode
+
+    if content_type not in VIDEO_TYPES:
+        raise ValueError(f"video: content type must be one of {', '.join(VIDEO_TYPES)}, got {content_type!r}")
+    try:
+        frames = decode(data)
+    except ValueError as e:
+        raise ValueError(f"video: {e}") from None
+    if frames.shape[1:3] != (height, width):
+        raise ValueError(f"video: frames are {frames.shape[2]}x{frames.shape[1]}, this service takes "
+                         f"{width}x{height}")
+    return frames
+
+
+def decode_png(data: bytes, content_type: str | None, field: str, width: int, height: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if content_type != "image/png":
+        raise ValueError(f"{field}: content type must be image/png, got {content_type!r}")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if img.format != "PNG":
+                raise ValueError(f"{field}: not a PNG image")
+            frame = np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{field}: cannot decode PNG ({e})") from None
+    if frame.shape[:2] != (height, width):
+        raise ValueError(f"{field}: image is {frame.shape[1]}x{frame.shape[0]}, expected {width}x{height}")
+    return frame
+
+
+def encode_png(frame: np.ndarray) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(frame).save(out, format="PNG")
+    return out.getvalue()
+
+
+def frame_numbers(text: str, count: int) -> list[int]:
+    """`gt_frames`: comma-separated frame numbers, one per ground-truth image."""
+    try:
+        numbers = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"gt_frames: must be comma-separated frame numbers, got {text!r}") from None
+    if len(numbers) != count:
+        raise ValueError(f"gt_frames: {len(numbers)} frame numbers for {count} ground_truth images")
+    return numbers
+
+
+def hr_size(width: int, height: int) -> tuple[int, int]:
+    return width * SCALE, height * SCALE
