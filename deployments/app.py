@@ -98,6 +98,17 @@ async def _auth(request: Request, call_next):
     return await call_next(request)
 
 
+@contextlib.contextmanager
+def river_errors():
+    """A ValueError from decoding or the store names its field first: a 400 with that field as `param`."""
+    try:
+        yield
+    except ValueError as e:
+        message = str(e).splitlines()[-1] if isinstance(e, ray.exceptions.RayTaskError) else str(e)
+        field = message.split(":")[0] if ":" in message and " " not in message.split(":")[0] else None
+        raise ApiError(400, message, param=field) from e
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1024)
 @serve.ingress(api)
 class AgentIngress:
@@ -338,17 +349,6 @@ class AgentIngress:
         if handle is None:
             handle = self._engines[name] = ray.get_actor(name, namespace=self.settings.namespace)
         return handle
-
-
-@contextlib.contextmanager
-def river_errors():
-    """A ValueError from decoding or the store names its field first: a 400 with that field as `param`."""
-    try:
-        yield
-    except ValueError as e:
-        message = str(e).splitlines()[-1] if isinstance(e, ray.exceptions.RayTaskError) else str(e)
-        field = message.split(":")[0] if ":" in message and " " not in message.split(":")[0] else None
-        raise ApiError(400, message, param=field) from e
 
 
 def build_app(args: dict) -> serve.Application:
