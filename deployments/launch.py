@@ -1,7 +1,8 @@
 """Start the agent service on a local Ray (the embedded default) and either keep serving or run the demo.
 
     python -m deployments.launch serve [--port 8000]   # `make serve`
-    python -m deployments.launch demo                  # `make run`: the service plus a short agent workload
+    python -m deployments.launch demo                  # `make run`: the service, a short agent workload and a
+                                                       # short River stream through it
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import random
 import signal
 import threading
 import time
+from pathlib import Path
 
 from runtime.serving.agent_client import AgentResult, Turn, run_agent
 from runtime.serving.config import ServeSettings
@@ -74,6 +76,74 @@ async def demo(url: str, model: str, agents: int, seed: int) -> list[AgentResult
     return list(await asyncio.gather(*(agent(i) for i in range(agents))))
 
 
+RIVER_STREAM = dict(wad="freedoom2", maps=("MAP01",), segments_per_map=4, segment_s=1.0, fps=8.75, seed=0)
+RIVER_TRAIN = dict(wad="freedoom2", maps=("MAP10",), segments_per_map=2, segment_s=1.0, fps=8.75, seed=0)
+
+
+def river_settings(root: Path) -> dict:
+    """River for the demo: a generic SR model trained briefly on another map's gameplay (cached under `root`)."""
+    from runtime.river.dataset import build_dataset, load_pairs
+    from runtime.river.gameplay import GameplayConfig
+    from runtime.river.sr import SRConfig
+    from runtime.river.train import TrainConfig, generic_model
+
+    cfg, train = GameplayConfig(**RIVER_TRAIN), TrainConfig(steps=150)
+    index = build_dataset(cfg, root=root / "datasets", progress=False)
+    generic_model(lambda: [(p.lr, p.hr) for p in load_pairs(index)], {"demo": index.parent.name}, SRConfig(), train,
+                  root / "generic", progress=False)
+    generic = max((root / "generic").glob("generic-*.safetensors"), key=lambda p: p.stat().st_mtime)
+    return {"generic": str(generic), "store_dir": str(root / "store"), "finetune_steps": 100}
+
+
+def river_demo(url: str, root: Path) -> None:
+    """A game session streams four one-second segments of MAP01 through /river/v1 (H.264 + two ground-truth
+    frames each); the misses are fine-tuned as Ray tasks; a second player of the same map then finds those models.
+    Finally it fetches the model it was told to use and asks what to prefetch."""
+    import httpx
+
+    from runtime.river.dataset import build_dataset, load_pairs
+    from runtime.river.degrade import encode
+    from runtime.river.gameplay import GameplayConfig
+    from runtime.serving.river_api import encode_png
+
+    pairs = load_pairs(build_dataset(GameplayConfig(**RIVER_STREAM), root=root / "datasets", progress=False))
+    headers = {"Authorization": f"Bearer {os.environ['AGENTRIVER_API_KEY']}"} \
+        if os.environ.get("AGENTRIVER_API_KEY") else {}
+    print(f"\nRiver: {len(pairs)} segments of {RIVER_STREAM['maps'][0]} through POST /river/v1/segments")
+    print(f"{'session':<9} {'segment':<22} {'model':>5} {'voted':>5} {'gain dB':>8} {'fine-tune':>9} "
+          f"{'lookup ms':>9}")
+    with httpx.Client(base_url=url, headers=headers, timeout=300) as c:
+        def stream(session: str) -> int:
+            used = 0
+            for p in pairs:
+                picks = (0, len(p.lr) - 1)
+                files = [("video", ("seg.mp4", encode(p.lr, RIVER_STREAM["fps"], crf=28), "video/mp4"))]
+                files += [("ground_truth", (f"{k}.png", encode_png(p.hr[k]), "image/png")) for k in picks]
+                r = c.post("/river/v1/segments", files=files, data={"session": session, "game": "freedoom2",
+                                                                   "segment_id": p.segment_id,
+                                                                   "gt_frames": ",".join(map(str, picks))})
+                r.raise_for_status()
+                d = r.json()
+                used = d["model_id"]
+                print(f"{session:<9} {p.segment_id:<22} {d['model_id']:>5} {d['voted_id']:>5} {d['gain_db']:>8.2f} "
+                      f"{str(d['finetune_scheduled']):>9} {d['lookup_ms']:>9.1f}")
+            return used
+
+        stream("player-1")
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            f = c.get("/river/v1/stats").json()["finetunes"]
+            if f["queued"] + f["running"] == 0:
+                break
+            time.sleep(1)
+        used = stream("player-2")
+        model = c.get(f"/river/v1/models/{used}")
+        print(f"GET /river/v1/models/{used}: {len(model.content)} bytes, ETag {model.headers['etag'][:18]}...\"")
+        print("GET /river/v1/prefetch?session=player-2:", c.get("/river/v1/prefetch",
+                                                               params={"session": "player-2"}).json()["models"])
+        print("GET /river/v1/stats:", json.dumps(c.get("/river/v1/stats").json()))
+
+
 def report(results: list[AgentResult], metrics: str) -> None:
     print(f"{'session':<10} {'segments':>8} {'tokens':>7} {'JCT s':>7} {'waited s':>9} {'level':>5} {'engine':<20}")
     for r in results:
@@ -102,9 +172,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--policy", default="astraea")
     p.add_argument("--agents", type=int, default=6, help="demo: concurrent agent jobs")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-river", action="store_true", help="serve the agent endpoints only")
+    p.add_argument("--river-dir", default="build/river/demo", help="River's store, datasets and generic model")
     a = p.parse_args(argv)
-    settings = ServeSettings(**{k: v for k, v in {"model": a.model, "engines": a.engines, "policy": a.policy}.items()
-                                if v is not None})
+    river_root = Path(a.river_dir).resolve()
+    river = None if a.no_river else river_settings(river_root)
+    settings = ServeSettings(**{k: v for k, v in {"model": a.model, "engines": a.engines, "policy": a.policy,
+                                                  "river": river}.items() if v is not None})
     t0 = time.monotonic()
     print(f"starting Ray, Serve and {settings.engines} vLLM engine(s) for {settings.model} ...", flush=True)
     url = start(settings, a.port)
@@ -125,6 +199,8 @@ def main(argv: list[str] | None = None) -> None:
             headers = {"Authorization": f"Bearer {os.environ['AGENTRIVER_API_KEY']}"} \
                 if os.environ.get("AGENTRIVER_API_KEY") else {}
             report(results, httpx.get(f"{url}/metrics", headers=headers, timeout=30).text)
+            if river is not None:
+                river_demo(url, river_root)
     finally:
         stop(settings)
         print("stopped", flush=True)
