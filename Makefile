@@ -59,9 +59,11 @@ bench-http: $(STAMP) models/small/config.json  ## the agent service benchmarks: 
 	$(TARGETS)
 
 RIVER := --wad freedoom2 --maps MAP01,MAP02,MAP03 --segments 24
-bench-river: $(STAMP)  ## the committed River benchmarks (real Freedoom video), ~15 min on 2 cores
+bench-river: $(STAMP) models/small/config.json  ## the committed River benchmarks (real Freedoom video), ~15 min on 2 cores
 	$(PY) -m bench.river $(RIVER) --out bench/results/river.json
 	$(PY) -m bench.river_lookup $(RIVER) --models 10,100,1000 --out bench/results/river_lookup.json
+	HF_HUB_OFFLINE=1 $(PY) -m bench.river_stream --sessions 4 --maps MAP01,MAP02 --segments 6 \
+		--out bench/results/river_stream.json
 	$(TARGETS)
 		bench/results/river*.json
 

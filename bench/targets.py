@@ -127,12 +127,23 @@ def check_cluster(path: Path) -> tuple[list[str], list[str]]:
     return _verdicts(path, checks)
 
 
+def check_river_stream(path: Path) -> tuple[list[str], list[str]]:
+    s = json.loads(path.read_text())["stream"]
+    checks = [(s["http_5xx"] == 0, f"{s['http_5xx']} HTTP 5xx answers over {s['segments']} segments (target 0)"),
+              (s["lookup_ms_p99"] <= 20.0, f"lookup + vote per segment p99 {s['lookup_ms_p99']:.1f} ms server side "
+                                           f"(target <= 20)"),
+              (s["prefetch_hit_rate"] >= 0.8, f"prefetch hit {s['prefetch_hit_rate']:.2f} (target >= 0.8)")]
+    return _verdicts(path, checks)
+
+
 def _verdicts(path: Path, checks: list[tuple[bool, str]]) -> tuple[list[str], list[str]]:
     return ([("PASS " if ok else "MISS ") + text for ok, text in checks],
             [f"{path.stem}: {text}" for ok, text in checks if not ok])
 
 
 def _checker(data: dict):
+    if "stream" in data:
+        return check_river_stream, "[delivered PSNR, server time]({stem}.png)"
     if "decision_cost" in data:
         return check_cluster, "[average JCT per arrangement]({stem}.png)"
     if "summary" in data:

@@ -1,0 +1,205 @@
+"""River as a service: concurrent game sessions stream segments to the served `/river/v1` endpoints over HTTP.
+
+    python -m bench.river_stream --sessions 4 --maps MAP01,MAP02 --segments 6 --out bench/results/river_stream.json
+
+Each session records its own gameplay (ViZDoom, Freedoom; sessions on one map differ by seed, so content repeats
+across them as it does across players), and streams it in real time: every `segment_s` it posts the segment's
+H.264 bytes and two ground-truth frames, and the server answers the model to use. The client keeps a model cache:
+the generic model from the start, then whatever it fetched. A model it must use but does not hold is a stall (it
+fetches it then, and the segment is shown with the generic model); after each segment it asks
+`/river/v1/prefetch` and fetches the predicted models within `--prefetch-kb` per segment. Delivered PSNR is what
+the client shows (the model it held, upscaling the streamed frames) against the ground truth. The service is the
+same app `make run` starts (agent endpoints included), with River's generic model from `deployments.launch`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from bench.output import command_line, save_figure, write_results
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m bench.river_stream", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sessions", type=int, default=4)
+    p.add_argument("--maps", default="MAP01,MAP02")
+    p.add_argument("--segments", type=int, default=6, help="segments per session")
+    p.add_argument("--segment-s", type=float, default=1.0)
+    p.add_argument("--prefetch-kb", type=float, default=256.0, help="prefetch budget per segment")
+    p.add_argument("--target-gain", type=float, default=2.5, help="the quality gate's target (dB over bicubic)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", default=None, help="the agent endpoints' model directory (default models/small)")
+    p.add_argument("--root", default="build/river/stream", help="datasets, generic model and store")
+    p.add_argument("--out", default="results.json")
+    a = p.parse_args(argv)
+    a.map_list = [m for m in a.maps.split(",") if m]
+    if a.sessions < 1 or a.segments < 1 or not a.map_list:
+        p.error("--sessions and --segments must be >= 1 and --maps must name a map")
+    return a
+
+
+class Client:
+    """One game session's player: a model cache and what it fetched."""
+
+    def __init__(self, http, session: str, game: str):
+        self.http, self.session, self.game = http, session, game
+        self.models: dict[int, object] = {}
+        self.fetched_bytes = self.prefetch_bytes = self.video_bytes = 0
+        self.stalls = 0
+        self.rows: list[dict] = []
+
+    async def fetch(self, model_id: int) -> int:
+        from safetensors.torch import load
+
+        from runtime.river.sr import SRConfig
+        from runtime.river.train import model_from_state
+
+        r = await self.http.get(f"/river/v1/models/{model_id}")
+        r.raise_for_status()
+        self.models[model_id] = model_from_state(load(r.content), SRConfig(**json.loads(r.headers["x-sr-config"])))
+        return len(r.content)
+
+    async def segment(self, pair, fps: float, prefetch_bytes: float) -> None:
+        from runtime.river.degrade import encode
+        from runtime.river.sr import psnr_y, upscale
+        from runtime.serving.river_api import encode_png
+
+        picks = (0, len(pair.lr) - 1)
+        video = encode(pair.lr, fps, crf=28)
+        self.video_bytes += len(video)
+        files = [("video", ("seg.mp4", video, "video/mp4"))]
+        files += [("ground_truth", (f"{k}.png", encode_png(pair.hr[k]), "image/png")) for k in picks]
+        t0 = time.perf_counter()
+        r = await self.http.post("/river/v1/segments", files=files, data={
+            "session": self.session, "game": self.game, "segment_id": pair.segment_id,
+            "gt_frames": ",".join(map(str, picks))})
+        server_ms = (time.perf_counter() - t0) * 1e3
+        status = r.status_code
+        d = r.json() if status == 200 else {}
+        use = d.get("model_id", 0)
+        stalled = use not in self.models
+        if stalled:  # needed now and not here: shown with the generic model, fetched for the next segments
+            self.stalls += 1
+            self.fetched_bytes += await self.fetch(use)
+        shown = 0 if stalled else use
+        frames = np.array(picks)
+        psnr = psnr_y(upscale(self.models[shown], pair.lr[frames]), pair.hr[frames])
+        self.rows.append({"session": self.session, "segment": pair.segment_id, "status": status, "model": use,
+                          "shown": shown, "stalled": stalled, "psnr_db": psnr, "server_ms": server_ms,
+                          "lookup_ms": d.get("lookup_ms", float("nan")), "frames": len(pair.lr),
+                          "finetune_scheduled": d.get("finetune_scheduled", False)})
+        if status == 200:
+            p = await self.http.get("/river/v1/prefetch", params={"session": self.session, "k": 3})
+            budget = prefetch_bytes
+            for m in p.json().get("models", []) if p.status_code == 200 else []:
+                if m not in self.models and budget > 0:
+                    n = await self.fetch(m)
+                    self.prefetch_bytes += n
+                    budget -= n
+
+
+async def stream(url: str, sessions: list[tuple[str, str, list]], a) -> list[Client]:
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, timeout=600) as http:
+        clients = [Client(http, name, "freedoom2") for name, _, _ in sessions]
+        for c in clients:
+            c.fetched_bytes += await c.fetch(0)
+        total = sum(len(p) for _, _, p in sessions)
+        with tqdm(total=total, desc="segments", unit="seg", file=sys.stderr) as bar:
+            async def run(c: Client, pairs: list) -> None:
+                start = time.monotonic()
+                for k, pair in enumerate(pairs):
+                    await asyncio.sleep(max(0.0, k * a.segment_s - (time.monotonic() - start)))
+                    await c.segment(pair, 8.75, a.prefetch_kb * 1024)
+                    bar.update(1)
+
+            await asyncio.gather(*(run(c, pairs) for c, (_, _, pairs) in zip(clients, sessions, strict=True)))
+        stats = (await http.get("/river/v1/stats")).json()
+    return clients, stats
+
+
+def markdown(data: dict) -> str:
+    s = data["stream"]
+    lines = [f"Command: `{data['meta']['command']}`", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k.replace('_', ' ')} | {v:.3f} |" if isinstance(v, float) else f"| {k.replace('_', ' ')} | {v} |"
+              for k, v in s.items()]
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict, stem: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = data["rows"]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for session in sorted({r["session"] for r in rows}):
+        mine = [r for r in rows if r["session"] == session]
+        a1.plot([r["psnr_db"] for r in mine], marker="o", label=session)
+    a1.set_xlabel("segment")
+    a1.set_ylabel("delivered PSNR-Y (dB)")
+    a1.legend(fontsize=7)
+    a2.hist([r["server_ms"] for r in rows], bins=20)
+    a2.set_xlabel("server time per segment (ms)")
+    a2.set_ylabel("segments")
+    fig.suptitle("River through the service")
+    save_figure(fig, stem)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    from deployments.launch import river_settings, start, stop
+    from runtime.river.dataset import build_dataset, load_pairs
+    from runtime.river.gameplay import GameplayConfig
+    from runtime.serving.config import ServeSettings
+
+    root = Path(a.root).resolve()
+    sessions = []
+    for i in range(a.sessions):
+        game_map = a.map_list[i % len(a.map_list)]
+        cfg = GameplayConfig(wad="freedoom2", maps=(game_map,), segments_per_map=a.segments,
+                             segment_s=a.segment_s, fps=8.75, seed=i)
+        sessions.append((f"player-{i}", game_map, load_pairs(build_dataset(cfg, root=root / "datasets"))))
+    river = {**river_settings(root), "target_gain_db": a.target_gain}
+    settings = ServeSettings(river=river, **({"model": a.model} if a.model else {}))
+    url = start(settings, a.port)
+    try:
+        clients, stats = asyncio.run(stream(url, sessions, a))
+    finally:
+        stop(settings)
+    rows = [r for c in clients for r in c.rows]
+    server = np.array([r["server_ms"] for r in rows])
+    lookup = np.array([r["lookup_ms"] for r in rows if r["status"] == 200])
+    per_frame = np.array([r["lookup_ms"] / r["frames"] for r in rows if r["status"] == 200])
+    summary = {"segments": len(rows), "http_5xx": sum(r["status"] >= 500 for r in rows),
+               "http_4xx": sum(400 <= r["status"] < 500 for r in rows),
+               "delivered_psnr_db": float(np.mean([r["psnr_db"] for r in rows])),
+               "stalls": sum(c.stalls for c in clients),
+               "finetunes_scheduled": sum(r["finetune_scheduled"] for r in rows),
+               "finetunes_done": stats["finetunes"]["done"], "models_in_store": stats["models"],
+               "server_ms_p50": float(np.percentile(server, 50)), "server_ms_p99": float(np.percentile(server, 99)),
+               "lookup_ms_p99": float(np.percentile(lookup, 99)),
+               "lookup_ms_per_frame_p99": float(np.percentile(per_frame, 99)),
+               "prefetch_hit_rate": stats["prefetch_hit_rate"],
+               "video_bytes": sum(c.video_bytes for c in clients),
+               "prefetch_bytes": sum(c.prefetch_bytes for c in clients),
+               "model_fetch_bytes": sum(c.fetched_bytes for c in clients)}  # generic at start + stalls
+    data = {"meta": {"command": command_line("bench.river_stream", argv), "sessions": a.sessions, "maps": a.map_list},
+            "stream": summary, "rows": rows}
+    print(write_results(a.out, data, markdown, plot))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
