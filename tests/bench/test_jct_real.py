@@ -8,18 +8,12 @@ from pathlib import Path
 import pytest
 
 from bench import jct_real
-from runtime.agents.trace import write_trace
-from tests.conftest import make_table
 
 ROOT = Path(__file__).parents[2]
 
 
-def test_real_replay_writes_rows_for_each_policy_and_load(tiny_model, tmp_path):
-    model = tiny_model
-    rows = [("a", 0, 0.0, 120, 16, "search", 0.5), ("a", 1, 0.0, 30, 8, "", 0.0),
-            ("b", 0, 0.2, 200, 24, "", 0.0), ("c", 0, 0.3, 60, 8, "calc", 0.2), ("c", 1, 0.3, 20, 8, "", 0.0)]
-    trace = tmp_path / "t.parquet"
-    write_trace(make_table(rows), trace)
+def test_real_replay_writes_rows_for_each_policy_and_load(tiny_model, tool_trace, tmp_path):
+    model, trace = tiny_model, tool_trace
     out = tmp_path / "r.json"
     res = subprocess.run([sys.executable, "-m", "bench.jct_real", "--trace", str(trace), "--model", str(model),
                           "--policies", "vllm,astraea", "--rate-scales", "1,2", "--tool-time-scale", "0.5",
