@@ -37,7 +37,7 @@ def river(tiny_model, pairs, tmp_path_factory):
     settings = ServeSettings(model=str(tiny_model), engine={"max_model_len": 512, "host_swap_blocks": 0},
                              river={"generic": str(next((tmp / "generic").glob("generic-*.safetensors"))),
                                     "store_dir": str(tmp / "store"), "max_finetunes": 1, "target_gain_db": 50.0,
-                                    "finetune_steps": 5, "width": w, "height": h})
+                                    "finetune_steps": 5, "width": w, "height": h, "max_upload_mb": 2.0})
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -118,6 +118,8 @@ def test_every_bad_upload_gets_a_4xx_naming_the_problem(river, pairs):
         r = httpx.post(f"{river}/river/v1/segments", timeout=120, **kwargs)
         assert r.status_code == 400, (param, r.text)
         assert r.json()["error"]["param"] == param, r.text
+    huge = httpx.post(f"{river}/river/v1/segments", timeout=120, **upload(p, "b1", video=bytes(3 * 2**20)))
+    assert huge.status_code == 413 and huge.json()["error"]["param"] == "body"
     missing = httpx.post(f"{river}/river/v1/segments", data={"session": "x"}, timeout=30)
     assert missing.status_code == 400 and missing.json()["error"]["param"]
     for path, status in (("/river/v1/models/999", 404), ("/river/v1/models/-1", 400), ("/river/v1/models/abc", 400),
