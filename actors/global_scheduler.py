@@ -64,9 +64,7 @@ class GlobalScheduler:
     async def retry(self, ticket: str, emitted_tokens: int) -> Grant:
         """The caller's engine died under its segment: queue the rest again (another engine, or this one once
         it is back)."""
-        self.d.fail(ticket, emitted_tokens)
-        self.metrics.engines.reports.setdefault(self.d.engines[self.d.pending[ticket].job.engine].info.name,
-                                                {})["alive"] = False
+        self.d.fail(ticket, emitted_tokens)  # the engine's metrics follow at the next poll
         return await self._wait(ticket)
 
     async def _wait(self, ticket: str) -> Grant:
