@@ -2,7 +2,14 @@
 
 It wraps `runtime.serving.dispatch.Dispatcher` with what only an actor can do: create the engine actors, park each
 caller until its segment is granted, and watch the engines (a second each: their KV state feeds the dispatcher,
-a dead one stops getting work, a restarted one rejoins, idle sessions expire).
+a dead one stops getting work, a restarted one rejoins, idle sessions expire, and what each engine really runs is
+reconciled with the grants).
+
+Back-pressure: a caller `submit`s (answered at once: a ticket, or QueueFull / SessionBusy / NoEngine) and then
+parks in `wait` until its segment is granted. Only queued and retried segments park, and `submit` refuses beyond
+`max_queue`, so at most `max_queue` + one retry per engine sequence slot calls are parked at any time. The actor's
+concurrency limit is set above that sum by construction (`scheduler_concurrency`), which leaves `finish`, `cancel`
+and the views room to run however many callers wait: a burst can be refused, never wedge the scheduler.
 """
 
 from __future__ import annotations
@@ -15,12 +22,19 @@ import ray
 
 from actors.engine_actor import EngineActor
 from runtime.serving.config import VLLM_BASELINE, ServeSettings
-from runtime.serving.dispatch import Dispatcher, Grant
+from runtime.serving.dispatch import Dispatcher, Grant, NoEngine, UnknownTicket
 from runtime.serving.metrics import SchedulerMetrics
 
 SCHEDULER_NAME = "agentriver-scheduler"
 MONITOR_S = 1.0
-STATS_TIMEOUT_S = 10.0
+STATS_TIMEOUT_S = 5.0  # an engine that takes longer to say how it is gets no new work until it answers
+RECONCILE_GRACE_S = 2 * MONITOR_S  # a grant not running on its engine this long after it was given is abandoned
+CONTROL_SLOTS = 256  # concurrent calls left for submit/finish/cancel/views when every parked caller waits
+
+
+def scheduler_concurrency(settings: ServeSettings) -> int:
+    """The actor's max_concurrency: every call that can park (queued + retried segments) plus room for control."""
+    return settings.max_queue + settings.engines * settings.engine.max_num_seqs + CONTROL_SLOTS
 
 
 def engine_name(index: int) -> str:
@@ -37,6 +51,9 @@ class GlobalScheduler:
                         for i in range(s.engines)]
         self.d: Dispatcher | None = None
         self.waiters: dict[str, asyncio.Future] = {}
+        # Grants whose caller has not called `wait` yet; one that never does is reconciled away like any grant
+        # its engine does not run.
+        self.unclaimed: dict[str, Grant] = {}
         self.metrics = SchedulerMetrics()
         self._starting: asyncio.Future | None = None
         self._monitor_task: asyncio.Task | None = None
@@ -55,19 +72,19 @@ class GlobalScheduler:
         self._monitor_task = asyncio.get_running_loop().create_task(self._monitor())
 
     # ------------------------------------------------------------------------------------------ segments
-    async def acquire(self, session_id: str, prompt_tokens: int, max_tokens: int, tool_category: str = "",
-                      kv_action: str = "", last: bool = False) -> Grant:
+    async def submit(self, session_id: str, prompt_tokens: int, max_tokens: int, tool_category: str = "",
+                     kv_action: str = "", last: bool = False) -> str:
+        """Queue a segment; answers at once with its ticket (or QueueFull, SessionBusy, NoEngine, ValueError).
+        The caller then `wait`s for the grant, and `cancel`s the ticket if it gives up."""
         await self.ready()
-        ticket = self.d.submit(session_id, prompt_tokens, max_tokens, tool_category, kv_action, last)
-        return await self._wait(ticket)
+        return self.d.submit(session_id, prompt_tokens, max_tokens, tool_category, kv_action, last)
 
-    async def retry(self, ticket: str, emitted_tokens: int) -> Grant:
-        """The caller's engine died under its segment: queue the rest again (another engine, or this one once
-        it is back)."""
-        self.d.fail(ticket, emitted_tokens)  # the engine's metrics follow at the next poll
-        return await self._wait(ticket)
-
-    async def _wait(self, ticket: str) -> Grant:
+    async def wait(self, ticket: str) -> Grant:
+        """The grant of a submitted segment, once an engine has room for it."""
+        if ticket in self.unclaimed:
+            return self.unclaimed.pop(ticket)
+        if ticket not in self.d.pending:
+            raise UnknownTicket(ticket)
         fut = asyncio.get_running_loop().create_future()
         self.waiters[ticket] = fut
         self._dispatch()
@@ -78,24 +95,51 @@ class GlobalScheduler:
             self.cancel(ticket)
             raise
 
-    def finish(self, ticket: str, output_tokens: int, service_s: float, kv_state: str, kv_tokens: int) -> None:
-        rec = self.d.records[self.d.pending[ticket].job.job_id][-1]
-        self.d.finish(ticket, output_tokens, service_s, kv_state, kv_tokens)
+    async def retry(self, ticket: str, emitted_tokens: int) -> Grant:
+        """The caller's engine died under its segment: queue the rest again (another engine, or this one once
+        it is back); NoEngine when none is alive."""
+        try:
+            self.d.fail(ticket, emitted_tokens)  # the engine's metrics follow at the next poll
+        except NoEngine:
+            self._refuse_queued()
+            raise
+        return await self.wait(ticket)
+
+    def finish(self, ticket: str, output_tokens: int, service_s: float, kv_state: str, kv_tokens: int) -> bool:
+        """The segment ended; False when the ticket had already been given up (nothing recorded then)."""
+        p = self.d.pending.get(ticket)
+        if p is None or not self.d.finish(ticket, output_tokens, service_s, kv_state, kv_tokens):
+            return False
+        rec = self.d.records[p.job.job_id][-1]
         self.metrics.segment.observe(rec.queued_s + rec.service_s)
         self.metrics.queued.observe(rec.queued_s)
         self._dispatch()
+        return True
 
     def cancel(self, ticket: str) -> None:
+        """The caller gave up (client gone, error): forget the segment, wherever it was. Idempotent."""
+        fut = self.waiters.pop(ticket, None)
+        if fut is not None and not fut.done():
+            fut.cancel()
+        self.unclaimed.pop(ticket, None)
         self.d.cancel(ticket)
         self._dispatch()
+
+    def _refuse_queued(self) -> None:
+        for ticket in self.d.refuse_queued():
+            fut = self.waiters.pop(ticket, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(NoEngine())
 
     def _dispatch(self) -> None:
         for g in self.d.grant():
             fut = self.waiters.pop(g.ticket, None)
-            if fut is None or fut.done():  # its caller is gone
+            if fut is None:  # granted between its caller's submit and wait: kept for the wait
+                self.unclaimed[g.ticket] = g
+            elif fut.done():  # its caller is gone
                 self.d.cancel(g.ticket)
-                continue
-            fut.set_result(g)
+            else:
+                fut.set_result(g)
         levels = getattr(self.d.policy, "cfg", None)
         self.metrics.set_queue(self.d.queue_by_level(), getattr(levels, "num_queues", 1))
         self.metrics.sessions.set(len(self.d.jobs))
@@ -125,10 +169,12 @@ class GlobalScheduler:
             await asyncio.gather(*(self._check(i) for i in range(len(self.engines))))
             for done in self.d.expire(self.settings.session_idle_s):
                 self.metrics.jct.observe(done.jct_s)
+            self._refuse_queued()
             self._dispatch()
 
     async def _check(self, index: int) -> None:
         eng, handle = self.d.engines[index], self.engines[index]
+        asked_at = self.d.clock()
         try:
             stats = await asyncio.wait_for(handle.stats.remote(), STATS_TIMEOUT_S)
             if not eng.alive:  # restarted by Ray (or back from a stall): an empty engine rejoins
@@ -139,6 +185,10 @@ class GlobalScheduler:
             self.metrics.engines.reports[eng.info.name] = {"alive": False}
             return
         self.d.engine_report(index, stats["kept"])
+        orphans = self.d.reconcile(index, set(stats["active"]), set(stats["finished"]), asked_at, RECONCILE_GRACE_S)
+        if orphans:
+            handle.abort.remote(orphans)
+        self.unclaimed = {t: g for t, g in self.unclaimed.items() if t in self.d.pending}
         self.metrics.engines.reports[eng.info.name] = stats
 
     async def shutdown(self) -> None:
@@ -148,3 +198,10 @@ class GlobalScheduler:
             with contextlib.suppress(Exception):
                 await e.shutdown.remote()
             ray.kill(e, no_restart=True)
+
+
+def scheduler_handle(settings: ServeSettings):
+    """The cluster's scheduler actor (created on first use, found by name afterwards)."""
+    return GlobalScheduler.options(name=SCHEDULER_NAME, namespace=settings.namespace, lifetime="detached",
+                                   get_if_exists=True, max_concurrency=scheduler_concurrency(settings)
+                                   ).remote(settings.model_dump())

@@ -66,9 +66,8 @@ class EngineConfig:
             raise ValueError("kv_log needs plugin='policy' (the KV manager lives there)")
 
 
-class SegmentOrderError(ValueError):
-    """A segment of a job that is not after the job's latest segment on this engine (a repeat, or one that would
-    run beside the job's running segment)."""
+class JobBusyError(ValueError):
+    """A segment of a job that already has a segment running on this engine (a job's segments are sequential)."""
 
 
 @dataclass(frozen=True)
@@ -84,10 +83,10 @@ class VllmEngine:
         check_vllm_version()
         self.config = config
         self._llm = None
-        # job id -> its latest segment started here. A job may run earlier segments on other engines (the global
-        # scheduler moves jobs), but here its segments run one at a time, in order: the plugin's job history
-        # depends on it, and an exception in the engine process would kill the engine, so the check is here.
-        self._latest_seg: dict[str, int] = {}
+        # Jobs with a segment running here. A job's segments run one at a time (the plugin keeps one mirror per
+        # job, and an exception in the engine process would kill the engine, so the check is here). Order is not
+        # enforced: a segment whose caller gave up may be sent again, and a new job may reuse a closed job's id.
+        self._running_jobs: set[str] = set()
         self.load = EngineLoad()
 
     def start(self) -> VllmEngine:
@@ -151,38 +150,25 @@ class VllmEngine:
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         params = SamplingParams(temperature=temperature, max_tokens=max_tokens, ignore_eos=ignore_eos)
-        previous = self._claim_segment(hint) if hint is not None else None
+        if hint is not None:
+            if hint.job_id in self._running_jobs:
+                raise JobBusyError(f"job {hint.job_id!r} already has a segment running on this engine")
+            self._running_jobs.add(hint.job_id)
         sent = 0
+        outputs = self._llm.generate({"prompt_token_ids": list(prompt_token_ids)}, params,
+                                     request_id or uuid.uuid4().hex,
+                                     kv_hints=hint.envelope() if hint is not None else None)
         try:
-            async for out in self._llm.generate({"prompt_token_ids": list(prompt_token_ids)}, params,
-                                                request_id or uuid.uuid4().hex,
-                                                kv_hints=hint.envelope() if hint is not None else None):
+            async for out in outputs:
                 done = out.outputs[0]
                 tokens = list(done.token_ids)
                 if len(tokens) > sent or out.finished:
                     yield Completion(tokens[sent:], (done.finish_reason or "") if out.finished else "")
                     sent = len(tokens)
-        except BaseException:
-            if hint is not None and sent == 0:  # the segment did not run: it may be submitted again
-                self._unclaim(hint, previous)
-            raise
-
-    def _claim_segment(self, hint: JobHint) -> int | None:
-        latest = self._latest_seg.get(hint.job_id)
-        if latest is not None and hint.seg <= latest:
-            raise SegmentOrderError(f"job {hint.job_id!r}: segment {hint.seg} cannot run here; segment {latest} "
-                                    f"of this job already ran here")
-        if hint.last:
-            self._latest_seg.pop(hint.job_id, None)
-        else:
-            self._latest_seg[hint.job_id] = hint.seg
-        return latest
-
-    def _unclaim(self, hint: JobHint, previous: int | None) -> None:
-        if previous is None:
-            self._latest_seg.pop(hint.job_id, None)
-        else:
-            self._latest_seg[hint.job_id] = previous
+        finally:
+            await outputs.aclose()  # a consumer that stopped early: vLLM aborts the request and frees its blocks
+            if hint is not None:
+                self._running_jobs.discard(hint.job_id)
 
     async def reset_prefix_cache(self) -> bool:
         """Forget cached prefixes, so a repeated replay starts as cold as the first. False (and nothing dropped)

@@ -224,13 +224,13 @@ class PolicyScheduler(StepLogScheduler):
         self.predictor.observe_output(job, stats.output_tokens)
         self.policy.on_segment_done(job, now, stats)
         job.context_tokens = request.num_tokens
-        if job.is_last_segment or request.status == RequestStatus.FINISHED_ABORTED:
-            job.phase, job.kv, job.kv_tokens = Phase.DONE, KVState.NONE, 0
+        if request.status == RequestStatus.FINISHED_ABORTED:  # its caller gave up: the job may come back
+            self._forget(job)
+            return
+        if job.is_last_segment:
+            job.phase = Phase.DONE
             self.predictor.observe_job_done(job)
-            self._unpin(job.job_id)
-            if self._swap:
-                self._swap.drop(job.job_id)
-            del self.jobs[job.job_id]
+            self._forget(job)
             return
         job.phase, job.tool_started_s = Phase.TOOL, now
         job.kv_tokens = request.num_computed_tokens
@@ -300,6 +300,15 @@ class PolicyScheduler(StepLogScheduler):
         self._log(job, action.value, request.num_computed_tokens, cause)
         return len(blocks)
 
+    def _forget(self, job: Job) -> None:
+        """Release everything held for the job here (pin, host copy, mirror)."""
+        job.kv, job.kv_tokens = KVState.NONE, 0
+        self._unpin(job.job_id)
+        if self._swap:
+            self._swap.drop(job.job_id)
+        self._asked.pop(job.job_id, None)
+        self.jobs.pop(job.job_id, None)
+
     def _unpin(self, job_id: str) -> None:
         pinned = self._pinned.pop(job_id, None)
         if pinned is not None:
@@ -314,6 +323,9 @@ class PolicyScheduler(StepLogScheduler):
     # ------------------------------------------------------------------------------------------ ordering
     def _mirror(self, h: JobHint) -> Job:
         job = self.jobs.get(h.job_id)
+        if job is not None and h.seg == 0:  # a new job under a closed job's id: nothing of the old one carries over
+            self._forget(job)
+            job = None
         if job is None:
             job = self.jobs[h.job_id] = Job(h.job_id, h.arrival_s, ())
         # What the policy may know of the job: its past segments' tools and this segment's sizes.

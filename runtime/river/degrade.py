@@ -55,12 +55,28 @@ def encode(frames: np.ndarray, fps: float, *, crf: int | None) -> bytes:
     return buf.getvalue()
 
 
-def decode(data: bytes | str | Path) -> np.ndarray:
-    """All frames of an H.264 file or buffer as (T, H, W, 3) uint8 RGB. Undecodable input raises ValueError."""
+def decode(data: bytes | str | Path, *, max_frames: int | None = None,
+           size: tuple[int, int] | None = None) -> np.ndarray:
+    """All frames of an H.264 file or buffer as (T, H, W, 3) uint8 RGB. Undecodable input raises ValueError, and so
+    does a video whose frames are not `size` (width, height) or that has more than `max_frames` frames: both are
+    checked from the container's header and each frame's, before that frame is converted (a small file can declare
+    a huge picture or thousands of frames)."""
     src = io.BytesIO(data) if isinstance(data, bytes) else str(data)
+    frames = []
     try:
         with av.open(src) as container:
-            frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+            stream = container.streams.video[0]
+            declared = (stream.codec_context.width, stream.codec_context.height)
+            if size is not None and all(declared) and declared != size:
+                raise ValueError(f"frames are {declared[0]}x{declared[1]}, expected {size[0]}x{size[1]}")
+            if max_frames is not None and stream.frames > max_frames:
+                raise ValueError(f"{stream.frames} frames declared, at most {max_frames} are taken")
+            for f in container.decode(stream):
+                if size is not None and (f.width, f.height) != size:
+                    raise ValueError(f"frames are {f.width}x{f.height}, expected {size[0]}x{size[1]}")
+                if max_frames is not None and len(frames) >= max_frames:
+                    raise ValueError(f"more than {max_frames} frames, at most {max_frames} are taken")
+                frames.append(f.to_ndarray(format="rgb24"))
     except (av.error.FFmpegError, IndexError) as e:
         raise ValueError(f"cannot decode video: {e}") from e
     if not frames:

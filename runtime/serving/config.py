@@ -42,7 +42,8 @@ class RiverSettings(BaseModel):
     finetune_steps: int = Field(default=300, ge=1)
     width: int = Field(default=640, ge=16)  # the low-res stream's frame size
     height: int = Field(default=360, ge=16)
-    max_upload_mb: float = Field(default=64.0, gt=0)
+    max_upload_mb: float = Field(default=64.0, gt=0)  # a request body, enforced while it is read
+    max_segment_frames: int = Field(default=300, ge=1)  # frames in one uploaded segment (10 s at 30 fps)
     max_enhance_frames: int = Field(default=8, ge=1)
 
     @model_validator(mode="after")
@@ -63,6 +64,7 @@ class ServeSettings(BaseModel):
     engine: EngineSettings = EngineSettings()
     policy: str = "astraea"
     max_queue: int = Field(default=1024, ge=1)  # ready segments cluster-wide before 429
+    max_request_mb: float = Field(default=4.0, gt=0)  # a chat request's body, enforced while it is read
     session_idle_s: float = Field(default=600.0, gt=0)  # a session whose tool call lasts longer is closed
     default_max_tokens: int = Field(default=128, ge=1)
     namespace: str = "agentriver"  # Ray namespace of the scheduler and engine actors

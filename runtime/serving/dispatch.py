@@ -15,6 +15,7 @@ engine died: the segment is queued again and recomputed elsewhere, so it is neit
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -88,6 +89,13 @@ class UnknownSession(KeyError):
 class NoEngine(Exception):
     """No engine is alive to take work."""
 
+    def __init__(self, message: str = "no engine is alive; retry when one has restarted"):
+        super().__init__(message)
+
+
+class UnknownTicket(KeyError):
+    """A ticket that is not (or no longer) queued or running: its segment was cancelled or reconciled away."""
+
 
 @dataclass
 class _Pending:
@@ -106,13 +114,13 @@ class EngineSlot:
     def __init__(self, index: int, info: EngineInfo, dispatcher: Dispatcher):
         self.index, self.info, self._d = index, info, dispatcher
         self.alive = True
-        self.inflight: dict[str, tuple[int, float]] = {}  # ticket -> (KV blocks reserved, predicted seconds)
+        self.inflight: dict[str, tuple[int, float, float]] = {}  # ticket -> (KV blocks, predicted s, granted at)
         self.held: dict[str, int] = {}  # job id -> blocks of its KV kept here while it waits
         self._reserved = 0  # running sums of `inflight`: read at every pull, so not re-added each time
         self._backlog_s = 0.0
 
     def start(self, ticket: str, blocks: int, predicted_s: float) -> None:
-        self.inflight[ticket] = (blocks, predicted_s)
+        self.inflight[ticket] = (blocks, predicted_s, self.now)
         self._reserved += blocks
         self._backlog_s += predicted_s
 
@@ -172,6 +180,7 @@ class Dispatcher:
     queued: dict[str, _Pending] = field(default_factory=dict, init=False)  # session id -> its queued segment
     records: dict[str, list[SegmentRecord]] = field(default_factory=dict, init=False)
     last_done_s: dict[str, float] = field(default_factory=dict, init=False)
+    _serial: itertools.count = field(default_factory=itertools.count, init=False)
 
     def __post_init__(self) -> None:
         if not self.engines_info:
@@ -202,8 +211,8 @@ class Dispatcher:
         if prompt_tokens + max_tokens > self.max_model_len:
             raise ValueError(f"prompt of {prompt_tokens} tokens + max_tokens {max_tokens} exceeds the model's "
                              f"context length {self.max_model_len}")
-        if not any(e.alive for e in self.engines):
-            raise NoEngine("no engine is alive")
+        if not self.any_alive():
+            raise NoEngine()
         if len(self.queue) >= self.max_queue:
             raise QueueFull(len(self.queue), self.retry_after_s())
         now = self.clock()
@@ -225,7 +234,7 @@ class Dispatcher:
         job.phase, job.ready_since = Phase.READY, now
         self.policy.on_ready(job, now)
         self.queue.submit(job)
-        ticket = f"{session_id}/{job.seg}"
+        ticket = f"{session_id}/{job.seg}/{next(self._serial)}"  # never reused: a late report cannot hit a retry
         self.pending[ticket] = self.queued[session_id] = _Pending(job, ticket, max_tokens, kv_action, last)
         return ticket
 
@@ -266,9 +275,12 @@ class Dispatcher:
         return Grant(p.ticket, job.job_id, eng.index, eng.info.name, hint, p.max_tokens)
 
     def finish(self, ticket: str, output_tokens: int, service_s: float, kv_state: str = "discarded",
-               kv_tokens: int = 0) -> None:
-        """The segment ended on its engine, which kept the job's KV as `kv_state` (its KV log says)."""
-        p = self._granted(ticket)
+               kv_tokens: int = 0) -> bool:
+        """The segment ended on its engine, which kept the job's KV as `kv_state` (its KV log says). False when
+        the ticket was already given up (reconciled away): nothing changes then."""
+        p = self.pending.get(ticket)
+        if p is None or p.engine < 0:
+            return False
         job, eng = p.job, self.engines[p.engine]
         del self.pending[ticket]
         eng.end(ticket)
@@ -286,13 +298,20 @@ class Dispatcher:
         rec = self.records[job.job_id][-1]
         rec.output_tokens, rec.service_s = output_tokens, service_s
         self.last_done_s[job.job_id] = now
+        return True
 
     def fail(self, ticket: str, emitted_tokens: int = 0) -> None:
         """The segment's engine died under it after `emitted_tokens` reached the client: mark the engine down
-        (everything it held is gone) and queue the rest of the segment again, its history kept."""
-        p = self._granted(ticket)
+        (everything it held is gone) and queue the rest of the segment again, its history kept. With no engine
+        left alive the segment is cancelled instead and NoEngine raised: nothing would ever run it."""
+        p = self.pending.get(ticket)
+        if p is None or p.engine < 0:
+            raise UnknownTicket(ticket)
         self.engines[p.engine].end(ticket)
         self.engine_down(p.engine)
+        if not self.any_alive():
+            self.cancel(ticket)
+            raise NoEngine()
         job = p.job
         job.phase, job.ready_since = Phase.READY, self.clock()
         job.kv, job.kv_tokens = KVState.NONE, 0
@@ -323,11 +342,31 @@ class Dispatcher:
         if job.seg == 0:
             self._forget(job.job_id)
 
-    def _granted(self, ticket: str) -> _Pending:
-        p = self.pending.get(ticket)
-        if p is None or p.engine < 0:
-            raise KeyError(f"ticket {ticket!r} is not running on any engine")
-        return p
+    def refuse_queued(self) -> list[str]:
+        """With no engine alive, cancel every queued segment (their callers are told at once) and return their
+        tickets; with one alive, nothing."""
+        if self.any_alive():
+            return []
+        tickets = [p.ticket for p in self.queued.values()]
+        for t in tickets:
+            self.cancel(t)
+        return tickets
+
+    def reconcile(self, index: int, running: set[str], finished: set[str], asked_at: float,
+                  grace_s: float) -> list[str]:
+        """Match what the dispatcher counts as running on engine `index` with what the engine said it runs and
+        recently finished (in a report asked for at `asked_at`). A ticket granted more than `grace_s` before that
+        and neither running there nor finished (its caller's `finish` may still be on its way) has lost its
+        caller: it is cancelled. Returns the tickets the engine runs that are not granted to it (their callers
+        gave up): the engine should abort them."""
+        eng = self.engines[index]
+        for ticket, (_, _, granted_at) in list(eng.inflight.items()):
+            if ticket not in running and ticket not in finished and granted_at < asked_at - grace_s:
+                self.cancel(ticket)
+        return sorted(t for t in running if t not in eng.inflight)
+
+    def any_alive(self) -> bool:
+        return any(e.alive for e in self.engines)
 
     # ------------------------------------------------------------------------------------------ sessions
     def close(self, session_id: str) -> Finished:

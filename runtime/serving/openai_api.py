@@ -1,7 +1,8 @@
 """The OpenAI chat-completions wire format this runtime accepts and answers, as pydantic models.
 
 Only what an agent client sends is modelled; unknown fields are ignored (clients send many optional ones), but
-every field that is present is checked, so a bad value is refused with its name instead of reaching an engine.
+every field that is present is checked strictly (no `true` for a number, no `1` for a boolean), so a bad value is
+refused with its name instead of reaching an engine.
 Two fields are this runtime's own: `session_id` (ties calls into one agent job; the `X-Session-Id` header does the
 same) and `tool_category` (the tool this call's answer will invoke, which feeds the service-time predictor).
 """
@@ -16,22 +17,26 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # used with fullmatch: no trailing newline
 
 
 class ToolCallFunction(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     name: str
     arguments: str = ""
 
 
 class ToolCall(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     id: str
     type: Literal["function"] = "function"
     function: ToolCallFunction
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[dict[str, Any]] | None = None
@@ -49,7 +54,7 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     model: str
     messages: list[ChatMessage] = Field(min_length=1)
@@ -67,7 +72,7 @@ class ChatCompletionRequest(BaseModel):
     @field_validator("session_id")
     @classmethod
     def _session_id(cls, v: str | None) -> str | None:
-        if v is not None and not SESSION_ID.match(v):
+        if v is not None and not SESSION_ID.fullmatch(v):
             raise ValueError("must be 1-128 characters of letters, digits and ._:- starting with a letter or digit")
         return v
 

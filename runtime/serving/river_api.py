@@ -13,47 +13,50 @@ import numpy as np
 
 from runtime.river.sr import SCALE
 
-ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # used with fullmatch: no trailing newline
 VIDEO_TYPES = ("video/h264", "video/mp4", "application/octet-stream")
 
 
 def check_id(field: str, value: str) -> str:
-    if not ID.match(value):
+    if not ID.fullmatch(value):
         raise ValueError(f"{field}: must be 1-128 characters of letters, digits and ._:- starting with a letter or "
                          f"digit")
     return value
 
 
-def decode_video(data: bytes, content_type: str | None, width: int, height: int) -> np.ndarray:
+def decode_video(data: bytes, content_type: str | None, width: int, height: int, max_frames: int) -> np.ndarray:
+    """The uploaded segment's frames; size and frame count are checked from the headers before decoding."""
     from runtime.river.degrade import decode
 
     if content_type not in VIDEO_TYPES:
         raise ValueError(f"video: content type must be one of {', '.join(VIDEO_TYPES)}, got {content_type!r}")
     try:
-        frames = decode(data)
+        return decode(data, max_frames=max_frames, size=(width, height))
     except ValueError as e:
         raise ValueError(f"video: {e}") from None
-    if frames.shape[1:3] != (height, width):
-        raise ValueError(f"video: frames are {frames.shape[2]}x{frames.shape[1]}, this service takes "
-                         f"{width}x{height}")
-    return frames
 
 
 def decode_png(data: bytes, content_type: str | None, field: str, width: int, height: int) -> np.ndarray:
+    """One PNG frame of exactly width x height, checked from its header before its pixels are decoded (a few KB
+    of PNG can declare a gigapixel image)."""
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     if content_type != "image/png":
         raise ValueError(f"{field}: content type must be image/png, got {content_type!r}")
     try:
-        with Image.open(io.BytesIO(data)) as img:
-            if img.format != "PNG":
-                raise ValueError(f"{field}: not a PNG image")
-            frame = np.asarray(img.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the size check below decides
+            img = Image.open(io.BytesIO(data), formats=["PNG"])
+        with img:
+            if img.size != (width, height):
+                raise ValueError(f"{field}: image is {img.size[0]}x{img.size[1]}, expected {width}x{height}")
+            return np.asarray(img.convert("RGB"))
+    except (UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{field}: not a PNG image of a sane size ({e})") from None
+    except (OSError, SyntaxError) as e:  # truncated or corrupt data
         raise ValueError(f"{field}: cannot decode PNG ({e})") from None
-    if frame.shape[:2] != (height, width):
-        raise ValueError(f"{field}: image is {frame.shape[1]}x{frame.shape[0]}, expected {width}x{height}")
-    return frame
 
 
 def encode_png(frame: np.ndarray) -> bytes:
@@ -77,3 +80,12 @@ def frame_numbers(text: str, count: int) -> list[int]:
 
 def hr_size(width: int, height: int) -> tuple[int, int]:
     return width * SCALE, height * SCALE
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """`If-None-Match` as RFC 9110 defines it: `*`, or a comma-separated list of entity tags compared weakly."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return any(tag.strip().removeprefix("W/") == etag for tag in if_none_match.split(","))

@@ -47,6 +47,10 @@ async def errors(engine: VllmEngine) -> dict:
         "bad_max_tokens": lambda: engine.generate([5] * 10, 0),
         "moved_job": lambda: engine.generate([5] * 110, OUT, hint=hint("ghost", 2, 100, 10, False)),
         "repeated_segment": lambda: engine.generate([5] * 10, OUT, hint=hint("ghost", 1, 0, 10, False)),
+        "reused_job_id": lambda: engine.generate([5] * 10, OUT, hint=hint("ghost", 0, 0, 10, False)),
+        "concurrent_segment": lambda: asyncio.gather(
+            engine.generate([5] * 10, OUT, hint=hint("twin", 0, 0, 10, False)),
+            engine.generate([6] * 10, OUT, hint=hint("twin", 1, 10, 10, False))),
     }.items():
         try:
             await asyncio.wait_for(call(), 30)

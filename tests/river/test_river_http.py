@@ -4,10 +4,17 @@ fine-tunes as Ray tasks, weights with ETags, prefetch, enhance, and every bad up
 import asyncio
 import hashlib
 import io
+import re
+import select
 import socket
+import struct
 import time
+import zlib
+from pathlib import Path
 
+import av
 import httpx
+import hypothesis
 import numpy as np
 import pytest
 from PIL import Image
@@ -133,3 +140,150 @@ def test_every_bad_upload_gets_a_4xx_naming_the_problem(river, pairs):
     r = httpx.post(f"{river}/river/v1/enhance", files=wrong, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["param"] == "frames[0]"
     assert httpx.get(f"{river}/river/v1/stats", timeout=30).json()["models"] == before  # nothing half-written
+
+
+def png_bomb(width: int, height: int) -> bytes:
+    """A valid RGB PNG of width x height black pixels, compressed row by row (a few hundred KB of file that
+    decodes to width * height * 3 bytes)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    z = zlib.compressobj(9)
+    row = bytes(1 + 3 * width)  # filter byte 0 + black pixels
+    idat = b"".join(z.compress(row) for _ in range(height)) + z.flush()
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+            + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+
+
+def long_video(frames: int, width: int, height: int) -> bytes:
+    """A small H.264/MP4 of many black frames, encoded one frame at a time."""
+    buf = io.BytesIO()
+    with av.open(buf, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        black = av.VideoFrame.from_ndarray(np.zeros((height, width, 3), np.uint8), format="rgb24")
+        for _ in range(frames):
+            for packet in stream.encode(black):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return buf.getvalue()
+
+
+def ingress_peak_rss() -> int:
+    """The ingress replica's peak resident memory so far (VmHWM), in bytes (Ray titles the process after it)."""
+    import psutil
+
+    [pid] = [p.pid for p in psutil.process_iter(["cmdline"])
+             if any("ServeReplica:agentriver:AgentIngress" in part for part in p.info["cmdline"] or ())]
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) * 1024
+
+
+def test_image_and_video_bombs_are_refused_from_their_headers(river, pairs):
+    """A 12000x12000 PNG (432 MB decoded), a 14000x14000 one (past PIL's own bomb limit) and a small video of
+    1,000 frames: each a 400 naming its field, checked before decoding, so the ingress does not grow."""
+    p = pairs[1]
+    h, w = p.lr.shape[1:3]
+    before = ingress_peak_rss()
+    for side in (12000, 14000):
+        bomb = png_bomb(side, side)
+        r = httpx.post(f"{river}/river/v1/enhance", files=[("frames", ("b.png", bomb, "image/png"))], timeout=60)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "frames[0]", r.text
+        kwargs = upload(p, "bomb", frames=(0,))
+        kwargs["files"][1] = ("ground_truth", ("gt0.png", bomb, "image/png"))
+        r = httpx.post(f"{river}/river/v1/segments", timeout=60, **kwargs)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "ground_truth[0]", r.text
+    r = httpx.post(f"{river}/river/v1/segments", timeout=120, **upload(p, "bomb", video=long_video(1000, w, h)))
+    assert r.status_code == 400 and r.json()["error"]["param"] == "video" and "300" in r.text, r.text
+    assert ingress_peak_rss() - before < 200 * 2**20
+
+
+def raw_post(url: str, path: str, headers: bytes, chunks) -> tuple[str, int]:
+    """POST over a plain socket, sending `chunks` until the server answers; returns the status line and the bytes
+    sent (HTTP clients send a whole body before they read, which hides an early answer)."""
+    host, port = url.removeprefix("http://").split(":")
+    sent = 0
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(f"POST {path} HTTP/1.1\r\nHost: x\r\n".encode() + headers + b"\r\n")
+        for data in chunks:
+            if select.select([s], [], [], 0)[0]:
+                break
+            try:
+                s.sendall(data)
+            except OSError:  # the server answered and closed while we were sending
+                break
+            sent += len(data)
+        return s.recv(65536).decode(errors="replace").split("\r\n")[0], sent
+
+
+def test_upload_limits_hold_while_the_body_is_read(river):
+    """The fixture's limit is 2 MB: a chunked 300 MB upload is cut off near the limit, and a declared 100 MB one
+    is refused before a byte of it is sent."""
+    def chunked():
+        yield b"5a\r\n" + b"--b\r\nContent-Disposition: form-data; name=\"video\"; filename=\"v.mp4\"\r\n\r\n".ljust(
+            90) + b"\r\n"
+        piece = bytes(2**20)
+        for _ in range(300):
+            yield f"{len(piece):x}\r\n".encode() + piece + b"\r\n"
+
+    status, sent = raw_post(river, "/river/v1/segments", b"Transfer-Encoding: chunked\r\n"
+                            b"Content-Type: multipart/form-data; boundary=b\r\n", chunked())
+    assert status.startswith("HTTP/1.1 413") and sent < 64 * 2**20, (status, sent)
+    status, sent = raw_post(river, "/river/v1/segments", b"Content-Length: 104857600\r\n"
+                            b"Content-Type: multipart/form-data; boundary=b\r\n", [])
+    assert status.startswith("HTTP/1.1 413") and sent == 0, status
+
+
+def test_if_none_match_as_http_defines_it(river):
+    etag = httpx.get(f"{river}/river/v1/models/0", timeout=30).headers["etag"]
+    for given, status in (("*", 304), (f'"other", {etag}', 304), (f"W/{etag}", 304), ('"other"', 200)):
+        r = httpx.get(f"{river}/river/v1/models/0", headers={"If-None-Match": given}, timeout=30)
+        assert r.status_code == status, given
+
+
+def test_heavy_river_work_does_not_block_the_event_loop(river, pairs):
+    """Decoding, SR and encoding of /enhance run off the ingress's event loop: /v1/models keeps answering."""
+    frames = [("frames", (f"f{i}.png", png(pairs[0].lr[i]), "image/png")) for i in range(8)]
+
+    async def go():
+        async with httpx.AsyncClient(base_url=river, timeout=300) as c:
+            work = asyncio.create_task(c.post("/river/v1/enhance", files=frames))
+            probes = []
+            while not work.done():
+                started = time.monotonic()
+                assert (await c.get("/v1/models")).status_code == 200
+                probes.append(time.monotonic() - started)
+                await asyncio.sleep(0.05)
+            return await work, probes
+
+    work, probes = asyncio.run(go())
+    assert work.status_code == 200 and len(work.json()["frames"]) == 8
+    assert len(probes) >= 3 and float(np.median(probes)) < 0.1 and max(probes) < 1.0, probes
+
+
+@pytest.fixture(scope="module")
+def openapi(river):
+    import schemathesis
+
+    return schemathesis.openapi.from_url(f"{river}/openapi.json")
+
+
+schema = pytest.importorskip("schemathesis").pytest.from_fixture("openapi")
+TRACEBACK = re.compile(r"Traceback|File \"|\.py\b|pid=|ActorID|actor_id")
+
+
+def no_internals(ctx, response, case):
+    """A custom check: no body, error or not, shows a traceback, a source path or an actor id."""
+    if TRACEBACK.search(response.text or ""):
+        raise AssertionError(f"{case.method} {case.path} leaked internals: {response.text[:300]}")
+
+
+@schema.parametrize()
+@hypothesis.settings(max_examples=25, deadline=None, suppress_health_check=list(hypothesis.HealthCheck))
+def test_every_route_fuzzed_from_the_apps_own_schema(case):
+    """Property-based requests for every route the served app documents (agent and River): never a 5xx, never
+    internals in a body."""
+    from schemathesis.checks import not_a_server_error
+
+    case.call_and_validate(checks=[not_a_server_error], additional_checks=[no_internals], timeout=120)

@@ -148,7 +148,10 @@ def test_auth_when_the_key_is_set(service):
         assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
         ok = httpx.post(url, json=body, headers={"Authorization": "Bearer s3cret"}, timeout=60)
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 2
-        assert httpx.get(service["url"] + "/health", timeout=30).status_code == 200
+        for public in ("/health", "/openapi.json", "/docs"):  # described in README: no data behind them
+            assert httpx.get(service["url"] + public, timeout=30).status_code == 200, public
+        for private in ("/metrics", "/v1/cluster", "/healthz", "/docs/../v1/cluster"):  # exact paths only
+            assert httpx.get(service["url"] + private, timeout=30).status_code == 401, private
     finally:
         deploy(service["settings"])
     assert httpx.get(service["url"] + "/v1/models", timeout=30).status_code == 200

@@ -2,7 +2,15 @@
 
 import pytest
 
-from runtime.serving.dispatch import Dispatcher, EngineInfo, NoEngine, QueueFull, SessionBusy, UnknownSession
+from runtime.serving.dispatch import (
+    Dispatcher,
+    EngineInfo,
+    NoEngine,
+    QueueFull,
+    SessionBusy,
+    UnknownSession,
+    UnknownTicket,
+)
 
 
 class Clock:
@@ -100,8 +108,7 @@ def test_idle_sessions_expire_and_cancelled_segments_leave_no_trace():
     t = d.submit("s", 10, 4)
     d.grant()
     d.finish(t, 4, 0.1)
-    d.submit("q", 10, 4)
-    d.cancel("q/0")
+    d.cancel(d.submit("q", 10, 4))
     assert "q" not in d.jobs and not len(d.queue)
     clock.t += 100
     assert [f.session_id for f in d.expire(60.0)] == ["s"]
@@ -134,3 +141,49 @@ def test_a_reused_order_still_puts_a_job_that_became_ready_at_its_place():
     d.finish(first.ticket, 4, 0.1)
     [nxt] = d.grant()
     assert nxt.session_id == "old"
+
+
+def test_a_grant_whose_caller_vanished_is_reconciled_and_a_late_report_changes_nothing():
+    """The engine's report names what it runs: a grant it does not run one grace period after it was given has
+    lost its caller and is cancelled (its KV room and slot come back); the engine is told to abort what it runs
+    for nobody; a finish that arrives afterwards is ignored; the session's next call works."""
+    d, clock = make(n=1, seqs=2)
+    t = d.submit("s", 100, 10)
+    [g] = d.grant()
+    assert d.reconcile(0, set(), set(), asked_at=clock.t + 1.0, grace_s=2.0) == []  # too young to judge
+    clock.t += 5.0
+    assert d.reconcile(0, set(), {t}, asked_at=clock.t, grace_s=2.0) == []  # ended there: its finish is coming
+    assert t in d.engines[0].inflight
+    assert d.reconcile(0, {"ghost/0/99"}, set(), asked_at=clock.t, grace_s=2.0) == ["ghost/0/99"]
+    assert not d.engines[0].inflight and d.engines[0].room()[1] == 2
+    assert d.finish(t, 10, 0.1) is False  # the late report of a reconciled grant
+    assert "s" not in d.jobs  # a first segment that never ran leaves no session behind
+    t2 = d.submit("s", 100, 10)
+    assert t2 != t  # tickets are never reused, so a late report cannot land on the new one
+    [g2] = d.grant()
+    assert d.finish(g2.ticket, 10, 0.1) is True
+
+
+def test_with_no_engine_alive_queued_and_retried_segments_fail_fast():
+    d, _ = make(n=1, seqs=1)
+    running = d.submit("a", 10, 4)
+    d.grant()
+    queued = d.submit("b", 10, 4)
+    assert d.refuse_queued() == []  # an engine is alive: the queue waits
+    with pytest.raises(NoEngine):
+        d.fail(running, emitted_tokens=2)  # the only engine died: nothing could run the rest
+    assert d.refuse_queued() == [queued]
+    assert not len(d.queue) and not d.pending and not d.jobs
+    with pytest.raises(UnknownTicket):
+        d.fail(running)
+
+
+def test_a_closed_session_id_starts_a_new_job():
+    d, _ = make(n=1)
+    t = d.submit("s", 100, 10)
+    d.grant()
+    d.finish(t, 10, 0.1)
+    d.close("s")
+    d.submit("s", 20, 4)
+    [g] = d.grant()
+    assert g.hint.seg == 0 and g.hint.context_tokens == 0 and g.hint.prompt_tokens == 20
