@@ -10,7 +10,8 @@ row's simulated average JCT within 15% of the measured one; on a run without too
 astraea's output tokens/s >= 0.97x vllm's at every load (and fcfs through the plugin, which isolates its
 overhead). river (bench.river): River's training seconds <= 0.5x per_segment, PSNR >= generic + 1.81 dB and within
 0.3 dB of per_segment, prefetch top-3 hit >= 0.8; river_lookup: lookup + vote <= 5 ms per frame (p50) with >= 1,000
-models. It reports what it finds, wins and losses alike.
+models. service_load (bench.service_load): 0 5xx, 0 hung requests and 0 connection errors at every concurrency level,
+and a new session answered within 1 s after the sweep. It reports what it finds, wins and losses alike.
 """
 
 from __future__ import annotations
@@ -136,12 +137,25 @@ def check_river_stream(path: Path) -> tuple[list[str], list[str]]:
     return _verdicts(path, checks)
 
 
+def check_service_load(path: Path) -> tuple[list[str], list[str]]:
+    data = json.loads(path.read_text())
+    checks = [(r["http_5xx"] == 0 and r["hung"] == 0 and r["connection_errors"] == 0,
+               f"{r['clients']} clients: {r['http_5xx']} 5xx, {r['hung']} hung, {r['connection_errors']} connection "
+               f"errors (target 0); {r['segments_per_s']:.2f} segments/s, added p99 {r['added_p99_s']:.3f} s")
+              for r in data["levels"]]
+    checks.append((data["after_sweep_s"] <= 1.0, f"a new session after the sweep answered in "
+                                                 f"{data['after_sweep_s']:.3f} s (target <= 1)"))
+    return _verdicts(path, checks)
+
+
 def _verdicts(path: Path, checks: list[tuple[bool, str]]) -> tuple[list[str], list[str]]:
     return ([("PASS " if ok else "MISS ") + text for ok, text in checks],
             [f"{path.stem}: {text}" for ok, text in checks if not ok])
 
 
 def _checker(data: dict):
+    if "levels" in data:
+        return check_service_load, "[throughput and added latency vs clients]({stem}.png)"
     if "stream" in data:
         return check_river_stream, "[delivered PSNR, server time]({stem}.png)"
     if "decision_cost" in data:
@@ -163,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
            "`jct_sim_*` come from `make bench` (`python -m bench.reproduce`, the simulator); `jct_real_*` from",
            "`make bench-real` (real vLLM on this machine's CPU, the `small` model); `jct_http_*` and `jct_cluster`",
            "from `make bench-http` (the served agent API on real vLLM; cluster arrangements in the simulator);",
-           "`river*` from `make bench-river` (River on real Freedoom video). Each table's first line is its exact",
+           "`river*` from `make bench-river` (River on real Freedoom video); `service_load` from `make bench-load`",
+           "(the served API under a concurrency sweep). Each table's first line is its exact",
            "command.",
            "This page is written by `python -m bench.targets` from the JSON files.", ""]
     all_misses = []
