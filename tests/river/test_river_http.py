@@ -20,13 +20,12 @@ import pytest
 from PIL import Image
 
 ray = pytest.importorskip("ray")
-from ray import serve  # noqa: E402
 
-from deployments.app import AgentIngress  # noqa: E402
 from runtime.river.degrade import encode  # noqa: E402
 from runtime.river.sr import SRConfig  # noqa: E402
 from runtime.river.train import TrainConfig, generic_model  # noqa: E402
 from runtime.serving.config import ServeSettings  # noqa: E402
+from tests.service import local_service  # noqa: E402
 
 
 def png(frame: np.ndarray) -> bytes:
@@ -45,16 +44,8 @@ def river(tiny_model, pairs, tmp_path_factory):
                              river={"generic": str(next((tmp / "generic").glob("generic-*.safetensors"))),
                                     "store_dir": str(tmp / "store"), "max_finetunes": 1, "target_gain_db": 50.0,
                                     "finetune_steps": 5, "width": w, "height": h, "max_upload_mb": 2.0})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(AgentIngress.options(ray_actor_options={"num_cpus": 0}).bind(settings.model_dump()),
-              name="agentriver", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
+    with local_service(settings.model_dump()) as url:
+        yield url
 
 
 def upload(pair, session: str, frames=(0, 4), video=None, video_type="video/mp4", gt=None, gt_frames=None):

@@ -2,7 +2,6 @@
 tiny model, driven over HTTP with the official `openai` client and httpx."""
 
 import asyncio
-import socket
 import time
 
 import httpx
@@ -11,43 +10,21 @@ import pytest
 
 ray = pytest.importorskip("ray")
 from openai import APIStatusError, AsyncOpenAI  # noqa: E402
-from ray import serve  # noqa: E402
 
 from actors.global_scheduler import engine_name  # noqa: E402
-from deployments.app import AgentIngress  # noqa: E402
 from runtime.serving.agent_client import Turn, run_agent  # noqa: E402
 from runtime.serving.config import API_KEY_ENV, ServeSettings  # noqa: E402
+from tests.service import deploy, local_service  # noqa: E402
 
 MODEL = "tiny"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def deploy(settings: dict, env: dict | None = None) -> None:
-    options = {"num_cpus": 0, **({"runtime_env": {"env_vars": env}} if env else {})}
-    serve.run(AgentIngress.options(ray_actor_options=options).bind(settings), name="agentriver", route_prefix="/")
 
 
 @pytest.fixture(scope="module")
 def service(tiny_model):
     settings = ServeSettings(model=str(tiny_model), engines=2, max_queue=64,
                              engine={"max_model_len": 1024, "max_num_seqs": 16, "host_swap_blocks": 64}).model_dump()
-    port = free_port()
-    ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    deploy(settings)
-    yield {"url": f"http://127.0.0.1:{port}", "settings": settings}
-    from actors.global_scheduler import SCHEDULER_NAME
-
-    scheduler = ray.get_actor(SCHEDULER_NAME, namespace="agentriver")
-    ray.get(scheduler.shutdown.remote())
-    ray.kill(scheduler)
-    serve.shutdown()
-    ray.shutdown()
+    with local_service(settings) as url:
+        yield {"url": url, "settings": settings}
 
 
 def client(service, **kw) -> AsyncOpenAI:

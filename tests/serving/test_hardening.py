@@ -14,11 +14,10 @@ import httpx
 import pytest
 
 ray = pytest.importorskip("ray")
-from ray import serve  # noqa: E402
 
-from actors.global_scheduler import SCHEDULER_NAME, engine_name  # noqa: E402
-from deployments.app import AgentIngress  # noqa: E402
+from actors.global_scheduler import engine_name  # noqa: E402
 from runtime.serving.config import ServeSettings  # noqa: E402
+from tests.service import local_service  # noqa: E402
 
 MODEL = "tiny"
 # What an error body must never show a client: a traceback, a source path, a process or actor id, an address.
@@ -30,19 +29,8 @@ def url(tiny_model):
     # the default queue bound (1024) is above Ray's default actor concurrency (1000): the burst case
     settings = ServeSettings(model=str(tiny_model), engines=2,
                              engine={"max_model_len": 1024, "max_num_seqs": 16, "host_swap_blocks": 64})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(AgentIngress.options(ray_actor_options={"num_cpus": 0}).bind(settings.model_dump()),
-              name="agentriver", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    scheduler = ray.get_actor(SCHEDULER_NAME, namespace="agentriver")
-    ray.get(scheduler.shutdown.remote())
-    ray.kill(scheduler)
-    serve.shutdown()
-    ray.shutdown()
+    with local_service(settings.model_dump()) as url:
+        yield url
 
 
 def chat(content: str = "hello there", max_tokens: int = 8, **extra) -> dict:

@@ -1,0 +1,41 @@
+"""The served app on a local Ray, for test modules that drive it over HTTP (one per module: starting Ray, Serve and
+the vLLM engines takes about a minute)."""
+
+import contextlib
+import socket
+
+import ray
+from ray import serve
+
+from actors.global_scheduler import SCHEDULER_NAME
+from deployments.app import AgentIngress
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def deploy(settings: dict, env: dict | None = None) -> None:
+    """(Re)deploy the ingress with `settings` (ServeSettings fields), `env` set in its replicas."""
+    options = {"num_cpus": 0, **({"runtime_env": {"env_vars": env}} if env else {})}
+    serve.run(AgentIngress.options(ray_actor_options=options).bind(settings), name="agentriver", route_prefix="/")
+
+
+@contextlib.contextmanager
+def local_service(settings: dict):
+    """Yields the service's base URL; shuts down the scheduler (and its engines), Serve and Ray afterwards."""
+    port = free_port()
+    ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        deploy(settings)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        with contextlib.suppress(ValueError):  # no scheduler: the deployment never started
+            scheduler = ray.get_actor(SCHEDULER_NAME, namespace=settings.get("namespace", "agentriver"))
+            ray.get(scheduler.shutdown.remote())
+            ray.kill(scheduler)
+        serve.shutdown()
+        ray.shutdown()
