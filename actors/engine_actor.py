@@ -24,8 +24,8 @@ from runtime.engine.vllm_engine import EngineConfig, VllmEngine
 from runtime.serving.config import VLLM_BASELINE
 from runtime.serving.dispatch import EngineInfo
 
-# Segments that ended here are reported this long, so the scheduler does not take a grant whose caller's `finish`
-# is still on its way for an abandoned one.
+# Segments that ended here are reported (with how long ago) for this long: the scheduler tells a grant whose
+# caller's `finish` is still on its way from an abandoned one.
 FINISHED_KEEP_S = 30.0
 
 
@@ -88,13 +88,13 @@ class EngineActor:
 
     def stats(self) -> dict:
         self.kv.poll()
-        horizon = time.monotonic() - FINISHED_KEEP_S
-        while self.finished and next(iter(self.finished.values())) < horizon:
+        now = time.monotonic()
+        while self.finished and next(iter(self.finished.values())) < now - FINISHED_KEEP_S:
             self.finished.popitem(last=False)
         load = self.engine.load
         return {"name": self.name, "alive": True, "running": load.running, "waiting": load.waiting,
                 "kv_usage": load.kv_usage, "kept": dict(self.kv.states), "kv_events": list(self.kv.counts.items()),
-                "active": list(self.active), "finished": list(self.finished)}
+                "active": list(self.active), "finished": {t: now - at for t, at in self.finished.items()}}
 
     def shutdown(self) -> None:
         self.engine.shutdown()

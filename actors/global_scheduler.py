@@ -28,7 +28,10 @@ from runtime.serving.metrics import SchedulerMetrics
 SCHEDULER_NAME = "agentriver-scheduler"
 MONITOR_S = 1.0
 STATS_TIMEOUT_S = 5.0  # an engine that takes longer to say how it is gets no new work until it answers
-RECONCILE_GRACE_S = 2 * MONITOR_S  # a grant not running on its engine this long after it was given is abandoned
+# A grant is abandoned when its segment ended on the engine this long ago without a `finish`, or when the engine
+# never started it this long after it was granted (runtime.serving.dispatch.Dispatcher.reconcile).
+END_GRACE_S = 2 * MONITOR_S
+START_GRACE_S = 30.0
 CONTROL_SLOTS = 256  # concurrent calls left for submit/finish/cancel/views when every parked caller waits
 
 
@@ -185,7 +188,8 @@ class GlobalScheduler:
             self.metrics.engines.reports[eng.info.name] = {"alive": False}
             return
         self.d.engine_report(index, stats["kept"])
-        orphans = self.d.reconcile(index, set(stats["active"]), set(stats["finished"]), asked_at, RECONCILE_GRACE_S)
+        orphans = self.d.reconcile(index, set(stats["active"]), stats["finished"], asked_at, START_GRACE_S,
+                                   END_GRACE_S)
         if orphans:
             handle.abort.remote(orphans)
         self.unclaimed = {t: g for t, g in self.unclaimed.items() if t in self.d.pending}

@@ -352,16 +352,21 @@ class Dispatcher:
             self.cancel(t)
         return tickets
 
-    def reconcile(self, index: int, running: set[str], finished: set[str], asked_at: float,
-                  grace_s: float) -> list[str]:
-        """Match what the dispatcher counts as running on engine `index` with what the engine said it runs and
-        recently finished (in a report asked for at `asked_at`). A ticket granted more than `grace_s` before that
-        and neither running there nor finished (its caller's `finish` may still be on its way) has lost its
-        caller: it is cancelled. Returns the tickets the engine runs that are not granted to it (their callers
-        gave up): the engine should abort them."""
+    def reconcile(self, index: int, running: set[str], finished: dict[str, float], asked_at: float,
+                  start_grace_s: float, end_grace_s: float) -> list[str]:
+        """Match what the dispatcher counts as running on engine `index` with what the engine said (in a report
+        asked for at `asked_at`) it runs and recently finished (ticket -> seconds since). A grant is given up as
+        abandoned - cancelled, its KV room and slot back - when its segment ended there more than `end_grace_s` ago
+        and no `finish` came, or when the engine never started it and it was granted more than `start_grace_s`
+        before the report (its caller vanished between grant and start; generous, as a loaded ingress can be slow
+        to start a stream, and a caller that leaves normally cancels at once). Returns the tickets the engine runs
+        that are not granted to it (their callers gave up): the engine should abort them."""
         eng = self.engines[index]
         for ticket, (_, _, granted_at) in list(eng.inflight.items()):
-            if ticket not in running and ticket not in finished and granted_at < asked_at - grace_s:
+            if ticket in running:
+                continue
+            ended = finished.get(ticket)
+            if (ended is not None and ended > end_grace_s) or (ended is None and granted_at < asked_at - start_grace_s):
                 self.cancel(ticket)
         return sorted(t for t in running if t not in eng.inflight)
 

@@ -144,24 +144,29 @@ def test_a_reused_order_still_puts_a_job_that_became_ready_at_its_place():
 
 
 def test_a_grant_whose_caller_vanished_is_reconciled_and_a_late_report_changes_nothing():
-    """The engine's report names what it runs: a grant it does not run one grace period after it was given has
-    lost its caller and is cancelled (its KV room and slot come back); the engine is told to abort what it runs
-    for nobody; a finish that arrives afterwards is ignored; the session's next call works."""
+    """The engine's report names what it runs and what it finished (how long ago): a grant it finished without a
+    `finish` from the caller after a short grace, or never started after a long one, has lost its caller and is
+    cancelled (its KV room and slot come back); the engine is told to abort what it runs for nobody; a finish that
+    arrives afterwards is ignored; the session's next call works."""
     d, clock = make(n=1, seqs=2)
     t = d.submit("s", 100, 10)
-    [g] = d.grant()
-    assert d.reconcile(0, set(), set(), asked_at=clock.t + 1.0, grace_s=2.0) == []  # too young to judge
+    d.grant()
     clock.t += 5.0
-    assert d.reconcile(0, set(), {t}, asked_at=clock.t, grace_s=2.0) == []  # ended there: its finish is coming
+    assert d.reconcile(0, set(), {}, asked_at=clock.t, start_grace_s=30.0, end_grace_s=2.0) == []  # not started yet
+    assert d.reconcile(0, set(), {t: 1.0}, asked_at=clock.t, start_grace_s=30.0, end_grace_s=2.0) == []  # finishing
     assert t in d.engines[0].inflight
-    assert d.reconcile(0, {"ghost/0/99"}, set(), asked_at=clock.t, grace_s=2.0) == ["ghost/0/99"]
+    clock.t += 30.0
+    assert d.reconcile(0, {"ghost/0/99"}, {}, asked_at=clock.t, start_grace_s=30.0,
+                       end_grace_s=2.0) == ["ghost/0/99"]
     assert not d.engines[0].inflight and d.engines[0].room()[1] == 2
     assert d.finish(t, 10, 0.1) is False  # the late report of a reconciled grant
     assert "s" not in d.jobs  # a first segment that never ran leaves no session behind
     t2 = d.submit("s", 100, 10)
     assert t2 != t  # tickets are never reused, so a late report cannot land on the new one
     [g2] = d.grant()
-    assert d.finish(g2.ticket, 10, 0.1) is True
+    assert d.reconcile(0, set(), {t2: 3.0}, asked_at=clock.t, start_grace_s=30.0, end_grace_s=2.0) == []
+    assert t2 not in d.engines[0].inflight  # it ended there 3 s ago and its caller never said so
+    assert d.finish(g2.ticket, 10, 0.1) is False
 
 
 def test_with_no_engine_alive_queued_and_retried_segments_fail_fast():
