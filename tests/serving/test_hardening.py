@@ -63,9 +63,9 @@ def engines_idle(url: str, within_s: float) -> bool:
 
 
 def test_a_burst_past_the_actors_concurrency_is_refused_not_wedged(url):
-    """1,100 one-shot calls at once, each long enough (64 tokens) that more than Ray's default 1,000 concurrent
-    calls of an async actor wait for an engine: each is answered 200 or 429 with Retry-After, and right after it
-    the service answers normally."""
+    """1,100 one-shot calls of 64 tokens at once (more than Ray's default 1,000 concurrent calls of an async actor,
+    which callers parked in the first scheduler could fill): each is answered 200 or 429 with Retry-After, and
+    right after it the service answers normally with nothing left counted as running."""
     async def go():
         limits = httpx.Limits(max_connections=1200, max_keepalive_connections=0)
         async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as h:
