@@ -50,12 +50,12 @@ class ChatTokenizer:
         for i, r in enumerate(rendered):
             r["content"] = self._placeholder(i)
         kwargs = {}
-        if tools and self._template_knows_tools:
-            self._no_specials("tools", json.dumps(tools))
-            kwargs["tools"] = tools
-        for i, m in enumerate(messages):
-            for c in m.tool_calls or ():
-                if self._template_knows_tools:
+        if self._template_knows_tools:  # the template renders tools and calls itself: no control tokens in them
+            if tools:
+                self._no_specials("tools", json.dumps(tools))
+                kwargs["tools"] = tools
+            for i, m in enumerate(messages):
+                for c in m.tool_calls or ():
                     self._no_specials(f"messages.{i}.tool_calls", c.function.name + c.function.arguments)
         template = self.tok.apply_chat_template(rendered, tokenize=False, add_generation_prompt=True, **kwargs)
         ids = self._text(f"Tools: {json.dumps(tools)}\n") if tools and not self._template_knows_tools else []

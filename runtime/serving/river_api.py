@@ -7,13 +7,13 @@ with their frame numbers; thin clients post low-res PNG frames to be enhanced. E
 from __future__ import annotations
 
 import io
-import re
 
 import numpy as np
 
 from runtime.river.sr import SCALE
+from runtime.serving.openai_api import SESSION_ID
 
-ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # used with fullmatch: no trailing newline
+ID = SESSION_ID  # River's session, game and segment ids follow the agent API's session ids
 VIDEO_TYPES = ("video/h264", "video/mp4", "application/octet-stream")
 
 
