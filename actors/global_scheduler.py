@@ -21,6 +21,8 @@ from dataclasses import asdict
 import ray
 
 from actors.engine_actor import EngineActor
+from runtime.engine.job_hints import SegmentOutcome
+from runtime.engine.telemetry import HOLDINGS_NONE
 from runtime.serving.config import VLLM_BASELINE, ServeSettings
 from runtime.serving.dispatch import Dispatcher, Grant, NoEngine, UnknownTicket
 from runtime.serving.metrics import SchedulerMetrics
@@ -108,10 +110,11 @@ class GlobalScheduler:
             raise
         return await self.wait(ticket)
 
-    def finish(self, ticket: str, output_tokens: int, service_s: float, kv_state: str, kv_tokens: int) -> bool:
-        """The segment ended; False when the ticket had already been given up (nothing recorded then)."""
+    def finish(self, ticket: str, outcome: SegmentOutcome) -> bool:
+        """The segment ended as its engine reported; False when the ticket had already been given up (nothing
+        recorded then)."""
         p = self.d.pending.get(ticket)
-        if p is None or not self.d.finish(ticket, output_tokens, service_s, kv_state, kv_tokens):
+        if p is None or not self.d.finish(ticket, outcome):
             return False
         rec = self.d.records[p.job.job_id][-1]
         self.metrics.segment.observe(rec.queued_s + rec.service_s)
@@ -161,9 +164,15 @@ class GlobalScheduler:
         return self.metrics.text()
 
     def describe(self) -> dict:
-        return {"policy": self.settings.policy, "max_model_len": self.d.max_model_len,
-                "engines": [e.view() for e in self.d.engines], "ready": len(self.d.queue),
-                "sessions": len(self.d.jobs)}
+        """The cluster as operators see it: per engine, the dispatcher's view and what the engine says it holds for
+        jobs between their segments (jobs it keeps state for, pinned KV blocks, host-swap blocks in use)."""
+        engines = []
+        for e in self.d.engines:
+            report = self.metrics.engines.reports.get(e.info.name, {})
+            engines.append({**e.view(), "kv_usage": report.get("kv_usage"),
+                            "holds": report.get("holdings", dict(HOLDINGS_NONE))})
+        return {"policy": self.settings.policy, "max_model_len": self.d.max_model_len, "engines": engines,
+                "ready": len(self.d.queue), "sessions": len(self.d.jobs)}
 
     # ------------------------------------------------------------------------------------------ engines
     async def _monitor(self) -> None:
@@ -172,6 +181,9 @@ class GlobalScheduler:
             await asyncio.gather(*(self._check(i) for i in range(len(self.engines))))
             for done in self.d.expire(self.settings.session_idle_s):
                 self.metrics.jct.observe(done.jct_s)
+            for index, jobs in self.d.take_releases().items():
+                with contextlib.suppress(Exception):
+                    self.engines[index].release.remote(jobs)
             self._refuse_queued()
             self._dispatch()
 
@@ -187,7 +199,7 @@ class GlobalScheduler:
                 self.d.engine_down(index)
             self.metrics.engines.reports[eng.info.name] = {"alive": False}
             return
-        self.d.engine_report(index, stats["kept"])
+        self.d.engine_report(index, stats["kept"], asked_at)
         orphans = self.d.reconcile(index, set(stats["active"]), stats["finished"], asked_at, START_GRACE_S,
                                    END_GRACE_S)
         if orphans:

@@ -34,7 +34,8 @@ from runtime.agents.costmodel import LLAMA3_8B_H100
 from runtime.agents.metrics import summarize
 from runtime.agents.sim import simulate
 from runtime.agents.trace import generate, jobs_from_table
-from runtime.serving.dispatch import Dispatcher, EngineInfo
+from runtime.engine.job_hints import SegmentOutcome
+from runtime.serving.dispatch import Dispatcher, EngineShape
 
 ARRANGEMENTS = {"rr+astraea": ("round_robin", "astraea"), "ll+astraea": ("least_loaded", "astraea"),
                 "autellix+plas": ("autellix", "plas"), "autellix+astraea": ("autellix", "astraea"),
@@ -87,7 +88,7 @@ def run_sweep(a) -> list[dict]:
 def decision_cost(ready: int, dispatches: int, engines: int = 64, seed: int = 0) -> dict:
     """Per-dispatch time of the real dispatcher with `ready` segments waiting (every engine full)."""
     rng = random.Random(seed)
-    infos = [EngineInfo(f"e{i}", 1 << 20, 32, 64, 131072) for i in range(engines)]
+    infos = [EngineShape(f"e{i}", 1 << 20, 32, 64, 131072) for i in range(engines)]
     d = Dispatcher(infos, "astraea", max_queue=ready + engines * 64 + 1)
     running = []
     for i in range(engines * 64):  # fill every sequence slot
@@ -96,7 +97,7 @@ def decision_cost(ready: int, dispatches: int, engines: int = 64, seed: int = 0)
     for i in range(ready):
         d.submit(f"wait{i}", rng.randint(100, 4000), rng.randint(10, 500), rng.choice(("search", "code", "")))
     def dispatch(k: int, reorder: bool) -> float:
-        d.finish(running[k], 100, 1.0)  # the predictor learns from it: cached response ratios are stale
+        d.finish(running[k], SegmentOutcome(100, 1.0))  # the predictor learns from it: cached response ratios are stale
         if reorder:
             d.queue.invalidate()
         t0 = time.perf_counter()

@@ -69,9 +69,9 @@ class Client:
         return len(r.content)
 
     async def segment(self, pair, fps: float, prefetch_bytes: float) -> None:
+        from deployments.river_api import encode_png
         from runtime.river.degrade import encode
         from runtime.river.sr import psnr_y, upscale
-        from runtime.serving.river_api import encode_png
 
         picks = (0, len(pair.lr) - 1)
         video = encode(pair.lr, fps, crf=28)

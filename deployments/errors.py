@@ -17,8 +17,8 @@ from fastapi.responses import JSONResponse
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError, TaskCancelledError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from deployments import openai_api as oai
 from runtime.engine.vllm_engine import JobBusyError
-from runtime.serving import openai_api as oai
 from runtime.serving.dispatch import NoEngine, QueueFull, SessionBusy, UnknownSession, UnknownTicket
 
 log = logging.getLogger("ray.serve")

@@ -101,10 +101,10 @@ def river_demo(url: str, root: Path) -> None:
     Finally it fetches the model it was told to use and asks what to prefetch."""
     import httpx
 
+    from deployments.river_api import encode_png
     from runtime.river.dataset import build_dataset, load_pairs
     from runtime.river.degrade import encode
     from runtime.river.gameplay import GameplayConfig
-    from runtime.serving.river_api import encode_png
 
     pairs = load_pairs(build_dataset(GameplayConfig(**RIVER_STREAM), root=root / "datasets", progress=False))
     headers = {"Authorization": f"Bearer {os.environ['AGENTRIVER_API_KEY']}"} \

@@ -16,7 +16,7 @@ import uuid
 
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from runtime.serving import openai_api as oai
+from deployments import openai_api as oai
 from runtime.serving.config import API_KEY_ENV
 
 # Routes served without the key when AGENTRIVER_API_KEY is set: the liveness probe and the API's description

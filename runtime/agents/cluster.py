@@ -10,7 +10,7 @@ Three arrangements, all driving the same per-engine policy objects:
 - round robin / least loaded per job (placement "round_robin" / "least_loaded", in `sim.simulate`): a job stays on
   one engine for its whole life and each engine schedules alone.
 
-The engine side is described by `EngineState`, a protocol the simulator's engines implement and the real
+The engine side is described by `PlacementTarget`, a protocol the simulator's engines implement and the real
 cluster's dispatcher (`runtime.serving.dispatch`) builds from engine reports, so this module holds no engine
 internals and the simulator and the GlobalScheduler actor run the same placement code.
 """
@@ -20,16 +20,13 @@ from __future__ import annotations
 import bisect
 from typing import Protocol
 
-from runtime.agents.job import Job, KVState
+from runtime.agents.job import HELD, Job, KVState
 from runtime.agents.kv import blocks_for
 from runtime.agents.policy import Policy
 from runtime.agents.predictor import Predictor
 
-# Where a job's KV still exists on its engine (a discarded job may hit the prefix cache there, but nothing is held)
-HELD = (KVState.PRESERVED, KVState.SWAPPED, KVState.SWAPPING_OUT)
 
-
-class EngineState(Protocol):
+class PlacementTarget(Protocol):
     index: int
     now: float
 
@@ -52,7 +49,7 @@ class GlobalQueue:
     policy's key at that moment, and the whole queue is re-ordered (response ratios grow with waiting, MLFQ aging
     applies) once the order is older than `refresh_s`."""
 
-    def __init__(self, policy: Policy, predictor: Predictor, block_size: int, engines: list[EngineState],
+    def __init__(self, policy: Policy, predictor: Predictor, block_size: int, engines: list[PlacementTarget],
                  refresh_s: float = 0.0):
         self.policy, self.pred, self.bs, self.engines = policy, predictor, block_size, engines
         self.refresh_s = refresh_s
@@ -95,7 +92,7 @@ class GlobalQueue:
             self._head += 1
         return (j for j in self._order[self._head:] if id(j) in self._ready and j.ready_since <= now)
 
-    def pull(self, engine: EngineState, limit: int | None = None) -> list[Job]:
+    def pull(self, engine: PlacementTarget, limit: int | None = None) -> list[Job]:
         """Segments `engine` should take now (at most `limit`), in the policy's order, while its room lasts. Jobs
         made ready at a time past the engine's clock are not visible to it yet."""
         blocks, seqs = engine.room()
@@ -131,9 +128,11 @@ class GlobalQueue:
         return taken
 
 
-def autellix_engine(job: Job, engines: list[EngineState], predictor: Predictor, short_s: float) -> EngineState:
+def autellix_engine(job: Job, engines: list[PlacementTarget], predictor: Predictor, short_s: float) -> PlacementTarget:
     """Autellix's placement of a segment that became ready: short (predicted compute below `short_s`) to the
     least-loaded engine, long to the engine that ran the job before (its KV and prefix cache are there)."""
+    if job.kv is KVState.SWAPPING_OUT:  # its blocks are still being copied out there: only that engine can resume it
+        return engines[job.engine]
     least = min(engines, key=lambda e: (e.backlog_s(), e.index))
     if job.seg == 0 and job.seg_generated == 0:
         return least

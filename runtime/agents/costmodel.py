@@ -53,6 +53,9 @@ def prefill_pairs(cached: int, n: int) -> float:
 CPU_DEFAULT_COST = StepCost(base_s=3e-3, token_s=2e-5, kv_read_s=1e-8, attn_pair_s=1e-10)
 
 
+HOST_COPY_BYTES_PER_S = 10e9  # assumed device<->host KV copy rate of a live engine (PCIe-class; not measured here)
+
+
 @dataclass(frozen=True)
 class DeploymentProfile:
     """A model on its hardware: step cost, KV geometry and the engine limits the simulator enforces."""

@@ -23,6 +23,10 @@ class KVState(enum.Enum):
     DISCARDED = "discarded"  # freed to the LRU prefix cache; may still hit there
 
 
+# Where a job's KV still exists on its engine (a discarded job may hit the prefix cache there, but nothing is held)
+HELD = (KVState.PRESERVED, KVState.SWAPPED, KVState.SWAPPING_OUT)
+
+
 class Phase(enum.Enum):
     PENDING = "pending"  # not arrived yet
     READY = "ready"  # a segment waits for the engine
@@ -40,6 +44,16 @@ class Segment:
     api_time_s: float  # duration of that call (the simulator's truth; policies never read it early)
 
 
+@dataclass(slots=True, frozen=True)
+class Forecast:
+    """What another scheduler already predicted for the job's current segment: an engine that runs one segment
+    of a job uses the cluster's prediction, which learned from every engine's jobs, instead of its own (None: its
+    own)."""
+
+    output_tokens: float | None = None
+    segments_left: float | None = None  # segments left including the current one
+
+
 @dataclass(slots=True, eq=False)
 class Job:
     job_id: str
@@ -52,7 +66,6 @@ class Job:
     ready_since: float = 0.0
     waited_s: float = 0.0  # accumulated queueing time over all segments (HRRN history)
     attained_s: float = 0.0  # service received (engine time of its finished segments)
-    attained_tokens: int = 0
     level: int = 0  # MLFQ queue level (policies that use levels)
     kv: KVState = KVState.NONE
     kv_tokens: int = 0  # tokens whose KV exists for this job on GPU or CPU
@@ -62,6 +75,7 @@ class Job:
     preempted: bool = False
     finish_s: float | None = None
     engine: int = 0
+    forecast: Forecast | None = None
     policy_state: dict = field(default_factory=dict)
 
     @property

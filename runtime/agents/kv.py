@@ -113,9 +113,6 @@ class GpuBlockPool(BlockPool):
             self.owned[job_id] = self.owned.get(job_id, 0) + n
         return n
 
-    def cached_for(self, job_id: str) -> int:
-        return self._cached.get(job_id, 0)
-
     def _drop_cached(self, job_id: str) -> None:
         self.cached_blocks -= self._cached.pop(job_id, 0)
 

@@ -70,6 +70,8 @@ class Predictor:
         return t
 
     def output_tokens(self, job: Job) -> float:
+        if job.forecast is not None and job.forecast.output_tokens is not None:
+            return job.forecast.output_tokens
         if self.output_estimator == "oracle":
             return float(job.current.output_tokens)
         est = self._out.get(self._out_key(job))
@@ -95,6 +97,8 @@ class Predictor:
     def remaining_segments(self, job: Job) -> float:
         """Expected segments left including the current one, E[N - k | N > k], from finished jobs of the same
         kind (the category of the job's first tool call, known once its first segment has run)."""
+        if job.forecast is not None and job.forecast.segments_left is not None:
+            return job.forecast.segments_left
         key = self._job_key(job)
         if len(self._job_lengths.get(key, ())) < self.min_length_samples:
             key = "*"

@@ -1,6 +1,6 @@
 """Discrete-event, iteration-level simulator of continuous-batching engines serving agent jobs.
 
-Each `EngineSim` reproduces what a vLLM engine does per iteration: running segments first (decode tokens and
+Each `SimulatedEngine` reproduces what a vLLM engine does per iteration: running segments first (decode tokens and
 chunks of unfinished prefills, under a token budget), then admission of ready segments in the policy's order
 while sequence slots, token budget and KV blocks allow. KV lives in a `GpuBlockPool` whose freed blocks stay in
 an LRU prefix cache, a `CpuBlockPool` for swapped jobs, and a serial GPU<->CPU link. All scheduling and KV
@@ -19,10 +19,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from runtime.agents.cluster import HELD, GlobalQueue, autellix_engine
+from runtime.agents.cluster import GlobalQueue, autellix_engine
 from runtime.agents.costmodel import DeploymentProfile, prefill_pairs
 from runtime.agents.job import Job, KVState, Phase
 from runtime.agents.kv import CpuBlockPool, GpuBlockPool, KVAction, MemoryView, blocks_for
+from runtime.agents.lifecycle import Lifecycle
 from runtime.agents.policy import Policy, PolicyContext, SegmentStats, make_policy
 from runtime.agents.predictor import Predictor
 
@@ -58,7 +59,7 @@ class EngineCounters:
     idle_kv_token_s: float = 0.0  # integral of preserved-but-idle KV tokens over time
 
 
-class EngineSim:
+class SimulatedEngine:
     def __init__(self, index: int, profile: DeploymentProfile, policy: Policy, predictor: Predictor,
                  on_job_done: Callable[[Job], None]):
         self.index = index
@@ -66,6 +67,7 @@ class EngineSim:
         self.cost = profile.cost
         self.policy = policy
         self.pred = predictor
+        self.life = Lifecycle(policy, predictor)
         self.on_job_done = on_job_done
         self.bs = profile.block_size
         self.pool = GpuBlockPool(profile.gpu_blocks, profile.block_size)
@@ -108,18 +110,16 @@ class EngineSim:
     def _drain(self) -> None:
         while self.events and self.events[0][0] <= self.now:
             t, _, kind, job, tag = heapq.heappop(self.events)
-            if kind == _ARRIVAL:
-                job.phase = Phase.READY
-                job.engine = self.index
-                self._make_ready(job, t)
+            if kind == _ARRIVAL:  # a new job, or one Autellix routed here (already ready)
+                self.life.moved(job, self.index)
+                if job.phase is not Phase.READY:
+                    self.life.ready(job, t)
+                self._enqueue(job)
             elif kind == _TOOL_RETURN:
-                dur = t - job.tool_started_s
-                self.pred.observe_api(job.segments[job.seg - 1].api_category, dur)
-                self.policy.on_tool_return(job, t, dur)
+                self.life.tool_returned(job, t)
                 if self.route is None:
-                    self._make_ready(job, t)
+                    self._enqueue(job)
                 else:
-                    job.phase, job.ready_since = Phase.READY, t
                     self.route(job, t)
             elif kind == _SWAP_OUT_DONE:
                 self._blocked = False
@@ -133,12 +133,9 @@ class EngineSim:
             elif kind == _TTL and job.phase is Phase.TOOL and job.kv is KVState.PRESERVED and tag == job.seg - 1:
                 self._evict(job, KVAction.DISCARD)  # the pin of this tool call expired
 
-    def _make_ready(self, job: Job, t: float) -> None:
-        job.phase = Phase.READY
-        job.ready_since = t
+    def _enqueue(self, job: Job) -> None:
         self.ready.append(job)
         self._new_ready.append(job)
-        self.policy.on_ready(job, t)
 
     # ------------------------------------------------------------------------------------------ cluster
     def room(self) -> tuple[int, int]:
@@ -167,10 +164,10 @@ class EngineSim:
 
     def _pull(self) -> None:
         for job in self.cluster.pull(self):
-            if job.kv in HELD and job.engine != self.index:
-                self.cluster.engines[job.engine].release(job)
-            job.engine = self.index
-            self._make_ready(job, job.ready_since)
+            old = self.life.moved(job, self.index)
+            if old is not None:
+                self.cluster.engines[old].release(job)
+            self._enqueue(job)
 
     # ------------------------------------------------------------------------------------------ memory
     def view(self) -> MemoryView:
@@ -199,8 +196,8 @@ class EngineSim:
             self.counters.preserve += 1
             job.kv = KVState.PRESERVED
             self._set_idle(job, True)
-            if ttl_s is not None:
-                self.push(self.now + ttl_s, _TTL, job, job.seg)
+            if ttl_s is not None:  # tagged with the segment that called the tool: the pin of this call only
+                self.push(self.now + ttl_s, _TTL, job, job.seg - 1)
         elif action is KVAction.SWAP:
             self.counters.swap += 1
             job.kv = KVState.SWAPPING_OUT
@@ -247,11 +244,8 @@ class EngineSim:
         self.counters.preemptions += 1
         self._blocked = False
         self.pool.release_to_cache(job.job_id, job.kv_tokens)
-        job.kv = KVState.DISCARDED
-        job.kv_tokens = 0
-        job.preempted = True
-        job.attained_s += self.now - victim.admitted_s
-        self._make_ready(job, self.now)
+        self.life.preempted(job, self.now, self.now - victim.admitted_s)
+        self._enqueue(job)
         return True
 
     def _grow(self, r: _Running, tokens: int) -> bool:
@@ -315,9 +309,7 @@ class EngineSim:
                     break
             reserved += extra
             admitted.add(id(job))
-            waited = self.now - job.ready_since
-            job.waited_s += waited
-            self.policy.on_admit(job, self.now, waited)
+            self.life.admit(job, self.now)
             budget -= min(self._place(job, need), budget)
         if admitted:
             self.ready = [j for j in self.ready if id(j) not in admitted]
@@ -334,7 +326,6 @@ class EngineSim:
         if job.kv is KVState.SWAPPED:
             self.pool.allocate(job.job_id, need)
             job.kv = KVState.SWAPPING_IN
-            job.phase = Phase.RUNNING
             self.swapping_in += 1
             self.push(self._transfer(job.kv_tokens), _SWAP_IN_DONE, job)
             return 0
@@ -359,7 +350,6 @@ class EngineSim:
         return total
 
     def _start(self, job: Job, t: float, prefill: int) -> None:
-        job.phase = Phase.RUNNING
         job.preempted = False
         growth = self.policy.growth_tokens(job)
         self.running.append(_Running(job, prefill, job.current.output_tokens - job.seg_generated, t,
@@ -461,29 +451,15 @@ class EngineSim:
         self._blocked = False
         job = r.job
         seg = job.current
-        service = self.now - r.admitted_s
-        job.attained_s += service
-        job.attained_tokens += r.prefilled + seg.output_tokens
-        self.pred.observe_output(job, seg.output_tokens)
-        self.policy.on_segment_done(job, self.now, SegmentStats(service, r.prefilled, seg.output_tokens))
-        job.context_tokens += seg.prompt_tokens + seg.output_tokens
-        job.kv_tokens = job.context_tokens
-        job.seg_generated = 0
-        if job.is_last_segment:
-            job.phase = Phase.DONE
-            job.finish_s = self.now
+        stats = SegmentStats(self.now - r.admitted_s, r.prefilled, seg.output_tokens)
+        decision = self.life.segment_done(job, self.now, stats, self.view())
+        if decision is None:  # the job is done
             self.pool.release_to_cache(job.job_id, job.kv_tokens)
-            job.kv = KVState.NONE
-            job.kv_tokens = 0
-            self.pred.observe_job_done(job)
+            self.life.kv_kept(job, KVState.NONE, 0)
             self.on_job_done(job)
             return
-        job.phase = Phase.TOOL
-        job.tool_started_s = self.now
-        decision = self.policy.on_tool_call(job, self.now, self.view())
         self._apply_kv(job, decision.action, decision.ttl_s)
         self.push(self.now + seg.api_time_s, _TOOL_RETURN, job)
-        job.seg += 1
 
     def _advance(self, dt: float, busy: bool = False) -> None:
         if dt <= 0:
@@ -530,7 +506,7 @@ def validate_fits(jobs: list[Job], profile: DeploymentProfile) -> None:
 def simulate(jobs: list[Job], profile: DeploymentProfile, policy: str, *, engines: int = 1,
              placement: str = "round_robin", output_estimator: str = "oracle", policy_config: dict | None = None,
              on_progress: Callable[[int], None] | None = None,
-             on_step: Callable[[EngineSim], None] | None = None) -> SimResult:
+             on_step: Callable[[SimulatedEngine], None] | None = None) -> SimResult:
     """Run `jobs` (fresh `Job` objects, see `trace.jobs_from_table`) to completion under `policy`.
 
     `policy_config` overrides fields of the policy's config dataclass (see `policy.make_config`).
@@ -555,7 +531,8 @@ def simulate(jobs: list[Job], profile: DeploymentProfile, policy: str, *, engine
         if on_progress is not None:
             on_progress(1)
 
-    sims = [EngineSim(i, profile, make_policy(policy, ctx, policy_config), predictor, done) for i in range(engines)]
+    sims = [SimulatedEngine(i, profile, make_policy(policy, ctx, policy_config), predictor, done)
+            for i in range(engines)]
     queue = None
     if placement == "global":
         queue = GlobalQueue(make_policy(policy, ctx, policy_config), predictor, profile.block_size, sims)
@@ -571,8 +548,9 @@ def simulate(jobs: list[Job], profile: DeploymentProfile, policy: str, *, engine
     elif placement == "autellix":
         def route(job: Job, t: float) -> None:
             target = autellix_engine(job, sims, predictor, AUTELLIX_SHORT_S)
-            if job.kv in HELD and target.index != job.engine:
-                sims[job.engine].release(job)
+            old = target.life.moved(job, target.index)
+            if old is not None:
+                sims[old].release(job)
             if math.isinf(target.now):
                 target.now = t
             target.push(t, _ARRIVAL, job)  # becomes ready there at t, as an arrival does
@@ -589,7 +567,7 @@ def simulate(jobs: list[Job], profile: DeploymentProfile, policy: str, *, engine
             job = pending[nxt]
             nxt += 1
             if placement in ("global", "autellix"):
-                job.phase, job.ready_since = Phase.READY, ta
+                sims[0].life.ready(job, ta)
                 sims[0].route(job, ta)
                 continue
             if placement == "round_robin":

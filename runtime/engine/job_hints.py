@@ -1,8 +1,11 @@
-"""How a job's identity and segment facts travel with each vLLM request: one versioned `kv_hints` action.
+"""How a job's identity and cluster-wide state travel with each vLLM request: one versioned `kv_hints` action.
 
 vLLM carries a request's `KvHintsEnvelope` unchanged to the `Request` object its scheduler sees, which is what a
-scheduler plugin in the EngineCore process needs: the frontend knows which job a segment belongs to; the plugin
-keeps the job's history (level, waited time) across that job's requests.
+scheduler plugin in the EngineCore process needs: the frontend knows which job a segment belongs to, and the
+cluster's job table knows the job's history (MLFQ level, waited time, attained service, tools called) and its
+forecast. The plugin orders its waiting queue with them, so a job that moves to another engine keeps its place.
+Version 2 added the history and the forecast; a version-1 hint is not read (the request is scheduled as vLLM
+would).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 HINT_TYPE = "agentriver.job"
-HINT_VERSION = "1"
+HINT_VERSION = "2"
 KV_ACTIONS = ("", "preserve", "swap", "discard")
 
 
@@ -21,13 +24,20 @@ class JobHint:
     seg: int  # index of this segment in the job
     context_tokens: int  # tokens of earlier segments (prompts + outputs)
     prompt_tokens: int  # tokens this segment adds
-    output_tokens: int  # tokens it will generate (the segment oracle, like the simulator's default)
-    prev_category: str = ""  # tool whose output this segment consumes ("" for the first segment)
-    first_category: str = ""  # the job's first tool ("" until known)
+    output_tokens: int  # tokens it may generate (max_tokens)
+    tools: tuple[str, ...] = ()  # categories of the tool calls before this segment, in order (the first ones
+    # when fewer than `seg` are given)
     tool_category: str = ""  # tool the job calls when this segment ends ("" if none or not yet known)
     last: bool = False  # the job ends with this segment (when the caller knows)
     kv_action: str = ""  # preserve|swap|discard: the caller's choice for the KV at this segment's tool call
     # ("" lets the engine's KV manager decide; a caller may know a tool call will be long, e.g. a human reply)
+    # The job's cluster-wide state, from the scheduler that granted this segment. None (a caller without a cluster,
+    # e.g. a replay against one engine): the engine keeps the history it built itself and predicts on its own.
+    level: int | None = None  # MLFQ level
+    waited_s: float | None = None  # queueing time accumulated over its segments so far (HRRN history)
+    attained_s: float | None = None  # engine time its finished segments received
+    forecast_output_tokens: float | None = None  # predicted output of this segment
+    forecast_segments: float | None = None  # predicted segments left, this one included
 
     def __post_init__(self) -> None:
         if not self.job_id:
@@ -35,6 +45,9 @@ class JobHint:
         if self.seg < 0 or self.context_tokens < 0 or self.prompt_tokens < 0 or self.output_tokens < 1:
             raise ValueError(f"JobHint for job {self.job_id!r}: seg, context and prompt tokens must be >= 0 and "
                              f"output_tokens >= 1")
+        if len(self.tools) > self.seg:
+            raise ValueError(f"JobHint for job {self.job_id!r}: tools names at most one category per earlier "
+                             f"segment ({self.seg}), got {len(self.tools)}")
         if self.kv_action not in KV_ACTIONS:
             raise ValueError(f"JobHint for job {self.job_id!r}: kv_action must be one of {KV_ACTIONS}, "
                              f"got {self.kv_action!r}")
@@ -54,5 +67,34 @@ def hint_of(request) -> JobHint | None:
         return None
     for action in envelope.actions:
         if action.action_type == HINT_TYPE and action.action_version == HINT_VERSION:
-            return JobHint(**action.payload)
+            payload = dict(action.payload)
+            payload["tools"] = tuple(payload.get("tools", ()))
+            return JobHint(**payload)
     return None
+
+
+OUTCOME_KEY = "agentriver.outcome"  # where the plugin puts a segment's outcome in vLLM's kv_transfer_params
+
+
+@dataclass(frozen=True)
+class SegmentOutcome:
+    """How a segment ended on its engine: the one value the cluster's job table learns it from. The plugin fills
+    in what only the engine core knows (the KV decision at the tool call, measured prefill, local queueing) and
+    vLLM returns it with the request's last output."""
+
+    output_tokens: int = 0
+    service_s: float = 0.0  # engine time from admission to the last token
+    queued_s: float = 0.0  # time the request waited in the engine's own queue
+    prefill_tokens: int = 0  # prompt tokens actually computed (cache misses and recomputation)
+    kv_state: str = "discarded"  # where the job's KV is kept during its tool call (KVState value)
+    kv_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.kv_state not in ("none", "preserved", "swapped", "discarded"):
+            raise ValueError(f"SegmentOutcome.kv_state: unknown state {self.kv_state!r}")
+
+    @classmethod
+    def from_output(cls, kv_transfer_params: dict | None, output_tokens: int, service_s: float) -> SegmentOutcome:
+        """The outcome of a request's last output (a request the plugin did not track ends with its KV freed)."""
+        found = (kv_transfer_params or {}).get(OUTCOME_KEY) or {}
+        return cls(**{**found, "output_tokens": output_tokens, "service_s": found.get("service_s", service_s)})

@@ -65,9 +65,11 @@ def fit_to_context(jobs: list[Job], max_model_len: int) -> list[Job]:
 
 
 async def replay(generate: Generate, jobs: list[Job], *, vocab: int, tool_time_scale: float = 1.0,
-                 hints: bool = False, on_done: Callable[[JobResult], None] | None = None) -> list[JobResult]:
-    """Run every job to completion; `hints` attaches a JobHint to each request (for the policy plugin);
-    `on_done` is called as each job finishes (progress bars)."""
+                 hints: bool = False, oracle: bool = True,
+                 on_done: Callable[[JobResult], None] | None = None) -> list[JobResult]:
+    """Run every job to completion; `hints` attaches a JobHint to each request (for the policy plugin), which with
+    `oracle` forecasts each segment's true output length (the simulator's default estimator; else the plugin
+    predicts online); `on_done` is called as each job finishes (progress bars)."""
     if tool_time_scale < 0:
         raise ValueError(f"tool_time_scale must be >= 0, got {tool_time_scale}")
     start = time.monotonic()
@@ -84,10 +86,9 @@ async def replay(generate: Generate, jobs: list[Job], *, vocab: int, tool_time_s
                 hint = JobHint(job_id=job.job_id, arrival_s=wall0 + job.arrival_s, seg=seg.index,
                                context_tokens=len(context) - seg.prompt_tokens, prompt_tokens=seg.prompt_tokens,
                                output_tokens=seg.output_tokens,
-                               prev_category=job.segments[seg.index - 1].api_category if seg.index else "",
-                               first_category=job.segments[0].api_category if seg.index else "",
-                               tool_category=seg.api_category,
-                               last=seg.index == len(job.segments) - 1)
+                               tools=tuple(s.api_category for s in job.segments[:seg.index]),
+                               tool_category=seg.api_category, last=seg.index == len(job.segments) - 1,
+                               forecast_output_tokens=seg.output_tokens if oracle else None)
             out = await generate(context, seg.output_tokens, hint=hint)
             if len(out) != seg.output_tokens:
                 raise RuntimeError(f"job {job.job_id} segment {seg.index}: asked {seg.output_tokens} tokens, "

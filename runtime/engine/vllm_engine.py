@@ -16,14 +16,18 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.engine.engine_state import EngineLoad, load_logger_factory
+from runtime.agents.costmodel import DeploymentProfile
 from runtime.engine.host_swap import CONNECTOR_NAME, MODULE_PATH
-from runtime.engine.job_hints import JobHint
+from runtime.engine.job_hints import OUTCOME_KEY, JobHint
+from runtime.engine.telemetry import VllmLoad, load_logger_factory
 from runtime.engine.vllm_scheduler import (
     KV_LOG_ENV,
     POLICY_ENV,
     STEP_LOG_ENV,
     check_vllm_version,
+    engine_profile,
+    release_request_id,
+    step_cost,
 )
 
 PLUGINS = {"steplog": "runtime.engine.vllm_scheduler.StepLogScheduler",
@@ -72,10 +76,12 @@ class JobBusyError(ValueError):
 
 @dataclass(frozen=True)
 class Completion:
-    """What one segment produced: its tokens and why it stopped ("length": max_tokens reached, "stop": EOS)."""
+    """What one segment produced: its tokens and why it stopped ("length": max_tokens reached, "stop": EOS). The
+    last one carries the segment's outcome as the policy plugin reported it (None without the plugin)."""
 
     token_ids: list[int]
     finish_reason: str
+    outcome: dict | None = None
 
 
 class VllmEngine:
@@ -87,7 +93,7 @@ class VllmEngine:
         # job, and an exception in the engine process would kill the engine, so the check is here). Order is not
         # enforced: a segment whose caller gave up may be sent again, and a new job may reuse a closed job's id.
         self._running_jobs: set[str] = set()
-        self.load = EngineLoad()
+        self.load = VllmLoad()
 
     def start(self) -> VllmEngine:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -163,12 +169,26 @@ class VllmEngine:
                 done = out.outputs[0]
                 tokens = list(done.token_ids)
                 if len(tokens) > sent or out.finished:
-                    yield Completion(tokens[sent:], (done.finish_reason or "") if out.finished else "")
+                    if out.finished:
+                        outcome = (out.kv_transfer_params or {}).get(OUTCOME_KEY)
+                        yield Completion(tokens[sent:], done.finish_reason or "", outcome)
+                    else:
+                        yield Completion(tokens[sent:], "")
                     sent = len(tokens)
         finally:
             await outputs.aclose()  # a consumer that stopped early: vLLM aborts the request and frees its blocks
             if hint is not None:
                 self._running_jobs.discard(hint.job_id)
+
+    async def release(self, jobs: dict[str, float]) -> None:
+        """Tell the policy plugin that these jobs (id -> arrival) ended or moved away: it drops their mirror, pin
+        and host copy unless a segment of theirs is running here."""
+        if self._llm is not None and jobs and self.config.plugin == "policy":
+            await self._llm.engine_core.abort_requests_async([release_request_id(j, a) for j, a in jobs.items()])
+
+    def profile(self) -> DeploymentProfile:
+        """The engine's real shape (KV geometry, limits, the step cost its plugin predicts with)."""
+        return engine_profile(self._llm.vllm_config, self.kv_blocks, self.config.host_swap_blocks, step_cost())
 
     async def reset_prefix_cache(self) -> bool:
         """Forget cached prefixes, so a repeated replay starts as cold as the first. False (and nothing dropped)

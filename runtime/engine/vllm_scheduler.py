@@ -7,10 +7,10 @@ which `runtime.agents.costmodel.fit` turns into the simulator's cost model; `Pol
 of the waiting queue and the KV decisions at tool calls by a `runtime.agents` policy.
 
 Override surface (all taken as `*args, **kwargs`, as signatures drift between vLLM releases): the public
-`schedule`, `update_from_output`, `add_request`, and two private hooks of vLLM's `Scheduler` - `_free_request`
-(a request ended: the segment's bookkeeping and KV decision) and `_free_blocks` (where a pin keeps the blocks).
-The private two are what a version bump most likely breaks; the supported version is checked when the class is
-built, and tests/engine exercise every hook on a real engine.
+`schedule`, `update_from_output`, `add_request`, `finish_requests`, and two private hooks of vLLM's `Scheduler` -
+`_free_request` (a request ended: the segment's bookkeeping and KV decision) and `_free_blocks` (where a pin keeps
+the blocks). The private two are what a version bump most likely breaks; the supported version is checked when the
+class is built, and tests/engine exercise every hook on a real engine.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import json
 import os
 import time
 from collections import deque
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import vllm
 from vllm.v1.core.sched.scheduler import Scheduler
@@ -27,25 +27,27 @@ from vllm.v1.request import RequestStatus
 
 from runtime.agents.costmodel import (
     CPU_DEFAULT_COST,
+    HOST_COPY_BYTES_PER_S,
     DeploymentProfile,
     StepCost,
     StepRecord,
     kv_bytes_per_token,
     prefill_pairs,
 )
-from runtime.agents.job import Job, KVState, Phase, Segment
-from runtime.agents.kv import KVAction, KVDecision, MemoryView, blocks_for
+from runtime.agents.job import Forecast, Job, KVState, Phase, Segment
+from runtime.agents.kv import KVAction, MemoryView, blocks_for
+from runtime.agents.lifecycle import Lifecycle
 from runtime.agents.policy import PolicyContext, SegmentStats, make_policy
 from runtime.agents.predictor import Predictor
 from runtime.engine.host_swap import HostSwapConnector
-from runtime.engine.job_hints import JobHint, hint_of
+from runtime.engine.job_hints import OUTCOME_KEY, JobHint, hint_of
 
 SUPPORTED_VLLM = "0.32."
 STEP_LOG_ENV = "AGENTRIVER_STEP_LOG"  # JSONL file the plugin appends one StepRecord per iteration to
 POLICY_ENV = "AGENTRIVER_POLICY"  # runtime.agents policy name for PolicyScheduler
 COST_ENV = "AGENTRIVER_COST"  # JSON of StepCost fields (e.g. fitted from a step log) for the predictor
 KV_LOG_ENV = "AGENTRIVER_KV_LOG"  # JSONL file of KV events (decisions, releases, resumes with reused tokens)
-HOST_COPY_BYTES_PER_S = 10e9  # assumed device<->host copy rate for swap costs (PCIe-class; not measured here)
+RELEASE_PREFIX = "agentriver-release:"  # request ids that, aborted, end a job's state here (release_request_id)
 
 
 def check_vllm_version(version: str = vllm.__version__) -> None:
@@ -103,44 +105,65 @@ class StepLogScheduler(Scheduler):
         super().shutdown()
 
 
+def engine_profile(vllm_config, num_blocks: int, host_blocks: int, cost: StepCost) -> DeploymentProfile:
+    """The deployment profile of a live engine - its real KV geometry and limits - for the plugin's policy and for
+    the cluster scheduler the engine reports to (both plan with the same numbers)."""
+    mc, pc, sc = vllm_config.model_config, vllm_config.parallel_config, vllm_config.scheduler_config
+    block_size = vllm_config.cache_config.block_size
+    return DeploymentProfile(name="vllm-live", cost=cost,
+                             kv_bytes_per_token=kv_bytes_per_token(mc.get_num_layers(pc), mc.get_num_kv_heads(pc),
+                                                                   mc.get_head_size(), mc.dtype.itemsize),
+                             gpu_kv_tokens=num_blocks * block_size, cpu_kv_tokens=host_blocks * block_size,
+                             link_bytes_per_s=HOST_COPY_BYTES_PER_S, max_model_len=mc.max_model_len,
+                             max_num_seqs=sc.max_num_seqs, max_batched_tokens=sc.max_num_batched_tokens,
+                             block_size=block_size)
+
+
+def step_cost() -> StepCost:
+    """The step cost this engine predicts with (AGENTRIVER_COST, e.g. fitted from a step log; else the default)."""
+    return StepCost(**json.loads(os.environ[COST_ENV])) if os.environ.get(COST_ENV) else CPU_DEFAULT_COST
+
+
+def release_request_id(job_id: str, arrival_s: float) -> str:
+    """The pseudo request id that, aborted, tells the plugin a job has ended: vLLM passes abort ids to the
+    scheduler's `finish_requests` unchecked, which makes aborts a channel into the engine core that needs no
+    change to vLLM. The job's arrival names the incarnation, so a late release cannot hit a new job of that id."""
+    return RELEASE_PREFIX + json.dumps([job_id, arrival_s])
+
+
 class PolicyScheduler(StepLogScheduler):
     """Orders vLLM's waiting queue and manages KV across tool calls with a `runtime.agents` policy - the same
-    objects the simulator runs.
+    objects the simulator runs, moved through the same `Lifecycle`.
 
-    Each request that carries a `JobHint` (see job_hints.py) is mapped to a persistent `Job` mirror, so the job's
-    level, waited time and KV state survive across its segments (separate vLLM requests). Before every
-    `schedule()` the waiting deque is re-ordered by `policy.order`; requests without a hint keep vLLM's FCFS order
-    behind them. vLLM still decides what fits: it stops at the first waiting request that does not.
+    Each request that carries a `JobHint` (see job_hints.py) is mapped to a `Job` mirror that takes the job's
+    cluster-wide history (MLFQ level, waited time, attained service, tools) and forecast from the hint, so a job
+    keeps its place whichever engine runs its segment. Before every `schedule()` the waiting deque is re-ordered by
+    `policy.order`; requests without a hint keep vLLM's FCFS order behind them. vLLM still decides what fits: it
+    stops at the first waiting request that does not.
 
-    When a segment ends before a tool call, `policy.on_tool_call` decides on live memory (free blocks read from
-    vLLM's block pool) what happens to the job's KV:
+    When a segment ends before a tool call, the policy decides on live memory (free blocks read from vLLM's block
+    pool) what happens to the job's KV:
     - PRESERVE: the finished request's blocks are not freed (a pin). The next segment's request finds them through
       vLLM's prefix cache; the pin is dropped once that request is scheduled. When waiting work does not fit or a
       running request was preempted, pins are released in the policy's eviction order (`evict_candidates`).
     - SWAP: `HostSwapConnector` copies the blocks to host memory and frees them; the next segment loads them back.
     - DISCARD: blocks are freed to the LRU prefix cache, as unmodified vLLM does.
+    The outcome (`SegmentOutcome`) returns with the request's last output, in vLLM's `kv_transfer_params`. What the
+    plugin changes later on its own (pressure, TTLs) and what it releases goes to the KV log. A job's state here is
+    dropped when its last segment ends, when its request is aborted, and when the cluster says the job ended or
+    moved (`release_request_id`).
     """
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        name = os.environ.get(POLICY_ENV, "astraea")
-        cost = StepCost(**json.loads(os.environ[COST_ENV])) if os.environ.get(COST_ENV) else CPU_DEFAULT_COST
         self._swap = self.connector if isinstance(self.connector, HostSwapConnector) else None
-        mc = self.vllm_config.model_config
-        kv_bytes = kv_bytes_per_token(mc.get_num_layers(self.vllm_config.parallel_config),
-                                      mc.get_num_kv_heads(self.vllm_config.parallel_config), mc.get_head_size(),
-                                      mc.dtype.itemsize)
-        host_tokens = self._swap.host_blocks * self.block_size if self._swap else 0
-        profile = DeploymentProfile(name="vllm-live", cost=cost, kv_bytes_per_token=kv_bytes,
-                                    gpu_kv_tokens=self.cache_config.num_gpu_blocks * self.block_size,
-                                    cpu_kv_tokens=host_tokens, link_bytes_per_s=HOST_COPY_BYTES_PER_S,
-                                    max_model_len=mc.max_model_len,
-                                    max_num_seqs=self.scheduler_config.max_num_seqs, block_size=self.block_size)
-        self.predictor = Predictor(cost, max_len=mc.max_model_len)
-        self.policy = make_policy(name, PolicyContext(self.predictor, profile))
+        profile = engine_profile(self.vllm_config, self.cache_config.num_gpu_blocks,
+                                 self._swap.host_blocks if self._swap else 0, step_cost())
+        self.predictor = Predictor(profile.cost, output_estimator="online", max_len=profile.max_model_len)
+        self.policy = make_policy(os.environ.get(POLICY_ENV, "astraea"), PolicyContext(self.predictor, profile))
+        self.life = Lifecycle(self.policy, self.predictor)
         self.jobs: dict[str, Job] = {}
-        self._live: dict[str, tuple[Job, object, float]] = {}  # request id -> (job, request, admitted at)
-        self._prefilled: dict[str, int] = {}  # request id -> prompt tokens actually computed (cache misses)
+        self._live: dict[str, _Live] = {}  # request id -> its job's segment in this engine
         self._pin_on_free: dict[str, tuple[Job, float | None]] = {}  # request id -> (job, pin expiry)
         self._pinned: dict[str, tuple[object, float | None]] = {}  # job id -> (finished request, expiry)
         self._asked: dict[str, str] = {}  # job id -> KV action its caller asked for at this segment's tool call
@@ -156,13 +179,28 @@ class PolicyScheduler(StepLogScheduler):
                 self._asked[job.job_id] = hint.kv_action
             now = time.time()
             if job.phase is Phase.TOOL:
-                duration = now - job.tool_started_s
-                self.predictor.observe_api(job.segments[job.seg - 1].api_category, duration)
-                self.policy.on_tool_return(job, now, duration)
-            job.phase, job.ready_since = Phase.READY, now
-            self.policy.on_ready(job, now)
-            self._live[request.request_id] = (job, request, 0.0)
+                self.life.tool_returned(job, now)
+            else:
+                self.life.ready(job, now)
+            self._live[request.request_id] = _Live(job, request)
         return super().add_request(request, *args, **kwargs)
+
+    def finish_requests(self, request_ids, finished_status):
+        if request_ids is None:
+            return super().finish_requests(request_ids, finished_status)
+        ids = [request_ids] if isinstance(request_ids, str) else list(request_ids)
+        rest = [i for i in ids if not i.startswith(RELEASE_PREFIX)]
+        for marker in (i for i in ids if i.startswith(RELEASE_PREFIX)):
+            self._release_job(*json.loads(marker[len(RELEASE_PREFIX):]))
+        return super().finish_requests(rest, finished_status) if rest else []
+
+    def _release_job(self, job_id: str, arrival_s: float) -> None:
+        """The cluster says the job ended or moved: drop what is held for it, unless a segment of it (or of a newer
+        job of that id) is in this engine now."""
+        job = self.jobs.get(job_id)
+        if job is None or job.arrival_s != arrival_s or any(live.job is job for live in self._live.values()):
+            return
+        self._forget(job, "released")
 
     def schedule(self, *args, **kwargs):
         now = time.time()
@@ -170,28 +208,23 @@ class PolicyScheduler(StepLogScheduler):
         self._reorder()
         out = super().schedule(*args, **kwargs)
         for new in out.scheduled_new_reqs:
-            entry = self._live.get(new.req_id)
-            if entry is not None:
-                self._admitted(new.req_id, entry, out.num_scheduled_tokens[new.req_id], now)
+            live = self._live.get(new.req_id)
+            if live is not None:
+                self._admitted(new.req_id, live, out.num_scheduled_tokens[new.req_id], now)
         for req_id, n in out.num_scheduled_tokens.items():
-            entry = self._live.get(req_id)
-            if entry is not None:
-                request = entry[1]
-                before = request.num_computed_tokens - n
-                if before < request.num_prompt_tokens:
-                    computed = min(n, request.num_prompt_tokens - before)
-                    self._prefilled[req_id] = self._prefilled.get(req_id, 0) + computed
+            live = self._live.get(req_id)
+            if live is not None:
+                before = live.request.num_computed_tokens - n
+                if before < live.request.num_prompt_tokens:
+                    live.prefilled += min(n, live.request.num_prompt_tokens - before)
         if self._pinned and (out.preempted_req_ids or self._head_blocked()):
             self._relieve_pressure(now)
         return out
 
-    def _admitted(self, req_id: str, entry, scheduled: int, now: float) -> None:
-        job, request, _ = entry
-        waited = now - job.ready_since
-        job.waited_s += waited
-        job.phase = Phase.RUNNING
-        self.policy.on_admit(job, now, waited)
-        self._live[req_id] = (job, request, now)
+    def _admitted(self, req_id: str, live: _Live, scheduled: int, now: float) -> None:
+        job, request = live.job, live.request
+        live.queued_s += self.life.admit(job, now)
+        live.admitted_at = now
         if job.seg > 0:
             reused = request.num_computed_tokens - scheduled
             host = self._swap.loaded_tokens.pop(req_id, 0) if self._swap else 0
@@ -199,13 +232,15 @@ class PolicyScheduler(StepLogScheduler):
         self._unpin(job.job_id)  # the new request holds the blocks it reused now
         if self._swap:
             self._swap.drop(job.job_id)  # a host copy it did not need (its prefix was still cached) is stale
-        job.kv, job.kv_tokens = KVState.ACTIVE, request.num_computed_tokens
+        self.life.kv_kept(job, KVState.ACTIVE, request.num_computed_tokens)
 
     def _free_request(self, request, *args, **kwargs):
-        entry = self._live.pop(request.request_id, None)
-        if entry is not None:
-            self._segment_done(entry, request)
-        return super()._free_request(request, *args, **kwargs)
+        live = self._live.pop(request.request_id, None)
+        outcome = self._segment_done(live, request) if live is not None else None
+        kv_params, ec_params = super()._free_request(request, *args, **kwargs)
+        if outcome is not None:
+            kv_params = {**(kv_params or {}), OUTCOME_KEY: outcome}
+        return kv_params, ec_params
 
     def _free_blocks(self, request, *args, **kwargs):
         pin = self._pin_on_free.pop(request.request_id, None)
@@ -216,39 +251,34 @@ class PolicyScheduler(StepLogScheduler):
         del self.requests[request.request_id]  # finished for vLLM; only this plugin still holds its blocks
         return None
 
-    def _segment_done(self, entry, request) -> None:
-        job, _, admitted = entry
+    def _segment_done(self, live: _Live, request) -> dict | None:
+        """The segment's request ended: move the job on and return its outcome (None when it was aborted: its
+        caller gave up, and nothing of the segment is learned)."""
+        job = live.job
+        if request.status == RequestStatus.FINISHED_ABORTED:
+            self._forget(job, "aborted")
+            return None
         now = time.time()
-        stats = SegmentStats(now - admitted, self._prefilled.pop(request.request_id, 0), request.num_output_tokens)
-        job.attained_s += stats.service_s
-        self.predictor.observe_output(job, stats.output_tokens)
-        self.policy.on_segment_done(job, now, stats)
-        job.context_tokens = request.num_tokens
-        if request.status == RequestStatus.FINISHED_ABORTED:  # its caller gave up: the job may come back
-            self._forget(job)
-            return
-        if job.is_last_segment:
-            job.phase = Phase.DONE
-            self.predictor.observe_job_done(job)
-            self._forget(job)
-            return
-        job.phase, job.tool_started_s = Phase.TOOL, now
-        job.kv_tokens = request.num_computed_tokens
-        asked = self._asked.pop(job.job_id, "")
-        decision = KVDecision(KVAction(asked)) if asked else self.policy.on_tool_call(job, now, self._view())
+        stats = SegmentStats(now - live.admitted_at, live.prefilled, request.num_output_tokens)
+        decision = self.life.segment_done(job, now, stats, self._view(), self._asked.pop(job.job_id, ""))
+        outcome = {"service_s": stats.service_s, "queued_s": live.queued_s, "prefill_tokens": live.prefilled}
+        if decision is None:  # its last segment: nothing stays here
+            self._forget(job, "job_done")
+            return {**outcome, "kv_state": KVState.NONE.value, "kv_tokens": 0}
         action = decision.action
         if action is KVAction.SWAP and not self._swap_fits(job):
             action = KVAction.DISCARD
         if action is KVAction.PRESERVE:
             expiry = now + decision.ttl_s if decision.ttl_s is not None else None
             self._pin_on_free[request.request_id] = (job, expiry)
-            job.kv = KVState.PRESERVED
+            self.life.kv_kept(job, KVState.PRESERVED, request.num_computed_tokens)
         elif action is KVAction.SWAP:
             self._swap.swap_out(request.request_id, job.job_id)
-            job.kv = KVState.SWAPPED
+            self.life.kv_kept(job, KVState.SWAPPED, request.num_computed_tokens)
         else:
-            job.kv = KVState.DISCARDED
-        self._log(job, action.value, job.kv_tokens, "tool_call")
+            self.life.kv_kept(job, KVState.DISCARDED, 0)
+        self._log(job, action.value, request.num_computed_tokens, "tool_call")
+        return {**outcome, "kv_state": job.kv.value, "kv_tokens": job.kv_tokens}
 
     # ------------------------------------------------------------------------------------------ KV
     def _view(self) -> MemoryView:
@@ -272,7 +302,7 @@ class PolicyScheduler(StepLogScheduler):
         """Release pins in the policy's eviction order until the head of the queue and one new block per running
         request fit. The head's own pin is kept: its blocks are what it will reuse."""
         head = next(iter(self.waiting), None)
-        head_job = self._live[head.request_id][0].job_id if head is not None and head.request_id in self._live else ""
+        head_job = self._live[head.request_id].job.job_id if head is not None and head.request_id in self._live else ""
         need = len(self.running) + (blocks_for(head.num_tokens + 1, self.block_size) if head is not None else 0)
         idle = [self.jobs[j] for j in self._pinned if j != head_job]
         freed = self.kv_cache_manager.block_pool.get_num_free_blocks()
@@ -292,49 +322,60 @@ class PolicyScheduler(StepLogScheduler):
         blocks = self.kv_cache_manager.get_block_ids(request.request_id)[0]
         if action is KVAction.SWAP and self._swap_fits(job) and self._swap.store_blocks(request, blocks, job.job_id):
             self.requests[request.request_id] = request  # vLLM frees it when the worker reports the copy done
-            job.kv = KVState.SWAPPED
+            self.life.kv_kept(job, KVState.SWAPPED, job.kv_tokens)
         else:
             action = KVAction.DISCARD
             self.kv_cache_manager.free(request)
-            job.kv, job.kv_tokens = KVState.DISCARDED, 0
+            self.life.kv_kept(job, KVState.DISCARDED, 0)
         self._log(job, action.value, request.num_computed_tokens, cause)
         return len(blocks)
 
-    def _forget(self, job: Job) -> None:
+    def _forget(self, job: Job, cause: str) -> None:
         """Release everything held for the job here (pin, host copy, mirror)."""
-        job.kv, job.kv_tokens = KVState.NONE, 0
         self._unpin(job.job_id)
         if self._swap:
             self._swap.drop(job.job_id)
         self._asked.pop(job.job_id, None)
         self.jobs.pop(job.job_id, None)
+        self.life.kv_kept(job, KVState.NONE, 0)
+        self._log(job, "end", 0, cause)
 
     def _unpin(self, job_id: str) -> None:
         pinned = self._pinned.pop(job_id, None)
         if pinned is not None:
             self.kv_cache_manager.free(pinned[0])
 
+    def holdings(self) -> dict:
+        """What this engine holds for jobs between their segments (the cluster's operators' view)."""
+        pinned = sum(len(self.kv_cache_manager.get_block_ids(r.request_id)[0]) for r, _ in self._pinned.values())
+        host = self._swap.host_blocks - self._swap.free_host_blocks if self._swap else 0
+        return {"jobs": len(self.jobs), "pinned_blocks": pinned, "host_swap_blocks": host}
+
     def _log(self, job: Job, event: str, tokens: int, cause: str, **extra) -> None:
         if self._kv_log is not None:
-            rec = {"t": time.time(), "job": job.job_id, "seg": job.seg, "event": event, "tokens": tokens,
-                   "cause": cause, **extra}
+            seg = job.seg - 1 if job.phase is Phase.TOOL else job.seg  # during a tool call: the segment that called it
+            rec = {"t": time.time(), "job": job.job_id, "seg": seg, "event": event, "tokens": tokens,
+                   "cause": cause, "holdings": self.holdings(), **extra}
             self._kv_log.write(json.dumps(rec) + "\n")
 
     # ------------------------------------------------------------------------------------------ ordering
     def _mirror(self, h: JobHint) -> Job:
+        """The job as the cluster describes it: history and forecast from the hint, this segment's sizes."""
         job = self.jobs.get(h.job_id)
-        if job is not None and h.seg == 0:  # a new job under a closed job's id: nothing of the old one carries over
-            self._forget(job)
+        if job is not None and (h.seg == 0 or job.arrival_s != h.arrival_s):  # a new job under an old id
+            self._forget(job, "replaced")
             job = None
         if job is None:
             job = self.jobs[h.job_id] = Job(h.job_id, h.arrival_s, ())
-        # What the policy may know of the job: its past segments' tools and this segment's sizes.
-        past = [Segment(i, 0, 1, h.first_category if i == 0 else "", 0.0) for i in range(h.seg)]
-        if h.seg > 0:
-            past[-1] = Segment(h.seg - 1, 0, 1, h.prev_category, 0.0)
+        tools = (*h.tools, *[""] * (h.seg - len(h.tools)))
+        past = [Segment(i, 0, 1, tool, 0.0) for i, tool in enumerate(tools)]
         current = Segment(h.seg, h.prompt_tokens, h.output_tokens, h.tool_category, 0.0)
         job.segments = (*past, current) if h.last else (*past, current, Segment(h.seg + 1, 0, 1, "", 0.0))
         job.seg, job.context_tokens, job.seg_generated = h.seg, h.context_tokens, 0
+        for name in ("level", "waited_s", "attained_s"):  # the cluster's history, where a cluster sent it
+            if getattr(h, name) is not None:
+                setattr(job, name, getattr(h, name))
+        job.forecast = Forecast(h.forecast_output_tokens, h.forecast_segments)
         return job
 
     def _reorder(self) -> None:
@@ -343,8 +384,9 @@ class PolicyScheduler(StepLogScheduler):
         hinted = [r for r in self.waiting if r.request_id in self._live]
         if len(hinted) < 2:
             return
-        by_job = {id(self._live[r.request_id][0]): r for r in hinted}
-        ordered = [by_job[id(j)] for j in self.policy.order([self._live[r.request_id][0] for r in hinted], time.time())]
+        by_job = {id(self._live[r.request_id].job): r for r in hinted}
+        jobs = [self._live[r.request_id].job for r in hinted]
+        ordered = [by_job[id(j)] for j in self.policy.order(jobs, time.time())]
         rest = [r for r in self.waiting if r.request_id not in self._live]
         self.waiting.clear()
         self.waiting.extend(ordered + rest)
@@ -354,6 +396,17 @@ class PolicyScheduler(StepLogScheduler):
             self._kv_log.close()
             self._kv_log = None
         super().shutdown()
+
+
+@dataclass(eq=False)
+class _Live:
+    """A hinted request in this engine: the job it is a segment of and what it measured so far."""
+
+    job: Job
+    request: object
+    admitted_at: float = 0.0
+    queued_s: float = 0.0
+    prefilled: int = 0  # prompt tokens actually computed (cache misses)
 
 
 def read_step_log(path: str | os.PathLike) -> list[StepRecord]:

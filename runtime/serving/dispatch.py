@@ -9,8 +9,13 @@ job stays with the engine that holds its KV unless recomputing it elsewhere cost
 backlog.
 
 The data path does not pass through here: a caller `submit`s a segment, waits for its `Grant` (an engine and the
-`JobHint` to send with the request), talks to that engine itself, then reports `finish` (or `fail`, when the
-engine died: the segment is queued again and recomputed elsewhere, so it is neither lost nor answered twice).
+`JobHint` to send with the request), talks to that engine itself, then reports `finish` with the engine's
+`SegmentOutcome` (or `fail`, when the engine died: the segment is queued again and recomputed elsewhere, so it is
+neither lost nor answered twice). The job's transitions are `runtime.agents.lifecycle`'s, as in the simulator.
+
+What an engine holds for a job (its mirror, a pin, a host copy) is released there when the job no longer needs
+it: the session closed or expired, or its next segment was granted elsewhere. The dispatcher lists those jobs
+per engine (`take_releases`); the scheduler actor sends them.
 """
 
 from __future__ import annotations
@@ -21,24 +26,40 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from runtime.agents.cluster import HELD, GlobalQueue
-from runtime.agents.costmodel import CPU_DEFAULT_COST, DeploymentProfile
+from runtime.agents.cluster import GlobalQueue
+from runtime.agents.costmodel import CPU_DEFAULT_COST, HOST_COPY_BYTES_PER_S, DeploymentProfile, StepCost
 from runtime.agents.job import Job, KVState, Phase, Segment
 from runtime.agents.kv import blocks_for
+from runtime.agents.lifecycle import Lifecycle
 from runtime.agents.policy import PolicyContext, SegmentStats, make_policy
 from runtime.agents.predictor import Predictor
-from runtime.engine.job_hints import JobHint
+from runtime.engine.job_hints import JobHint, SegmentOutcome
+
+ONLINE = "online"  # a live cluster learns output lengths as segments end: max_tokens is only a bound
 
 
 @dataclass(frozen=True)
-class EngineInfo:
-    """What an engine reports when it joins."""
+class EngineShape:
+    """What an engine reports when it joins: its real shape, which the cluster's policy plans with."""
 
     name: str
     kv_blocks: int
     block_size: int
     max_num_seqs: int
     max_model_len: int
+    kv_bytes_per_token: int = 0
+    host_swap_blocks: int = 0  # host memory for swapped KV (0: the engine never swaps)
+    max_batched_tokens: int = 8192
+    cost: StepCost = CPU_DEFAULT_COST  # the step cost its plugin predicts with
+    link_bytes_per_s: float = HOST_COPY_BYTES_PER_S
+
+    def profile(self) -> DeploymentProfile:
+        return DeploymentProfile(name=self.name, cost=self.cost, kv_bytes_per_token=self.kv_bytes_per_token,
+                                 gpu_kv_tokens=self.kv_blocks * self.block_size,
+                                 cpu_kv_tokens=self.host_swap_blocks * self.block_size,
+                                 link_bytes_per_s=self.link_bytes_per_s, max_model_len=self.max_model_len,
+                                 max_num_seqs=self.max_num_seqs, max_batched_tokens=self.max_batched_tokens,
+                                 block_size=self.block_size)
 
 
 @dataclass(frozen=True)
@@ -107,11 +128,11 @@ class _Pending:
     engine: int = -1  # while granted
 
 
-class EngineSlot:
-    """One engine as the dispatcher sees it (implements `runtime.agents.cluster.EngineState`): capacity from its
+class EngineLedger:
+    """One engine as the dispatcher sees it (implements `runtime.agents.cluster.PlacementTarget`): capacity from its
     report, in-flight work from the grants, KV kept between segments from its KV log."""
 
-    def __init__(self, index: int, info: EngineInfo, dispatcher: Dispatcher):
+    def __init__(self, index: int, info: EngineShape, dispatcher: Dispatcher):
         self.index, self.info, self._d = index, info, dispatcher
         self.alive = True
         self.inflight: dict[str, tuple[int, float, float]] = {}  # ticket -> (KV blocks, predicted s, granted at)
@@ -167,7 +188,7 @@ class Finished:
 
 @dataclass
 class Dispatcher:
-    engines_info: list[EngineInfo]
+    engines_info: list[EngineShape]
     policy_name: str = "astraea"
     max_queue: int = 1024
     clock: Callable[[], float] = time.time
@@ -179,6 +200,7 @@ class Dispatcher:
     pending: dict[str, _Pending] = field(default_factory=dict, init=False)  # ticket -> queued or granted segment
     queued: dict[str, _Pending] = field(default_factory=dict, init=False)  # session id -> its queued segment
     records: dict[str, list[SegmentRecord]] = field(default_factory=dict, init=False)
+    ended_on_engine: set[str] = field(default_factory=set, init=False)  # jobs whose last segment the engine knew
     last_done_s: dict[str, float] = field(default_factory=dict, init=False)
     _serial: itertools.count = field(default_factory=itertools.count, init=False)
 
@@ -192,14 +214,13 @@ class Dispatcher:
             raise ValueError(f"engines disagree on block_size: {sorted(sizes)}")
         first = self.engines_info[0]
         self.max_model_len = min(e.max_model_len for e in self.engines_info)
-        self.pred = Predictor(CPU_DEFAULT_COST, output_estimator="online", max_len=self.max_model_len)
-        profile = DeploymentProfile(name="cluster", cost=CPU_DEFAULT_COST, kv_bytes_per_token=0,
-                                    gpu_kv_tokens=first.kv_blocks * first.block_size, cpu_kv_tokens=0,
-                                    link_bytes_per_s=1.0, max_model_len=self.max_model_len,
-                                    max_num_seqs=first.max_num_seqs, block_size=first.block_size)
+        profile = first.profile()
+        self.pred = Predictor(profile.cost, output_estimator=ONLINE, max_len=self.max_model_len)
         self.policy = make_policy(self.policy_name, PolicyContext(self.pred, profile), self.policy_config)
+        self.life = Lifecycle(self.policy, self.pred)
         self.bs = first.block_size
-        self.engines = [EngineSlot(i, info, self) for i, info in enumerate(self.engines_info)]
+        self.releases: dict[int, dict[str, float]] = {}  # engine -> {job id: arrival} to release there
+        self.engines = [EngineLedger(i, info, self) for i, info in enumerate(self.engines_info)]
         self.queue = GlobalQueue(self.policy, self.pred, self.bs, self.engines, self.refresh_s)
 
     # ------------------------------------------------------------------------------------------ segments
@@ -222,17 +243,17 @@ class Dispatcher:
             self.records[session_id] = []
         elif job.phase in (Phase.READY, Phase.RUNNING):
             raise SessionBusy(f"session {session_id!r} already has a segment in progress")
-        else:  # back from its tool call
-            duration = now - job.tool_started_s
-            self.pred.observe_api(job.segments[job.seg - 1].api_category, duration)
-            self.policy.on_tool_return(job, now, duration)
+        elif job.phase is Phase.DONE:
+            raise SessionBusy(f"session {session_id!r} has ended; close it (or use a new id) to start another")
         if prompt_tokens <= job.context_tokens:  # the client rewrote its history: nothing known carries over
             job.context_tokens = 0
         new = prompt_tokens - job.context_tokens
-        self._mirror(job, new, max_tokens, tool_category)
+        self._mirror(job, new, max_tokens, tool_category, last)
         self.records[session_id].append(SegmentRecord(job.seg, new, max_tokens, tool_category))
-        job.phase, job.ready_since = Phase.READY, now
-        self.policy.on_ready(job, now)
+        if job.phase is Phase.TOOL:  # back from its tool call
+            self.life.tool_returned(job, now)
+        else:
+            self.life.ready(job, now)
         self.queue.submit(job)
         ticket = f"{session_id}/{job.seg}/{next(self._serial)}"  # never reused: a late report cannot hit a retry
         self.pending[ticket] = self.queued[session_id] = _Pending(job, ticket, max_tokens, kv_action, last)
@@ -250,34 +271,34 @@ class Dispatcher:
                     progress = True
         return grants
 
-    def _start(self, p: _Pending, eng: EngineSlot) -> Grant:
+    def _start(self, p: _Pending, eng: EngineLedger) -> Grant:
         now = self.clock()
         job = p.job
-        waited = now - job.ready_since
-        job.waited_s += waited
-        job.phase = Phase.RUNNING
-        self.policy.on_admit(job, now, waited)
-        if job.kv in HELD and job.engine != eng.index:  # moved: its KV on the old engine is no longer wanted
-            self.engines[job.engine].held.pop(job.job_id, None)
-            job.kv, job.kv_tokens = KVState.NONE, 0
+        waited = self.life.admit(job, now)
+        if job.seg > 0 and job.engine != eng.index:  # moved: what its old engine holds for it is no longer wanted
+            self._release(job)
+        old = self.life.moved(job, eng.index)
+        if old is not None:
+            self.engines[old].held.pop(job.job_id, None)
+            self.life.kv_kept(job, KVState.NONE, 0)
         eng.held.pop(job.job_id, None)  # the segment takes over what was kept for it
-        job.engine, p.engine = eng.index, eng.index
+        p.engine = eng.index
         eng.start(p.ticket, blocks_for(job.input_tokens + p.max_tokens, self.bs), self.pred.compute_s(job))
         rec = self.records[job.job_id][-1]
         rec.queued_s += waited
         rec.engine = eng.info.name
-        segs = job.segments
         hint = JobHint(job_id=job.job_id, arrival_s=job.arrival_s, seg=job.seg, context_tokens=job.context_tokens,
                        prompt_tokens=job.current.prompt_tokens, output_tokens=p.max_tokens,
-                       prev_category=segs[job.seg - 1].api_category if job.seg else "",
-                       first_category=segs[0].api_category if job.seg else "",
-                       tool_category=job.current.api_category, last=p.last, kv_action=p.kv_action)
+                       tools=tuple(s.api_category for s in job.segments[:job.seg]),
+                       tool_category=job.current.api_category, last=p.last, kv_action=p.kv_action,
+                       level=job.level, waited_s=job.waited_s, attained_s=job.attained_s,
+                       forecast_output_tokens=self.pred.output_tokens(job),
+                       forecast_segments=self.pred.remaining_segments(job))
         return Grant(p.ticket, job.job_id, eng.index, eng.info.name, hint, p.max_tokens)
 
-    def finish(self, ticket: str, output_tokens: int, service_s: float, kv_state: str = "discarded",
-               kv_tokens: int = 0) -> bool:
-        """The segment ended on its engine, which kept the job's KV as `kv_state` (its KV log says). False when
-        the ticket was already given up (reconciled away): nothing changes then."""
+    def finish(self, ticket: str, outcome: SegmentOutcome) -> bool:
+        """The segment ended on its engine as `outcome` says (measured prefill, the engine's own queueing, where it
+        keeps the job's KV). False when the ticket was already given up (reconciled away): nothing changes then."""
         p = self.pending.get(ticket)
         if p is None or p.engine < 0:
             return False
@@ -285,18 +306,17 @@ class Dispatcher:
         del self.pending[ticket]
         eng.end(ticket)
         now = self.clock()
-        job.attained_s += service_s
-        self.pred.observe_output(job, output_tokens)
-        self.policy.on_segment_done(job, now, SegmentStats(service_s, self.pred.uncached_tokens(job),
-                                                           output_tokens))
-        job.context_tokens = job.input_tokens + output_tokens
-        job.seg += 1
-        job.phase, job.tool_started_s = Phase.TOOL, now
-        job.kv, job.kv_tokens = KVState(kv_state), kv_tokens
+        job.waited_s += outcome.queued_s
+        self.life.segment_done(job, now, SegmentStats(outcome.service_s, outcome.prefill_tokens,
+                                                      outcome.output_tokens))
+        if job.phase is Phase.DONE:  # a one-shot call: the engine released the job with its last segment
+            self.ended_on_engine.add(job.job_id)
+        self.life.kv_kept(job, KVState(outcome.kv_state), outcome.kv_tokens)
         if job.kv is KVState.PRESERVED:
-            eng.held[job.job_id] = blocks_for(kv_tokens, self.bs)
+            eng.held[job.job_id] = blocks_for(outcome.kv_tokens, self.bs)
         rec = self.records[job.job_id][-1]
-        rec.output_tokens, rec.service_s = output_tokens, service_s
+        rec.output_tokens, rec.service_s = outcome.output_tokens, outcome.service_s
+        rec.queued_s += outcome.queued_s
         self.last_done_s[job.job_id] = now
         return True
 
@@ -313,8 +333,8 @@ class Dispatcher:
             self.cancel(ticket)
             raise NoEngine()
         job = p.job
-        job.phase, job.ready_since = Phase.READY, self.clock()
-        job.kv, job.kv_tokens = KVState.NONE, 0
+        self.life.kv_kept(job, KVState.NONE, 0)
+        self.life.ready(job, self.clock())
         p.engine = -1
         self.queued[job.job_id] = p
         if emitted_tokens:  # the retry continues after what was sent: its prompt grows, its budget shrinks
@@ -338,9 +358,10 @@ class Dispatcher:
             self.queue.remove(job)
             del self.queued[job.job_id]
         self.records[job.job_id].pop()
-        job.phase, job.tool_started_s = Phase.TOOL, self.clock()
         if job.seg == 0:
             self._forget(job.job_id)
+        else:
+            self.life.withdrawn(job, self.clock())
 
     def refuse_queued(self) -> list[str]:
         """With no engine alive, cancel every queued segment (their callers are told at once) and return their
@@ -378,11 +399,10 @@ class Dispatcher:
         job = self._job(session_id)
         if job.phase in (Phase.READY, Phase.RUNNING):
             raise SessionBusy(f"session {session_id!r} has a segment in progress; close it when that ends")
-        n = job.seg
-        if n:  # the predictor learns how many segments jobs of this kind have
-            job.segments, job.seg, job.phase = job.segments[:n], n - 1, Phase.DONE
-            self.pred.observe_job_done(job)
-        finished = Finished(session_id, self.last_done_s.get(session_id, job.arrival_s) - job.arrival_s, n)
+        if job.phase is not Phase.DONE:
+            self.life.close(job, self.clock())  # the predictor learns how many segments jobs of this kind have
+        finished = Finished(session_id, self.last_done_s.get(session_id, job.arrival_s) - job.arrival_s,
+                            len(self.records[session_id]))
         self._forget(session_id)
         return finished
 
@@ -395,8 +415,22 @@ class Dispatcher:
     def _forget(self, session_id: str) -> None:
         job = self.jobs.pop(session_id)
         self.engines[job.engine].held.pop(session_id, None)
+        if session_id in self.ended_on_engine:
+            self.ended_on_engine.discard(session_id)
+        elif self.records.get(session_id):  # a segment ran: its engine holds state for the job
+            self._release(job)
         self.records.pop(session_id, None)
         self.last_done_s.pop(session_id, None)
+
+    def _release(self, job: Job) -> None:
+        """Ask the engine that ran the job's last segment to drop what it holds for the job (that incarnation of
+        the id: a new job may reuse it)."""
+        self.releases.setdefault(job.engine, {})[job.job_id] = job.arrival_s
+
+    def take_releases(self) -> dict[int, dict[str, float]]:
+        """Jobs each engine should release now (engine index -> {job id: arrival}); handed out once."""
+        out, self.releases = self.releases, {}
+        return {i: jobs for i, jobs in out.items() if self.engines[i].alive}
 
     def _job(self, session_id: str) -> Job:
         job = self.jobs.get(session_id)
@@ -424,22 +458,24 @@ class Dispatcher:
                 job.kv, job.kv_tokens = KVState.NONE, 0
         eng.held.clear()
 
-    def engine_up(self, index: int, info: EngineInfo) -> None:
+    def engine_up(self, index: int, info: EngineShape) -> None:
         eng = self.engines[index]
         eng.info, eng.alive = info, True
 
-    def engine_report(self, index: int, kept: dict[str, tuple[str, int]]) -> None:
-        """The engine's KV log says which waiting jobs it keeps KV for (pressure and TTLs change it later)."""
+    def engine_report(self, index: int, kept: dict[str, tuple[str, int]], asked_at: float) -> None:
+        """The engine says (in a report asked for at `asked_at`) which waiting jobs it still keeps KV for, preserved
+        or swapped: pressure and TTLs release some after their segment's outcome said otherwise. A job whose
+        segment ended before the report was asked for and that is missing from it was discarded there."""
         eng = self.engines[index]
-        for job_id, (state, tokens) in kept.items():
-            job = self.jobs.get(job_id)
-            if job is None or job.engine != index or job.phase is not Phase.TOOL:
+        for job in self.jobs.values():
+            if job.engine != index or job.phase is not Phase.TOOL or job.tool_started_s >= asked_at:
                 continue
-            job.kv, job.kv_tokens = KVState(state), tokens
+            state, tokens = kept.get(job.job_id, ("discarded", 0))
+            self.life.kv_kept(job, KVState(state), tokens)
             if job.kv is KVState.PRESERVED:
-                eng.held[job_id] = blocks_for(tokens, self.bs)
+                eng.held[job.job_id] = blocks_for(tokens, self.bs)
             else:
-                eng.held.pop(job_id, None)
+                eng.held.pop(job.job_id, None)
 
     # ------------------------------------------------------------------------------------------ views
     def retry_after_s(self) -> float:
@@ -450,10 +486,10 @@ class Dispatcher:
     def queue_by_level(self) -> dict[int, int]:
         return dict(Counter(j.level for j in self.queue.jobs()))
 
-    def _mirror(self, job: Job, prompt_tokens: int, max_tokens: int, tool_category: str) -> None:
+    def _mirror(self, job: Job, prompt_tokens: int, max_tokens: int, tool_category: str, last: bool) -> None:
         """What the policy may know of the job: its past segments' tools, this segment's sizes (max_tokens
-        bounds the output; the predictor estimates it online) and that more may follow."""
+        bounds the output; the predictor estimates it online) and whether more may follow."""
         past = job.segments[:job.seg]
         current = Segment(job.seg, prompt_tokens, max_tokens, tool_category, 0.0)
-        job.segments = (*past, current, Segment(job.seg + 1, 0, 1, "", 0.0))
+        job.segments = (*past, current) if last else (*past, current, Segment(job.seg + 1, 0, 1, "", 0.0))
         job.seg_generated = 0

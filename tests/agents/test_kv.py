@@ -28,7 +28,7 @@ def test_prefix_cache_keeps_full_blocks_and_counts_as_free():
     pool = GpuBlockPool(10, 16)
     pool.allocate("a", 4)
     pool.release_to_cache("a", 50)  # 3 full blocks of 16 survive, the partial one is freed
-    assert pool.free == 10 and pool.cached_for("a") == 3
+    assert pool.free == 10 and pool.cached_blocks == 3
     assert pool.take_cached("a") == 3 and pool.owned["a"] == 3 and pool.free == 7
 
 
@@ -39,9 +39,7 @@ def test_prefix_cache_evicts_least_recently_freed_first():
     pool.release_to_cache("old", 64)
     pool.release_to_cache("new", 64)
     assert pool.allocate("x", 5)  # needs 3 of the 8 cached blocks: taken from "old" first
-    assert pool.cached_for("old") == 1 and pool.cached_for("new") == 4
-    assert pool.allocate("y", 5) is True
-    assert pool.cached_for("old") == 0 and pool.cached_blocks == 0
+    assert pool.take_cached("old") == 1 and pool.take_cached("new") == 4 and pool.cached_blocks == 0
 
 
 def test_cpu_pool_capacity():

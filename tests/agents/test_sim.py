@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from runtime.agents.costmodel import LLAMA3_8B_H100
 from runtime.agents.job import KVState, Phase
 from runtime.agents.policy import POLICIES
-from runtime.agents.sim import PLACEMENTS, EngineSim, simulate
+from runtime.agents.sim import PLACEMENTS, SimulatedEngine, simulate
 from runtime.agents.trace import generate, jobs_from_table
 from tests.conftest import SMALL_PROFILE, make_table
 
@@ -19,7 +19,7 @@ class Invariants:
         self.last_now: dict[int, float] = {}
         self.steps = 0
 
-    def __call__(self, eng: EngineSim) -> None:
+    def __call__(self, eng: SimulatedEngine) -> None:
         self.steps += 1
         assert eng.now >= self.last_now.get(eng.index, 0.0), "engine time went backwards"
         if eng.now != float("inf"):  # an idle engine (no event of its own) is woken at the cluster's time

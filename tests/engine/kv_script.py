@@ -15,9 +15,13 @@ VOCAB = 2000
 OUT = 16
 
 
+ARRIVALS: dict[str, float] = {}  # a job's arrival names it (with its id) for the plugin
+
+
 def hint(job: str, seg: int, context: int, prompt: int, last: bool, kv_action: str = "") -> JobHint:
-    return JobHint(job_id=job, arrival_s=time.time(), seg=seg, context_tokens=context, prompt_tokens=prompt,
-                   output_tokens=OUT, tool_category="search" if not last else "", last=last, kv_action=kv_action)
+    return JobHint(job_id=job, arrival_s=ARRIVALS.setdefault(job, time.time()), seg=seg, context_tokens=context,
+                   prompt_tokens=prompt, output_tokens=OUT, tool_category="search" if not last else "", last=last,
+                   kv_action=kv_action)
 
 
 async def agent(engine: VllmEngine, job: str, prompts: list[list[int]], kv_action: str, tool_s: float,

@@ -14,7 +14,7 @@ async def _drive(engine: VllmEngine) -> dict:
 
     async def job(name: str, prompt: int, output: int) -> None:
         hint = JobHint(job_id=name, arrival_s=time.time(), seg=0, context_tokens=0, prompt_tokens=prompt,
-                       output_tokens=output, last=True)
+                       output_tokens=output, last=True, forecast_output_tokens=output)  # the caller knows
         await engine.generate([11 + (k * 7 + len(name)) % 1000 for k in range(prompt)], output, hint=hint)
         done.append(name)
 

@@ -26,7 +26,7 @@ def test_fcfs_keeps_vllms_order_and_astraea_serves_short_segments_first(tiny_mod
 
 def test_hint_round_trip_and_validation():
     hint = JobHint(job_id="j", arrival_s=1.0, seg=2, context_tokens=300, prompt_tokens=20, output_tokens=8,
-                   prev_category="search", first_category="search")
+                   tools=("search", "code"), level=2, waited_s=3.5, forecast_segments=2.0)
     env = hint.envelope()
     assert env.actions[0].action_type == HINT_TYPE
 
@@ -40,3 +40,5 @@ def test_hint_round_trip_and_validation():
         JobHint(job_id="j", arrival_s=0.0, seg=0, context_tokens=0, prompt_tokens=1, output_tokens=0)
     with pytest.raises(ValueError, match="job_id"):
         JobHint(job_id="", arrival_s=0.0, seg=0, context_tokens=0, prompt_tokens=1, output_tokens=1)
+    with pytest.raises(ValueError, match="at most one category per earlier segment"):
+        JobHint(job_id="j", arrival_s=0.0, seg=1, context_tokens=9, prompt_tokens=1, output_tokens=1, tools=("a", "b"))

@@ -2,8 +2,8 @@
 
 import pytest
 
-from runtime.serving.chat import ChatTokenizer
-from runtime.serving.openai_api import ChatMessage, ToolCall, ToolCallFunction
+from deployments.chat import ChatTokenizer
+from deployments.openai_api import ChatMessage, ToolCall, ToolCallFunction
 
 
 @pytest.fixture(scope="module")

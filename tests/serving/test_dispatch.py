@@ -2,9 +2,10 @@
 
 import pytest
 
+from runtime.engine.job_hints import SegmentOutcome
 from runtime.serving.dispatch import (
     Dispatcher,
-    EngineInfo,
+    EngineShape,
     NoEngine,
     QueueFull,
     SessionBusy,
@@ -23,7 +24,7 @@ class Clock:
 
 def make(n=2, blocks=64, seqs=4, **kw):
     clock = Clock()
-    infos = [EngineInfo(f"e{i}", blocks, 32, seqs, 1024) for i in range(n)]
+    infos = [EngineShape(f"e{i}", blocks, 32, seqs, 1024) for i in range(n)]
     return Dispatcher(infos, clock=clock, **kw), clock
 
 
@@ -34,14 +35,15 @@ def test_a_session_is_one_job_whose_history_spans_its_segments():
     [g] = d.grant()
     assert g.ticket == t and g.hint.seg == 0 and g.hint.prompt_tokens == 100 and g.hint.tool_category == "search"
     clock.t += 1.0
-    d.finish(t, 16, 1.0, "preserved", 116)
+    d.finish(t, SegmentOutcome(16, 1.0, kv_state="preserved", kv_tokens=116))
     clock.t += 5.0
     t1 = d.submit("s", 150, 16)  # the whole conversation again: 34 new tokens after 116 known
     [g1] = d.grant()
     assert g1.hint.seg == 1 and g1.hint.context_tokens == 116 and g1.hint.prompt_tokens == 34
-    assert g1.hint.prev_category == "search" == g1.hint.first_category
+    assert g1.hint.tools == ("search",)
+    assert g1.hint.waited_s == pytest.approx(2.0) and g1.hint.attained_s == pytest.approx(1.0)
     assert g1.engine == g.engine  # its KV is kept there and the other engine is no faster
-    d.finish(t1, 8, 0.5, "discarded")
+    d.finish(t1, SegmentOutcome(8, 0.5, kv_state="discarded"))
     view = d.session_view("s")
     assert view["segments"] == 2 and view["waited_s"] == pytest.approx(2.0) and view["state"] == "tool"
     assert [r["output_tokens"] for r in view["segment_log"]] == [16, 8]
@@ -57,7 +59,7 @@ def test_new_jobs_spread_over_engines_and_admission_holds_the_rest():
     grants = d.grant()
     assert sorted(g.engine for g in grants) == [0, 1]  # one per engine; the third does not fit anywhere
     assert len(d.queue) == 1
-    d.finish(grants[0].ticket, 16, 0.1)
+    d.finish(grants[0].ticket, SegmentOutcome(16, 0.1))
     [late] = d.grant()
     assert late.ticket == (set(tickets) - {g.ticket for g in grants}).pop() and late.engine == grants[0].engine
 
@@ -93,7 +95,7 @@ def test_a_segment_whose_engine_died_is_recomputed_elsewhere_with_its_history():
     [again] = d.grant()
     assert again.ticket == t and again.engine != g.engine
     assert again.hint.prompt_tokens == 105 and again.max_tokens == 15  # continues after what was sent
-    d.finish(t, 15, 1.0)
+    d.finish(t, SegmentOutcome(15, 1.0))
     assert d.session_view("s")["segment_log"][0]["retries"] == 1
     d.engine_down(again.engine)
     with pytest.raises(NoEngine):
@@ -107,7 +109,7 @@ def test_idle_sessions_expire_and_cancelled_segments_leave_no_trace():
     d, clock = make()
     t = d.submit("s", 10, 4)
     d.grant()
-    d.finish(t, 4, 0.1)
+    d.finish(t, SegmentOutcome(4, 0.1))
     d.cancel(d.submit("q", 10, 4))
     assert "q" not in d.jobs and not len(d.queue)
     clock.t += 100
@@ -116,13 +118,26 @@ def test_idle_sessions_expire_and_cancelled_segments_leave_no_trace():
 
 
 def test_engine_reports_update_kept_kv():
-    d, _ = make(n=1)
+    d, clock = make(n=1)
     t = d.submit("s", 100, 10)
     d.grant()
-    d.finish(t, 10, 0.1, "preserved", 110)
+    d.finish(t, SegmentOutcome(10, 0.1, kv_state="preserved", kv_tokens=110))
     assert d.engines[0].held == {"s": 4}
-    d.engine_report(0, {"s": ("swapped", 110)})  # memory pressure moved it to host memory
+    d.engine_report(0, {"s": ("swapped", 110)}, asked_at=clock.t + 1)  # pressure moved it to host memory
     assert d.engines[0].held == {} and d.session_view("s")["kv_state"] == "swapped"
+    d.engine_report(0, {}, asked_at=clock.t + 1)  # no longer kept: discarded there (e.g. its pin's TTL ran out)
+    assert d.session_view("s")["kv_state"] == "discarded"
+
+
+def test_a_report_asked_for_before_a_segment_ended_does_not_overrule_its_outcome():
+    d, clock = make(n=1)
+    t = d.submit("s", 100, 10)
+    d.grant()
+    asked = clock.t
+    clock.t += 0.5
+    d.finish(t, SegmentOutcome(10, 0.1, kv_state="preserved", kv_tokens=110))
+    d.engine_report(0, {}, asked_at=asked)
+    assert d.session_view("s")["kv_state"] == "preserved" and d.engines[0].held == {"s": 4}
 
 
 def test_a_reused_order_still_puts_a_job_that_became_ready_at_its_place():
@@ -131,14 +146,14 @@ def test_a_reused_order_still_puts_a_job_that_became_ready_at_its_place():
     d, clock = make(n=1, seqs=1, refresh_s=10.0)
     t = d.submit("old", 50, 4)
     d.grant()
-    d.finish(t, 4, 0.1)
+    d.finish(t, SegmentOutcome(4, 0.1))
     d.submit("n1", 50, 4)
     d.submit("n2", 50, 4)
     [first] = d.grant()  # builds the cached order [n1, n2]
     assert first.session_id == "n1"
     clock.t += 1.0
     d.submit("old", 80, 4)
-    d.finish(first.ticket, 4, 0.1)
+    d.finish(first.ticket, SegmentOutcome(4, 0.1))
     [nxt] = d.grant()
     assert nxt.session_id == "old"
 
@@ -159,14 +174,14 @@ def test_a_grant_whose_caller_vanished_is_reconciled_and_a_late_report_changes_n
     assert d.reconcile(0, {"ghost/0/99"}, {}, asked_at=clock.t, start_grace_s=30.0,
                        end_grace_s=2.0) == ["ghost/0/99"]
     assert not d.engines[0].inflight and d.engines[0].room()[1] == 2
-    assert d.finish(t, 10, 0.1) is False  # the late report of a reconciled grant
+    assert d.finish(t, SegmentOutcome(10, 0.1)) is False  # the late report of a reconciled grant
     assert "s" not in d.jobs  # a first segment that never ran leaves no session behind
     t2 = d.submit("s", 100, 10)
     assert t2 != t  # tickets are never reused, so a late report cannot land on the new one
     [g2] = d.grant()
     assert d.reconcile(0, set(), {t2: 3.0}, asked_at=clock.t, start_grace_s=30.0, end_grace_s=2.0) == []
     assert t2 not in d.engines[0].inflight  # it ended there 3 s ago and its caller never said so
-    assert d.finish(g2.ticket, 10, 0.1) is False
+    assert d.finish(g2.ticket, SegmentOutcome(10, 0.1)) is False
 
 
 def test_with_no_engine_alive_queued_and_retried_segments_fail_fast():
@@ -187,8 +202,51 @@ def test_a_closed_session_id_starts_a_new_job():
     d, _ = make(n=1)
     t = d.submit("s", 100, 10)
     d.grant()
-    d.finish(t, 10, 0.1)
+    d.finish(t, SegmentOutcome(10, 0.1))
     d.close("s")
     d.submit("s", 20, 4)
     [g] = d.grant()
     assert g.hint.seg == 0 and g.hint.context_tokens == 0 and g.hint.prompt_tokens == 20
+
+
+def test_the_engine_outcome_feeds_the_history_and_policy():
+    """The measured segment decides the MLFQ level (over its queue's quota: demoted), and the engine's own
+    queueing joins the job's waited time; the next hint carries both."""
+    d, clock = make(n=1)
+    t = d.submit("s", 100, 400)
+    d.grant()
+    d.finish(t, SegmentOutcome(300, 1.0, queued_s=0.25, prefill_tokens=100))
+    d.submit("s", 450, 16)
+    [g] = d.grant()
+    assert g.hint.level == 1 and g.hint.waited_s == pytest.approx(0.25)
+    assert g.hint.forecast_output_tokens == pytest.approx(300.0)  # learned online from the one it saw
+
+
+def test_engines_release_what_they_hold_for_ended_and_moved_jobs():
+    """Closing or expiring a session, and granting a job's next segment to another engine, queue a release for
+    the engine that ran it (named by the job's arrival, so a new job of the same id is not hit); a one-shot call's
+    engine released the job itself with its last segment."""
+    d, clock = make(n=2, seqs=1)
+    tb = d.submit("b", 100, 10)
+    ta = d.submit("a", 100, 10)
+    gb, ga = d.grant()
+    d.finish(ta, SegmentOutcome(10, 0.1))
+    d.finish(tb, SegmentOutcome(10, 0.1))
+    arrival = d.jobs["a"].arrival_s
+    d.close("a")
+    assert d.take_releases() == {ga.engine: {"a": arrival}} and d.take_releases() == {}
+    busy = d.submit("x", 100, 10)  # takes b's engine, so b's next segment moves
+    assert d.grant()[0].engine == gb.engine
+    d.submit("b", 150, 10)
+    [gb2] = d.grant()
+    assert gb2.engine != gb.engine and d.take_releases() == {gb.engine: {"b": arrival}}
+    d.finish(busy, SegmentOutcome(10, 0.1))
+    d.finish(gb2.ticket, SegmentOutcome(10, 0.1))
+    clock.t += 1000
+    assert len(d.expire(60.0)) == 2
+    assert d.take_releases() == {gb.engine: {"x": arrival}, gb2.engine: {"b": arrival}}
+    one = d.submit("once", 50, 4, last=True)
+    d.grant()
+    d.finish(one, SegmentOutcome(4, 0.1, kv_state="none"))
+    d.close("once")
+    assert d.take_releases() == {}

@@ -10,8 +10,8 @@ import io
 
 import numpy as np
 
+from deployments.openai_api import SESSION_ID
 from runtime.river.sr import SCALE
-from runtime.serving.openai_api import SESSION_ID
 
 ID = SESSION_ID  # River's session, game and segment ids follow the agent API's session ids
 VIDEO_TYPES = ("video/h264", "video/mp4", "application/octet-stream")

@@ -3,7 +3,7 @@
 Two sources, both real: vLLM's per-iteration `SchedulerStats` (running and waiting requests, KV usage), received
 through a stat-logger factory, and the policy plugin's KV log (JSONL written in the engine-core process), which
 says for every job whether its KV is preserved, swapped or discarded across its tool call - and changes when
-memory pressure or a TTL releases it later.
+memory pressure or a TTL releases it later - and, with every record, what the engine holds for jobs.
 """
 
 from __future__ import annotations
@@ -13,12 +13,13 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# KV log event -> the job's KV state after it
-STATE_AFTER = {"preserve": "preserved", "swap": "swapped", "discard": "discarded"}
+# KV log event -> the job's KV state after it, for the events after which the engine keeps the job's KV
+KEPT_AFTER = {"preserve": "preserved", "swap": "swapped"}
+HOLDINGS_NONE = {"jobs": 0, "pinned_blocks": 0, "host_swap_blocks": 0}
 
 
 @dataclass
-class EngineLoad:
+class VllmLoad:
     """The latest iteration's view of vLLM's scheduler (zeros until the first iteration)."""
 
     running: int = 0
@@ -26,7 +27,7 @@ class EngineLoad:
     kv_usage: float = 0.0  # fraction of the KV pool in use
 
 
-def load_logger_factory(load: EngineLoad):
+def load_logger_factory(load: VllmLoad):
     """A vLLM `StatLoggerFactory` whose loggers copy each iteration's scheduler stats into `load`."""
     from vllm.v1.metrics.loggers import StatLoggerBase
 
@@ -48,10 +49,13 @@ def load_logger_factory(load: EngineLoad):
 
 @dataclass
 class KvLogTail:
-    """Follows a KV log as the plugin appends to it: per job its KV state and tokens, and event counts."""
+    """Follows a KV log as the plugin appends to it: which waiting jobs the engine keeps KV for (preserved or
+    swapped; a job leaves this table when it resumes, is discarded or ends, so it holds no more than the engine
+    does), what the engine holds for jobs in all, and event counts."""
 
     path: Path
-    states: dict[str, tuple[str, int]] = field(default_factory=dict)  # job -> (state, tokens) while it waits
+    states: dict[str, tuple[str, int]] = field(default_factory=dict)  # job -> (state, tokens) while KV is kept
+    holdings: dict = field(default_factory=lambda: dict(HOLDINGS_NONE))  # as of the latest record
     counts: Counter = field(default_factory=Counter)  # (event, cause) -> events seen
     _offset: int = 0
 
@@ -66,10 +70,9 @@ class KvLogTail:
         for line in complete.splitlines():
             rec = json.loads(line)
             self.counts[(rec["event"], rec["cause"])] += 1
-            if rec["event"] == "resume":
+            self.holdings = rec["holdings"]
+            state = KEPT_AFTER.get(rec["event"])
+            if state is None:
                 self.states.pop(rec["job"], None)
             else:
-                self.states[rec["job"]] = (STATE_AFTER[rec["event"]], rec["tokens"])
-
-    def forget(self, job_id: str) -> None:
-        self.states.pop(job_id, None)
+                self.states[rec["job"]] = (state, rec["tokens"])

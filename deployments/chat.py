@@ -7,7 +7,7 @@ import re
 import secrets
 from pathlib import Path
 
-from runtime.serving.openai_api import ChatMessage
+from deployments.openai_api import ChatMessage
 
 
 class ChatTokenizer:

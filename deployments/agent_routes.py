@@ -1,0 +1,201 @@
+"""The agent routes: OpenAI-compatible chat completions in front of the GlobalScheduler and its engines.
+
+A call asks the scheduler for an engine (queued in the cluster's policy order), streams the tokens from that engine
+actor itself, and reports the segment's outcome, which starts the session's tool wait. If the engine dies mid-call,
+the rest of the segment is recomputed on another engine and the client sees one answer. The methods run on the
+ingress replica (`deployments.app.AgentIngress`), whose state they use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import time
+import uuid
+
+import ray
+from fastapi import APIRouter, Header
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from deployments import errors
+from deployments import openai_api as oai
+from deployments.chat import IncrementalText
+from deployments.errors import ACTOR_LOST, ApiError, api_error
+from runtime.engine.job_hints import SegmentOutcome
+from runtime.serving.dispatch import QueueFull, UnknownSession
+
+log = logging.getLogger("ray.serve")
+# After the scheduler says its queue is full, this ingress refuses new calls itself for this long, before tokenising
+# them or asking the scheduler, so refused calls take less of the CPU the engines need: at 4x the queue bound
+# (bench.service_load, 256 clients, `small` on one engine, two runs each) 6.1-7.9 segments/s with it, 5.3-6.9
+# without.
+SHED_S = 0.25
+
+router = APIRouter()
+
+
+def fire_and_forget(call) -> None:
+    """Send an actor call without waiting: it runs even when the caller's task is being cancelled."""
+    with contextlib.suppress(Exception):
+        call()
+
+
+class AgentRoutes:
+    @router.get("/health")
+    async def health(self) -> dict:
+        return {"status": "ok"}
+
+    @router.get("/v1/models")
+    async def models(self) -> dict:
+        return {"object": "list", "data": [{"id": self.settings.served_model_name, "object": "model",
+                                            "created": 0, "owned_by": "agentriver",
+                                            "max_model_len": self.cluster["max_model_len"]}]}
+
+    @router.get("/v1/cluster")
+    async def cluster(self) -> dict:
+        return await self.scheduler.describe.remote()
+
+    @router.get("/v1/sessions/{session_id}")
+    async def session(self, session_id: str) -> dict:
+        return await self.scheduler.session.remote(session_id)
+
+    @router.post("/v1/sessions/{session_id}/close")
+    async def close(self, session_id: str) -> dict:
+        return await self.scheduler.close.remote(session_id)
+
+    @router.get("/metrics")
+    async def metrics(self) -> Response:
+        text = await self.scheduler.metrics_text.remote()
+        return Response(text, media_type="text/plain; version=0.0.4")
+
+    @router.post("/v1/chat/completions")
+    async def chat(self, body: oai.ChatCompletionRequest, x_session_id: str | None = Header(default=None)):
+        if body.model != self.settings.served_model_name:
+            raise ApiError(400, f"model: {body.model!r} is not served here; GET /v1/models lists "
+                                f"{self.settings.served_model_name!r}", param="model")
+        session = body.session_id or x_session_id
+        if session is not None and not oai.SESSION_ID.fullmatch(session):
+            raise ApiError(400, "X-Session-Id: must be 1-128 characters of letters, digits and ._:-",
+                           param="session_id")
+        one_shot = session is None
+        session = session or f"call-{uuid.uuid4().hex}"
+        if self._full is not None and time.monotonic() < self._full[0]:
+            full = self._full[1]
+            raise ApiError(full.status, full.message, full.type, full.param, full.headers)
+        budget = body.output_budget(self.settings.default_max_tokens)
+        limit = self.cluster["max_model_len"]
+        at_least = self.tokenizer.min_tokens(body.messages, body.tools)
+        if at_least + budget > limit:  # refused before tokenising: a huge prompt is no reason to spend a core
+            raise ApiError(400, f"messages: the prompt is at least {at_least} tokens and max_tokens {budget}: "
+                                f"together over the model's context length {limit}", param="messages")
+        prompt = await asyncio.to_thread(self.tokenizer.encode, body.messages, body.tools)
+        if len(prompt) + budget > limit:
+            raise ApiError(400, f"messages: the prompt is {len(prompt)} tokens and max_tokens {budget}: together "
+                                f"over the model's context length {limit}", param="messages")
+        started = time.monotonic()
+        grant = await self._acquire(session, len(prompt), budget, body.tool_category, one_shot)
+        segment = self._segment(grant, prompt, body.temperature, body.ignore_eos, one_shot)
+        cid = oai.completion_id()
+        if body.stream:
+            return StreamingResponse(self._sse(segment, cid, body.model, session, len(prompt)),
+                                     media_type="text/event-stream")
+        text = IncrementalText(self.tokenizer)
+        finish, engine_s = "length", 0.0
+        async for item in segment:
+            if isinstance(item, SegmentOutcome):
+                engine_s = item.service_s
+            else:
+                text.add(item["token_ids"])
+                finish = item["finish_reason"] or finish
+        timing = f"engine;dur={engine_s * 1e3:.1f}, total;dur={(time.monotonic() - started) * 1e3:.1f}"
+        return JSONResponse(oai.completion(cid, body.model, text.text, finish, len(prompt), len(text.token_ids),
+                                           "" if one_shot else session), headers={"Server-Timing": timing})
+
+    async def _acquire(self, session: str, prompt_tokens: int, budget: int, tool_category: str, one_shot: bool):
+        """Queue the segment and wait for its engine. A caller that goes away while waiting (client disconnect,
+        error) gives its ticket back, so nothing is granted to nobody."""
+        try:
+            ticket = await self.scheduler.submit.remote(session, prompt_tokens, budget, tool_category, "", one_shot)
+        except QueueFull as e:
+            refusal = api_error(e)
+            self._full = (time.monotonic() + SHED_S, refusal)
+            raise refusal from None
+        try:
+            return await self.scheduler.wait.remote(ticket)
+        except BaseException:
+            fire_and_forget(lambda: self.scheduler.cancel.remote(ticket))
+            raise
+
+    async def _segment(self, grant, prompt: list[int], temperature: float, ignore_eos: bool, one_shot: bool):
+        """The segment's token chunks, then its `SegmentOutcome`, from whichever engine ends up serving it
+        (engine deaths are retried). Whatever ends it early - the client leaving, an error - cancels it on its
+        engine and gives the ticket back, so the session's next call starts clean."""
+        emitted: list[int] = []
+        final: SegmentOutcome | None = None
+        try:
+            while final is None:
+                try:
+                    engine = self._engine(grant.engine_name)
+                    stream = engine.stream.remote(grant.ticket, prompt + emitted, grant.max_tokens, temperature,
+                                                  ignore_eos, grant.hint)
+                except ValueError:  # the engine actor is gone for good (not even restarting)
+                    grant = await self.scheduler.retry.remote(grant.ticket, len(emitted))
+                    continue
+                try:
+                    async for ref in stream:
+                        item = await ref
+                        if isinstance(item, SegmentOutcome):
+                            final = item
+                        else:
+                            emitted += item["token_ids"]
+                            yield item
+                    if final is None:
+                        raise RuntimeError(f"engine {grant.engine_name} ended a stream without its summary")
+                except ACTOR_LOST:
+                    grant = await self.scheduler.retry.remote(grant.ticket, len(emitted))
+                except BaseException:
+                    fire_and_forget(lambda s=stream: ray.cancel(s))  # the engine stops generating for nobody
+                    raise
+        except BaseException:
+            fire_and_forget(lambda: self.scheduler.cancel.remote(grant.ticket))
+            raise
+        outcome = dataclasses.replace(final, output_tokens=len(emitted))  # a retried segment's tokens, all engines
+        await self.scheduler.finish.remote(grant.ticket, outcome)
+        if one_shot:
+            with contextlib.suppress(UnknownSession):  # reconciled away while its finish was on its way
+                await self.scheduler.close.remote(grant.session_id)
+        yield outcome
+
+    async def _sse(self, segment, cid: str, model: str, session: str, prompt_tokens: int):
+        """Server-sent events that always end with `[DONE]`: after the usage chunk, or after an error event when
+        the segment failed once streaming had begun."""
+        text = IncrementalText(self.tokenizer)
+        yield oai.chunk(cid, model, {"role": "assistant", "content": ""}, None, session)
+        finish = "length"
+        try:
+            async for item in segment:
+                if isinstance(item, SegmentOutcome):
+                    continue
+                delta = text.add(item["token_ids"])
+                finish = item["finish_reason"] or finish
+                if delta:
+                    yield oai.chunk(cid, model, {"content": delta}, None, session)
+        except Exception as e:  # noqa: BLE001 - every failure ends the stream with an error event
+            err = api_error(e)
+            if err.status >= 500:
+                log.error("stream %s of session %s failed", cid, session, exc_info=errors.original(e))
+            body = oai.error_body(err.message, err.type, err.param, str(err.status))
+            yield f"data: {json.dumps(body)}\n\n"
+        else:
+            yield oai.chunk(cid, model, {}, finish, session, oai.usage(prompt_tokens, len(text.token_ids)))
+        yield "data: [DONE]\n\n"
+
+    def _engine(self, name: str):
+        handle = self._engines.get(name)
+        if handle is None:
+            handle = self._engines[name] = ray.get_actor(name, namespace=self.settings.namespace)
+        return handle
+
