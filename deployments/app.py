@@ -50,7 +50,7 @@ class AgentIngress(AgentRoutes, RiverRoutes):
                                                  get_if_exists=True).remote(
                 r.store_dir, r.generic, r.max_finetunes, {"target_gain_db": r.target_gain_db},
                 {"steps": r.finetune_steps})
-        api.state.body_limits = limits
+        middleware.set_body_limits(limits)
         self._sr_models: OrderedDict[int, object] = OrderedDict()
         self._full: tuple[float, ApiError] | None = None  # (until, the 429) while shedding load
 

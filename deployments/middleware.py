@@ -3,8 +3,9 @@
 Plain ASGI middlewares (not Starlette's BaseHTTPMiddleware), so a streamed response and a client's disconnect pass
 through unchanged. The byte limit is enforced while the body is read, before any parser sees it: a declared
 `Content-Length` over the limit is refused without reading a byte, and a body sent in chunks is cut off at the
-first byte over it. Limits and the public routes are read from `app.state` (`body_limits`, set by the ingress from
-its settings), so the middlewares are installed once, at import.
+first byte over it. The limits are set by the ingress from its settings (`set_body_limits`) in this module, not on
+the FastAPI app: Serve runs a pickled copy of the app, so its `state` is not the one the ingress could reach. The
+middlewares are installed once, at import.
 """
 
 from __future__ import annotations
@@ -96,9 +97,16 @@ class BodyTooLarge(StarletteHTTPException):
         super().__init__(413, f"body: over this route's {limit}-byte limit")
 
 
+_BODY_LIMITS: list[tuple[str, int]] = []  # (path prefix, bytes), the first matching prefix wins
+
+
+def set_body_limits(limits: list[tuple[str, int]]) -> None:
+    """The body limits of this process's routes: (path prefix, bytes), the first matching prefix wins."""
+    _BODY_LIMITS[:] = limits
+
+
 class BodyLimit:
-    """Refuses a body over its route's limit with 413 before it is parsed. `app.state.body_limits`: a list of
-    (path prefix, bytes), the first matching prefix wins."""
+    """Refuses a body over its route's limit (`set_body_limits`) with 413 before it is parsed."""
 
     def __init__(self, app):
         self.app = app
@@ -106,8 +114,7 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limits = getattr(scope["app"].state, "body_limits", None) if "app" in scope else None
-        limit = next((n for prefix, n in limits or () if scope["path"].startswith(prefix)), None)
+        limit = next((n for prefix, n in _BODY_LIMITS if scope["path"].startswith(prefix)), None)
         if limit is None:
             return await self.app(scope, receive, send)
         rid = scope["state"]["request_id"]

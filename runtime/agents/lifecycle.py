@@ -95,8 +95,8 @@ class Lifecycle:
 
     @staticmethod
     def kv_kept(job: Job, state: KVState, tokens: int) -> None:
-        """Where the job's KV now is while it waits (set by whoever manages that KV)."""
-        job.kv, job.kv_tokens = state, (tokens if state in HELD else 0)
+        """Where the job's KV now is (set by whoever manages that KV); none is left once it is dropped."""
+        job.kv, job.kv_tokens = state, (0 if state in (KVState.NONE, KVState.DISCARDED) else tokens)
 
     def close(self, job: Job, now: float) -> None:
         """A session ended without its last segment being known as last (closed or idle): the segments it ran are

@@ -124,11 +124,11 @@ class SimulatedEngine:
             elif kind == _SWAP_OUT_DONE:
                 self._blocked = False
                 self.pool.free_job(job.job_id)
-                job.kv = KVState.SWAPPED
+                self.life.kv_kept(job, KVState.SWAPPED, job.kv_tokens)
             elif kind == _SWAP_IN_DONE:
                 self.swapping_in -= 1
                 self.cpu.free_job(job.job_id)
-                job.kv = KVState.ACTIVE
+                self.life.kv_kept(job, KVState.ACTIVE, job.kv_tokens)
                 self._start(job, t, job.resume_tokens - job.kv_tokens)
             elif kind == _TTL and job.phase is Phase.TOOL and job.kv is KVState.PRESERVED and tag == job.seg - 1:
                 self._evict(job, KVAction.DISCARD)  # the pin of this tool call expired
@@ -160,7 +160,7 @@ class SimulatedEngine:
             self._evict(job, KVAction.DISCARD)
         elif job.kv is KVState.SWAPPED:
             self.cpu.free_job(job.job_id)
-            job.kv, job.kv_tokens = KVState.DISCARDED, 0
+            self.life.kv_kept(job, KVState.DISCARDED, 0)
 
     def _pull(self) -> None:
         for job in self.cluster.pull(self):
@@ -194,19 +194,18 @@ class SimulatedEngine:
             action = KVAction.DISCARD
         if action is KVAction.PRESERVE:
             self.counters.preserve += 1
-            job.kv = KVState.PRESERVED
+            self.life.kv_kept(job, KVState.PRESERVED, job.kv_tokens)
             self._set_idle(job, True)
             if ttl_s is not None:  # tagged with the segment that called the tool: the pin of this call only
                 self.push(self.now + ttl_s, _TTL, job, job.seg - 1)
         elif action is KVAction.SWAP:
             self.counters.swap += 1
-            job.kv = KVState.SWAPPING_OUT
+            self.life.kv_kept(job, KVState.SWAPPING_OUT, job.kv_tokens)
             self.push(self._transfer(job.kv_tokens), _SWAP_OUT_DONE, job)
         else:
             self.counters.discard += 1
             self.pool.release_to_cache(job.job_id, job.kv_tokens)
-            job.kv = KVState.DISCARDED
-            job.kv_tokens = 0
+            self.life.kv_kept(job, KVState.DISCARDED, 0)
 
     def _transfer(self, tokens: int) -> float:
         """Queue a KV transfer of `tokens` on the serial GPU<->CPU link; returns when it completes."""
@@ -325,18 +324,18 @@ class SimulatedEngine:
             self._set_idle(job, False)
         if job.kv is KVState.SWAPPED:
             self.pool.allocate(job.job_id, need)
-            job.kv = KVState.SWAPPING_IN
+            self.life.kv_kept(job, KVState.SWAPPING_IN, job.kv_tokens)
             self.swapping_in += 1
             self.push(self._transfer(job.kv_tokens), _SWAP_IN_DONE, job)
             return 0
+        tokens = job.kv_tokens
         if job.kv in (KVState.NONE, KVState.DISCARDED):
             hit_blocks = self.pool.take_cached(job.job_id)
-            hit = min(hit_blocks * self.bs, job.resume_tokens - 1)
-            self.counters.cache_hit_tokens += hit
-            job.kv_tokens = hit
+            tokens = min(hit_blocks * self.bs, job.resume_tokens - 1)
+            self.counters.cache_hit_tokens += tokens
             need -= hit_blocks
         self.pool.allocate(job.job_id, max(need, 0))
-        job.kv = KVState.ACTIVE
+        self.life.kv_kept(job, KVState.ACTIVE, tokens)
         prefill = job.resume_tokens - job.kv_tokens
         self._start(job, self.now, prefill)
         return prefill

@@ -9,12 +9,15 @@ from runtime.engine.job_hints import JobHint
 from runtime.engine.vllm_engine import EngineConfig, VllmEngine
 
 
-async def _drive(engine: VllmEngine) -> dict:
+async def _drive(engine: VllmEngine, levels: dict[str, int]) -> dict:
+    """A blocker takes the only sequence slot, then three jobs queue behind it; `levels`: the MLFQ level a cluster
+    says some of them have (their history on other engines)."""
     done: list[str] = []
 
     async def job(name: str, prompt: int, output: int) -> None:
         hint = JobHint(job_id=name, arrival_s=time.time(), seg=0, context_tokens=0, prompt_tokens=prompt,
-                       output_tokens=output, last=True, forecast_output_tokens=output)  # the caller knows
+                       output_tokens=output, last=True, forecast_output_tokens=output,  # the caller knows
+                       level=levels.get(name))
         await engine.generate([11 + (k * 7 + len(name)) % 1000 for k in range(prompt)], output, hint=hint)
         done.append(name)
 
@@ -27,11 +30,18 @@ async def _drive(engine: VllmEngine) -> dict:
     return {"order": done, "queued_while_blocked": queued_while_blocked}
 
 
+async def _both(engine: VllmEngine, policy: str) -> dict:
+    result = await _drive(engine, {})
+    if policy == "astraea":
+        result["with_levels"] = (await _drive(engine, {"short1": 2}))["order"]
+    return result
+
+
 if __name__ == "__main__":
     model, policy, out = sys.argv[1:4]
     engine = VllmEngine(EngineConfig(model=model, plugin="policy", policy=policy, max_num_seqs=1,
                                      max_model_len=512)).start()
-    result = asyncio.run(_drive(engine))
+    result = asyncio.run(_both(engine, policy))
     engine.shutdown()
     with open(out, "w") as f:
         json.dump(result, f)

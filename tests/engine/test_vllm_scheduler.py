@@ -11,17 +11,21 @@ from tests.conftest import run_script
 SCRIPT = Path(__file__).with_name("order_script.py")
 
 
-def _completion_order(model, policy, tmp_path) -> list[str]:
+def _completion_order(model, policy, tmp_path) -> dict:
     out = tmp_path / f"{policy}.json"
     run_script(SCRIPT, model, policy, out)
     result = json.loads(out.read_text())
     assert result["queued_while_blocked"], "set-up: the blocker finished before the others were queued"
-    return result["order"]
+    return result
 
 
 def test_fcfs_keeps_vllms_order_and_astraea_serves_short_segments_first(tiny_model, tmp_path):
-    assert _completion_order(tiny_model, "fcfs", tmp_path) == ["blocker", "long", "short1", "short2"]
-    assert _completion_order(tiny_model, "astraea", tmp_path) == ["blocker", "short1", "short2", "long"]
+    """...and orders with the job's cluster-wide MLFQ level from the hint: a short segment of a job the cluster
+    demoted (compute-heavy on other engines) waits behind the others."""
+    assert _completion_order(tiny_model, "fcfs", tmp_path)["order"] == ["blocker", "long", "short1", "short2"]
+    astraea = _completion_order(tiny_model, "astraea", tmp_path)
+    assert astraea["order"] == ["blocker", "short1", "short2", "long"]
+    assert astraea["with_levels"] == ["blocker", "short2", "long", "short1"]
 
 
 def test_hint_round_trip_and_validation():
