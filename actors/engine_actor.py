@@ -2,8 +2,8 @@
 
 It streams a segment's tokens straight to the caller (the data path skips the scheduler), ending with the segment's
 `SegmentOutcome`, and reports what the cluster scheduler needs: its shape when it joins; then vLLM's running and
-waiting requests, and which waiting jobs it keeps KV for and what it holds (from the policy plugin's KV log, which
-carries what the plugin changes on its own). It releases jobs the scheduler says have ended or moved.
+waiting requests, the changes it made on its own to KV kept for waiting jobs, and what it holds (from the policy
+plugin's KV log). It releases jobs the scheduler says have ended or moved.
 Ray restarts it after a crash (`max_restarts`); a restarted engine starts empty and the scheduler lets it rejoin.
 It names the segments it is running (by the scheduler's ticket), so
 the scheduler can tell grants whose caller vanished from real work, and `abort`s a segment nobody waits for.
@@ -81,7 +81,7 @@ class EngineActor:
             self.active.pop(ticket, None)
             self.finished[ticket] = time.monotonic()
             ended.set()
-        yield SegmentOutcome.from_output(outcome, emitted, time.monotonic() - started)
+        yield SegmentOutcome.of(outcome, emitted, time.monotonic() - started)
 
     async def _supersede(self, job_id: str) -> None:
         """The scheduler grants a job one segment at a time, so a segment of the same job still running here was
@@ -101,15 +101,16 @@ class EngineActor:
             if ticket in self.active:
                 self.active[ticket][1].cancel()
 
-    def stats(self) -> dict:
+    def stats(self, kv_seq: int = 0) -> dict:
+        """The engine's state for the scheduler; `kv_seq`: the last KV change the caller has seen."""
         self.kv.poll()
         now = time.monotonic()
         while self.finished and next(iter(self.finished.values())) < now - FINISHED_KEEP_S:
             self.finished.popitem(last=False)
         load = self.engine.load
         return {"name": self.name, "alive": True, "running": load.running, "waiting": load.waiting,
-                "kv_usage": load.kv_usage, "kept": dict(self.kv.states), "holdings": self.kv.holdings,
-                "kv_events": list(self.kv.counts.items()),
+                "kv_usage": load.kv_usage, "kv_changes": self.kv.changes_since(kv_seq), "kv_seq": self.kv.seq,
+                "holdings": self.kv.holdings, "kv_events": list(self.kv.counts.items()),
                 "active": list(self.active), "finished": {t: now - at for t, at in self.finished.items()}}
 
     def shutdown(self) -> None:

@@ -60,6 +60,7 @@ class GlobalScheduler:
         # its engine does not run.
         self.unclaimed: dict[str, Grant] = {}
         self.metrics = SchedulerMetrics()
+        self.kv_seq = [0] * s.engines  # per engine: the last KV change its report said
         self._starting: asyncio.Future | None = None
         self._monitor_task: asyncio.Task | None = None
 
@@ -191,7 +192,7 @@ class GlobalScheduler:
         eng, handle = self.d.engines[index], self.engines[index]
         asked_at = self.d.clock()
         try:
-            stats = await asyncio.wait_for(handle.stats.remote(), STATS_TIMEOUT_S)
+            stats = await asyncio.wait_for(handle.stats.remote(self.kv_seq[index]), STATS_TIMEOUT_S)
             if not eng.alive:  # restarted by Ray (or back from a stall): an empty engine rejoins
                 self.d.engine_up(index, await handle.info.remote())
         except Exception:  # noqa: BLE001 - any failure to answer means: no new work for it
@@ -199,7 +200,8 @@ class GlobalScheduler:
                 self.d.engine_down(index)
             self.metrics.engines.reports[eng.info.name] = {"alive": False}
             return
-        self.d.engine_report(index, stats["kept"], asked_at)
+        self.d.engine_kv_changes(index, stats["kv_changes"])
+        self.kv_seq[index] = stats["kv_seq"]
         orphans = self.d.reconcile(index, set(stats["active"]), stats["finished"], asked_at, START_GRACE_S,
                                    END_GRACE_S)
         if orphans:

@@ -94,7 +94,9 @@ class SegmentOutcome:
             raise ValueError(f"SegmentOutcome.kv_state: unknown state {self.kv_state!r}")
 
     @classmethod
-    def from_output(cls, kv_transfer_params: dict | None, output_tokens: int, service_s: float) -> SegmentOutcome:
-        """The outcome of a request's last output (a request the plugin did not track ends with its KV freed)."""
-        found = (kv_transfer_params or {}).get(OUTCOME_KEY) or {}
+    def of(cls, reported: dict | None, output_tokens: int, service_s: float) -> SegmentOutcome:
+        """The outcome the plugin `reported` (under OUTCOME_KEY in the last output's kv_transfer_params), with the
+        tokens the caller received; without a report (a request the plugin did not track) its KV was freed and
+        the service is the caller's measurement."""
+        found = reported or {}
         return cls(**{**found, "output_tokens": output_tokens, "service_s": found.get("service_s", service_s)})

@@ -9,12 +9,14 @@ memory pressure or a TTL releases it later - and, with every record, what the en
 from __future__ import annotations
 
 import json
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# KV log event -> the job's KV state after it, for the events after which the engine keeps the job's KV
-KEPT_AFTER = {"preserve": "preserved", "swap": "swapped"}
+# KV log event -> the job's KV state after it
+STATE_AFTER = {"preserve": "preserved", "swap": "swapped", "discard": "discarded"}
+OWN_CAUSES = ("pressure", "ttl")  # changes the engine makes on its own to the KV of a job in a tool call
+CHANGES_KEPT = 4096  # a reader more than this many changes behind has missed some (they are hints, not state)
 HOLDINGS_NONE = {"jobs": 0, "pinned_blocks": 0, "host_swap_blocks": 0}
 
 
@@ -49,14 +51,15 @@ def load_logger_factory(load: VllmLoad):
 
 @dataclass
 class KvLogTail:
-    """Follows a KV log as the plugin appends to it: which waiting jobs the engine keeps KV for (preserved or
-    swapped; a job leaves this table when it resumes, is discarded or ends, so it holds no more than the engine
-    does), what the engine holds for jobs in all, and event counts."""
+    """Follows a KV log as the plugin appends to it: the changes the engine made on its own to KV it kept for a
+    waiting job (released under pressure or by a TTL), numbered so a reader asks only for what it has not seen;
+    what the engine holds for jobs; event counts."""
 
     path: Path
-    states: dict[str, tuple[str, int]] = field(default_factory=dict)  # job -> (state, tokens) while KV is kept
     holdings: dict = field(default_factory=lambda: dict(HOLDINGS_NONE))  # as of the latest record
     counts: Counter = field(default_factory=Counter)  # (event, cause) -> events seen
+    changes: deque = field(default_factory=lambda: deque(maxlen=CHANGES_KEPT))  # (seq, job, seg, state, tokens)
+    seq: int = 0  # number of the latest change
     _offset: int = 0
 
     def poll(self) -> None:
@@ -71,8 +74,10 @@ class KvLogTail:
             rec = json.loads(line)
             self.counts[(rec["event"], rec["cause"])] += 1
             self.holdings = rec["holdings"]
-            state = KEPT_AFTER.get(rec["event"])
-            if state is None:
-                self.states.pop(rec["job"], None)
-            else:
-                self.states[rec["job"]] = (state, rec["tokens"])
+            if rec["cause"] in OWN_CAUSES:
+                self.seq += 1
+                self.changes.append((self.seq, rec["job"], rec["seg"], STATE_AFTER[rec["event"]], rec["tokens"]))
+
+    def changes_since(self, seq: int) -> list[tuple]:
+        """Changes numbered after `seq` (all that are kept when `seq` is from before a restart)."""
+        return [c for c in self.changes if c[0] > seq] if seq <= self.seq else list(self.changes)

@@ -225,14 +225,15 @@ class PolicyScheduler(StepLogScheduler):
         job, request = live.job, live.request
         live.queued_s += self.life.admit(job, now)
         live.admitted_at = now
-        if job.seg > 0:
-            reused = request.num_computed_tokens - scheduled
-            host = self._swap.loaded_tokens.pop(req_id, 0) if self._swap else 0
-            self._log(job, "resume", reused, f"from_{job.kv.value}", host_tokens=host)
+        kept = job.kv
         self._unpin(job.job_id)  # the new request holds the blocks it reused now
         if self._swap:
             self._swap.drop(job.job_id)  # a host copy it did not need (its prefix was still cached) is stale
         self.life.kv_kept(job, KVState.ACTIVE, request.num_computed_tokens)
+        if job.seg > 0:
+            reused = request.num_computed_tokens - scheduled
+            host = self._swap.loaded_tokens.pop(req_id, 0) if self._swap else 0
+            self._log(job, "resume", reused, f"from_{kept.value}", host_tokens=host)
 
     def _free_request(self, request, *args, **kwargs):
         live = self._live.pop(request.request_id, None)
@@ -347,7 +348,9 @@ class PolicyScheduler(StepLogScheduler):
 
     def holdings(self) -> dict:
         """What this engine holds for jobs between their segments (the cluster's operators' view)."""
-        pinned = sum(len(self.kv_cache_manager.get_block_ids(r.request_id)[0]) for r, _ in self._pinned.values())
+        pinning = [r for r, _ in self._pinned.values()] + [self.requests[i] for i in self._pin_on_free
+                                                            if i in self.requests]  # pinned once freed
+        pinned = sum(len(self.kv_cache_manager.get_block_ids(r.request_id)[0]) for r in pinning)
         host = self._swap.host_blocks - self._swap.free_host_blocks if self._swap else 0
         return {"jobs": len(self.jobs), "pinned_blocks": pinned, "host_swap_blocks": host}
 

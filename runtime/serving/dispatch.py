@@ -462,20 +462,20 @@ class Dispatcher:
         eng = self.engines[index]
         eng.info, eng.alive = info, True
 
-    def engine_report(self, index: int, kept: dict[str, tuple[str, int]], asked_at: float) -> None:
-        """The engine says (in a report asked for at `asked_at`) which waiting jobs it still keeps KV for, preserved
-        or swapped: pressure and TTLs release some after their segment's outcome said otherwise. A job whose
-        segment ended before the report was asked for and that is missing from it was discarded there."""
+    def engine_kv_changes(self, index: int, changes: list[tuple]) -> None:
+        """Changes engine `index` made on its own to KV it kept for waiting jobs (job, the segment whose tool call
+        it is, new state, tokens; e.g. released under memory pressure or by a TTL). A change to an earlier tool
+        call of the job, or to a job that has since moved or resumed, is old news and ignored."""
         eng = self.engines[index]
-        for job in self.jobs.values():
-            if job.engine != index or job.phase is not Phase.TOOL or job.tool_started_s >= asked_at:
+        for _, job_id, seg, state, tokens in changes:
+            job = self.jobs.get(job_id)
+            if job is None or job.engine != index or job.phase is not Phase.TOOL or job.seg - 1 != seg:
                 continue
-            state, tokens = kept.get(job.job_id, ("discarded", 0))
             self.life.kv_kept(job, KVState(state), tokens)
             if job.kv is KVState.PRESERVED:
-                eng.held[job.job_id] = blocks_for(tokens, self.bs)
+                eng.held[job_id] = blocks_for(tokens, self.bs)
             else:
-                eng.held.pop(job.job_id, None)
+                eng.held.pop(job_id, None)
 
     # ------------------------------------------------------------------------------------------ views
     def retry_after_s(self) -> float:

@@ -50,7 +50,9 @@ def test_models_and_a_three_segment_session_is_one_job(service):
     assert [s["index"] for s in v["segment_log"]] == [0, 1, 2]
     assert [s["tool_category"] for s in v["segment_log"]] == ["search", "search", ""]
     assert v["segment_log"][1]["prompt_tokens"] < v["segment_log"][0]["prompt_tokens"] + 60  # only what was added
-    assert v["kv_state"] in ("preserved", "swapped", "discarded") and v["engine"].startswith("agentriver-engine-")
+    assert v["engine"].startswith("agentriver-engine-")
+    # memory is plentiful, so the engine's KV manager kept the job's KV, and the segment's outcome said so
+    assert v["kv_state"] == "preserved" and v["kv_tokens"] > 0
     gone = httpx.get(service["url"] + "/v1/sessions/three")
     assert gone.status_code == 404 and gone.json()["error"]["param"] == "session_id"
 

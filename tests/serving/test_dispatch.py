@@ -117,27 +117,29 @@ def test_idle_sessions_expire_and_cancelled_segments_leave_no_trace():
     assert not d.jobs
 
 
-def test_engine_reports_update_kept_kv():
+def test_changes_an_engine_makes_on_its_own_update_kept_kv():
     d, clock = make(n=1)
     t = d.submit("s", 100, 10)
     d.grant()
     d.finish(t, SegmentOutcome(10, 0.1, kv_state="preserved", kv_tokens=110))
     assert d.engines[0].held == {"s": 4}
-    d.engine_report(0, {"s": ("swapped", 110)}, asked_at=clock.t + 1)  # pressure moved it to host memory
+    d.engine_kv_changes(0, [(1, "s", 0, "swapped", 110)])  # memory pressure moved it to host memory
     assert d.engines[0].held == {} and d.session_view("s")["kv_state"] == "swapped"
-    d.engine_report(0, {}, asked_at=clock.t + 1)  # no longer kept: discarded there (e.g. its pin's TTL ran out)
+    d.engine_kv_changes(0, [(2, "s", 0, "discarded", 0)])  # then its host copy was dropped
     assert d.session_view("s")["kv_state"] == "discarded"
 
 
-def test_a_report_asked_for_before_a_segment_ended_does_not_overrule_its_outcome():
+def test_an_engine_change_to_an_earlier_tool_call_is_old_news():
     d, clock = make(n=1)
     t = d.submit("s", 100, 10)
     d.grant()
-    asked = clock.t
-    clock.t += 0.5
     d.finish(t, SegmentOutcome(10, 0.1, kv_state="preserved", kv_tokens=110))
-    d.engine_report(0, {}, asked_at=asked)
-    assert d.session_view("s")["kv_state"] == "preserved" and d.engines[0].held == {"s": 4}
+    t = d.submit("s", 130, 10)
+    d.grant()
+    d.engine_kv_changes(0, [(1, "s", 0, "discarded", 0)])  # about seg 0's call, while seg 1 runs
+    d.finish(t, SegmentOutcome(10, 0.1, kv_state="preserved", kv_tokens=140))
+    d.engine_kv_changes(0, [(1, "s", 0, "discarded", 0)])  # delivered again, late
+    assert d.session_view("s")["kv_state"] == "preserved" and d.engines[0].held == {"s": 5}
 
 
 def test_a_reused_order_still_puts_a_job_that_became_ready_at_its_place():
@@ -250,3 +252,9 @@ def test_engines_release_what_they_hold_for_ended_and_moved_jobs():
     d.finish(one, SegmentOutcome(4, 0.1, kv_state="none"))
     d.close("once")
     assert d.take_releases() == {}
+
+
+def test_an_outcome_is_what_the_plugin_reported_with_the_tokens_the_caller_received():
+    reported = {"service_s": 0.5, "queued_s": 0.1, "prefill_tokens": 40, "kv_state": "preserved", "kv_tokens": 47}
+    assert SegmentOutcome.of(reported, 8, 9.9) == SegmentOutcome(8, 0.5, 0.1, 40, "preserved", 47)
+    assert SegmentOutcome.of(None, 8, 9.9) == SegmentOutcome(8, 9.9)  # untracked: freed, timed by the caller
