@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 EXTRAS  ?= dev,cpu
 
-.PHONY: install run serve test bench bench-real bench-http bench-river bench-load lint model clean
+.PHONY: install run serve test bench bench-real bench-http bench-river bench-river-headroom bench-load lint model clean
 
 $(STAMP):
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -62,8 +62,13 @@ bench-load: $(STAMP) models/small/config.json  ## the served API under a concurr
 	$(TARGETS)
 
 RIVER := --wad freedoom2 --maps MAP01,MAP02,MAP03 --segments 24
-bench-river: $(STAMP) models/small/config.json  ## the committed River benchmarks (real Freedoom video), ~15 min on 2 cores
-	$(PY) -m bench.river $(RIVER) --out bench/results/river.json
+bench-river-headroom: $(STAMP)  ## where content-specific SR pays off (scales, model sizes, budgets, CRFs), ~45 min
+	$(PY) -m bench.river_headroom --wad freedoom2 --maps MAP01,MAP02,MAP03 --segments 6 --steps 600 --every 100 \
+		--cosine-budgets 300,600 --generic-steps 3000 --out bench/results/river_headroom.json
+	$(TARGETS)
+
+bench-river: $(STAMP) models/small/config.json  ## the committed River benchmarks (real Freedoom video), ~45 min on 2 cores
+	$(PY) -m bench.river $(RIVER) --seeds 0,1,2 --out bench/results/river.json
 	$(PY) -m bench.river_lookup $(RIVER) --models 10,100,1000 --out bench/results/river_lookup.json
 	HF_HUB_OFFLINE=1 $(PY) -m bench.river_stream --sessions 4 --maps MAP01,MAP02 --segments 6 \
 		--out bench/results/river_stream.json

@@ -43,7 +43,7 @@ class ModelStoreActor:
         """Choose the model for one segment of `session` (playing `game`); finished fine-tunes join the store
         first, so a segment sees every model trained so far."""
         self.river.collect()
-        decision = self.river.process(segment_id, lr, hr, hr_index)
+        decision = self.river.process(segment_id, lr, hr, hr_index, game)
         self.lookups["hit" if decision.model_id == decision.voted_id and decision.voted_id > 0 else "miss"] += 1
         self.prefetch.use(session, game, decision.model_id)
         return asdict(decision)

@@ -1,14 +1,22 @@
-"""River against its peers on the same game segments.
+"""River against the baselines of neural-enhanced streaming, on the same game segments, over several seeds.
 
-    python -m bench.river --wad freedoom2 --maps MAP01,MAP02,MAP03 --segments 24 --out river.json
+    python -m bench.river --wad freedoom2 --maps MAP01,MAP02,MAP03 --segments 24 --seeds 0,1,2 \\
+        --out bench/results/river.json
 
-Methods: `bicubic`; `generic` (one model trained on other maps); `per_video` (NAS-style: one fine-tune on the
-whole session); `per_segment` (LiveNAS-style upper bound: every segment fine-tuned); `river` (reuse through the
-model store, fine-tune on a quality-gate miss, segments in stream order). River's fine-tunes run on one local
-trainer and become usable only when they would have finished in stream time (segment i arrives at i x segment
-length; a fine-tune is ready its measured training seconds after submission), so a segment never waits for one.
-PSNR/SSIM are on the Y channel with a 2-pixel border crop, over every `--eval-every`-th frame of each segment.
-Writes the JSON, a Markdown table and two plots (PSNR per segment per method; cumulative training seconds).
+Methods (all with the same SR model shape and scale factor, PSNR-Y and SSIM-Y with a `scale`-pixel border crop,
+over every `--eval-every`-th frame of each segment):
+- `bicubic`;
+- `generic_other`: one model trained on natural photographs (`runtime.river.natural`: scikit-image's bundled
+  images), the "generic pretrained SR" of the neural-streaming papers;
+- `generic_game`: one model trained on other maps of the same game, a model a game studio could ship;
+- `per_video` (NAS): one fine-tune of `generic_game` on the whole session, offline (it has seen the future);
+- `online` (LiveNAS): one model fine-tuned continuously on the live stream, an update on the newest segments at a
+  time, each usable only once its measured training time has passed in stream time;
+- `per_segment`: each segment's own fine-tune applied to itself with no delay (the upper bound);
+- `river`: lookup + vote + quality gate + fine-tune on a miss + reuse (`runtime.river.online`).
+River and `online` train on one trainer (one at a time, in stream time: segment i arrives at i x segment length).
+Every seed records another playthrough of the maps and trains with another seed; the generic models are shared.
+Writes the JSON, a Markdown table (every figure as mean +- std over seeds, and the targets) and plots.
 """
 
 from __future__ import annotations
@@ -18,57 +26,90 @@ import math
 import sys
 import tempfile
 from concurrent.futures import Future
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
 from bench.output import command_line, save_figure, write_results
-from runtime.river.dataset import build_dataset, load_pairs
-from runtime.river.gameplay import GameplayConfig
+from runtime.river.dataset import Pair, build_dataset, load_pairs
+from runtime.river.degrade import check_scale
+from runtime.river.gameplay import HEIGHT, WIDTH, GameplayConfig
+from runtime.river.natural import IMAGES, natural_pairs
 from runtime.river.online import GateConfig, OnlineRiver
 from runtime.river.prefetch import PrefetchTracker
 from runtime.river.sr import SRConfig, psnr_y, ssim_y, upscale
 from runtime.river.store import ModelStore
-from runtime.river.train import TrainConfig, finetune, generic_model, model_from_state
+from runtime.river.train import TrainConfig, TrainResult, finetune, generic_model, model_from_state
 
-METHODS = ("bicubic", "generic", "per_video", "per_segment", "river")
+METHODS = ("bicubic", "generic_other", "generic_game", "per_video", "online", "per_segment", "river")
 TRAIN_MAPS = {"freedoom2": "MAP10,MAP11", "freedoom1": "E3M1,E3M2"}
+# (method, baseline, margin dB): river must reach baseline + margin (issue 14's targets)
+TARGETS = (("generic_other", 1.81), ("generic_game", 1.0), ("online", 0.5), ("per_segment", -0.3))
+
+
+def generic_game(train_index: Path, sr: SRConfig, cfg: TrainConfig, cache: Path) -> TrainResult:
+    """One model for the whole game, trained on other maps' segments (cached)."""
+    return generic_model(lambda: [(p.lr, p.hr) for p in load_pairs(train_index)],
+                         {"index": f"{train_index.parent.name}/{train_index.name}"}, sr, cfg, cache,
+                         progress=False)
+
+
+def generic_other(sr: SRConfig, crf: int, cfg: TrainConfig, cache: Path) -> TrainResult:
+    """One model trained on natural photographs, degraded like the stream (cached)."""
+    return generic_model(lambda: natural_pairs(sr.scale, crf), {"natural": list(IMAGES), "crf": crf}, sr, cfg,
+                         cache, progress=False)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    sr, ft = SRConfig(), TrainConfig()
     p = argparse.ArgumentParser(prog="python -m bench.river", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--wad", default="freedoom2")
     p.add_argument("--maps", default="MAP01,MAP02,MAP03", help="evaluated maps, played in this order")
     p.add_argument("--train-maps", default=None, help="maps the generic model is trained on (never evaluated)")
-    p.add_argument("--segments", type=int, default=24, help="evaluated segments, split evenly over the maps")
+    p.add_argument("--segments", type=int, default=24, help="evaluated segments per seed, split evenly over maps")
+    p.add_argument("--seeds", default="0,1,2", help="playthroughs (and training seeds)")
     p.add_argument("--segment-s", type=float, default=2.0)
     p.add_argument("--fps", type=float, default=8.75)
     p.add_argument("--crf", type=int, default=28)
-    p.add_argument("--steps", type=int, default=300, help="steps of one fine-tune")
-    p.add_argument("--generic-steps", type=int, default=1500)
+    p.add_argument("--scale", type=int, default=sr.scale)
+    p.add_argument("--model", default=f"{sr.blocks}x{sr.channels}", help="blocks x channels")
+    p.add_argument("--steps", type=int, default=ft.steps, help="steps of one fine-tune (river, per_segment, online)")
+    p.add_argument("--video-steps", type=int, default=None, help="per_video's budget (default: 8 x --steps)")
+    p.add_argument("--generic-steps", type=int, default=3000)
+    p.add_argument("--online-window", type=int, default=2, help="segments an online update trains on")
     p.add_argument("--eval-every", type=int, default=3, help="evaluate every n-th frame")
-    p.add_argument("--target-gain", type=float, default=GateConfig().target_gain_db,
-                   help="river's quality gate, dB over bicubic (see GateConfig)")
-    p.add_argument("--quick", action="store_true", help="4 short segments and tiny budgets (CI)")
+    p.add_argument("--quick", action="store_true", help="4 short segments, one seed, tiny budgets (CI)")
     p.add_argument("--cache", default="build/river")
     p.add_argument("--out", default="river.json")
     args = p.parse_args(argv)
     if args.quick:
-        args.segments, args.segment_s, args.steps, args.generic_steps = 4, 1.0, 30, 30
+        args.segments, args.segment_s, args.steps, args.generic_steps, args.seeds = 4, 1.0, 30, 30, "0"
+        args.model = "2x8"
+    args.video_steps = args.video_steps or 8 * args.steps
     args.map_list = [m for m in args.maps.split(",") if m]
     args.train_list = [m for m in (args.train_maps or TRAIN_MAPS.get(args.wad, "")).split(",") if m]
     overlap = set(args.map_list) & set(args.train_list)
     if overlap:
         p.error(f"--train-maps must not include evaluated maps, both have {sorted(overlap)}")
-    if args.segments < 1 or args.eval_every < 1 or args.steps < 1:
-        p.error("--segments, --eval-every and --steps must be >= 1")
+    if args.segments < 1 or args.eval_every < 1 or args.steps < 1 or args.online_window < 1:
+        p.error("--segments, --eval-every, --steps and --online-window must be >= 1")
     try:
+        args.seed_list = [int(s) for s in args.seeds.split(",") if s]
+        blocks, channels = (int(v) for v in args.model.split("x"))
+    except ValueError:
+        p.error("--seeds takes comma-separated integers and --model blocks x channels (e.g. 4x16)")
+    if not args.seed_list:
+        p.error("--seeds must name at least one seed")
+    try:
+        args.sr = SRConfig(blocks=blocks, channels=channels, scale=args.scale)
+        check_scale(WIDTH, HEIGHT, args.scale)
         args.eval_cfg = GameplayConfig(args.wad, tuple(args.map_list), math.ceil(args.segments / len(args.map_list)),
                                        args.segment_s, args.fps, seed=0)
         args.train_cfg = GameplayConfig(args.wad, tuple(args.train_list), 2, args.segment_s, args.fps, seed=100)
+        args.finetune = TrainConfig(steps=args.steps)
     except ValueError as e:
         p.error(str(e))
     return args
@@ -87,11 +128,12 @@ class _ReadyAt(Future):
 
 
 class StreamClockTrainer:
-    """Trains at once (this process) but reports a fine-tune done only once the stream clock has passed its
-    submission time plus its measured training seconds."""
+    """One trainer in stream time: it trains at once (this process) but a fine-tune is done only once the stream
+    clock passes its start (its submission, or the end of the one before it) plus its measured seconds."""
 
     def __init__(self):
         self.now = 0.0
+        self.free_at = 0.0
         self.total_s = 0.0
         self.count = 0
 
@@ -99,25 +141,66 @@ class StreamClockTrainer:
         result = finetune(base, sr, pairs, cfg)
         self.total_s += result.seconds
         self.count += 1
-        return _ReadyAt(result, self, self.now + result.seconds)
+        self.free_at = max(self.now, self.free_at) + result.seconds
+        return _ReadyAt(result, self, self.free_at)
 
 
-def score(model, pair, every: int) -> tuple[float, float]:
+class LiveTraining:
+    """LiveNAS-style online learning: one model, fine-tuned continuously on the live stream. Each update continues
+    from the newest weights on the `window` newest segments that had arrived when it started; its weights are
+    served once it ends (start + its measured seconds). The next update starts then, or when a segment it has not
+    trained on arrives."""
+
+    def __init__(self, base: TrainResult, cfg: TrainConfig, window: int):
+        self.weights, self.sr, self.cfg, self.window = base.state, base.sr, cfg, window
+        self.served = model_from_state(base.state, base.sr)
+        self.pending = None  # (ready time, model) of the update in progress
+        self.arrived: list[tuple[float, Pair]] = []
+        self.free_at = 0.0
+        self.trained = 0  # segments of `arrived` some update has trained on
+        self.total_s = 0.0
+        self.updates = 0
+
+    def model_at(self, now: float, pair: Pair):
+        """The model a segment arriving at `now` is played with; the segment then joins the training data."""
+        self._advance(now)
+        served = self.served
+        self.arrived.append((now, pair))
+        self._advance(now)  # an idle trainer starts on it at once
+        return served
+
+    def _advance(self, now: float) -> None:
+        while True:
+            if self.pending is not None and self.pending[0] <= now:
+                self.served, self.pending = self.pending[1], None
+            if self.pending is not None or self.trained == len(self.arrived):
+                return
+            start = max(self.free_at, self.arrived[self.trained][0])
+            if start > now:
+                return
+            seen = [p for t, p in self.arrived if t <= start]
+            self.trained = len(seen)
+            recent = seen[-self.window:]
+            res = finetune(self.weights, self.sr, [(p.lr, p.hr) for p in recent],
+                           replace(self.cfg, seed=self.cfg.seed + self.updates))
+            self.weights, self.updates, self.total_s = res.state, self.updates + 1, self.total_s + res.seconds
+            self.free_at = start + res.seconds
+            self.pending = (self.free_at, model_from_state(res.state, self.sr))
+
+
+def score(model, pair: Pair, every: int) -> tuple[float, float]:
     lo, hi = pair.lr[::every], pair.hr[::every]
-    sr = upscale(model, lo)
-    return psnr_y(sr, hi), ssim_y(sr, hi)
+    sr = upscale(model, lo, pair.scale)
+    return psnr_y(sr, hi, pair.scale), ssim_y(sr, hi, pair.scale)
 
 
-def run(args) -> dict:
-    cache = Path(args.cache)
-    pairs = load_pairs(build_dataset(args.eval_cfg, args.crf, cache / "datasets"))[: args.segments]
-    train_index = build_dataset(args.train_cfg, args.crf, cache / "datasets")
-    sr = SRConfig()
-    generic = generic_model(lambda: [(p.lr, p.hr) for p in load_pairs(train_index)],
-                            {"index": str(train_index.parent.name)}, sr, TrainConfig(steps=args.generic_steps),
-                            cache / "models")
-    generic_net = model_from_state(generic.state, sr)
-    ft = TrainConfig(steps=args.steps)
+def run_seed(args, seed: int, game: TrainResult, other: TrainResult) -> dict:
+    """Every method on one playthrough; per method: PSNR/SSIM per segment, training seconds, fine-tunes."""
+    cache, sr = Path(args.cache), args.sr
+    cfg = replace(args.eval_cfg, seed=seed)
+    pairs = load_pairs(build_dataset(cfg, scale=sr.scale, crf=args.crf, root=cache / "datasets",
+                                     progress=False))[: args.segments]
+    ft = replace(args.finetune, seed=seed)
     res = {m: {"psnr": [], "ssim": [], "train_s": 0.0, "finetunes": 0, "cum_train_s": []} for m in METHODS}
 
     def record(method, model, pair):
@@ -126,24 +209,29 @@ def run(args) -> dict:
         res[method]["ssim"].append(s)
         res[method]["cum_train_s"].append(res[method]["train_s"])
 
-    video = finetune(generic.state, sr, [(p.lr, p.hr) for p in pairs], TrainConfig(steps=args.steps * 4))
+    game_net, other_net = model_from_state(game.state, sr), model_from_state(other.state, sr)
+    video = finetune(game.state, sr, [(p.lr, p.hr) for p in pairs], replace(ft, steps=args.video_steps))
     res["per_video"].update(train_s=video.seconds, finetunes=1)
     video_net = model_from_state(video.state, sr)
+    live = LiveTraining(game, ft, args.online_window)
     trainer = StreamClockTrainer()
     lookup_ms, decisions = [], []
     prefetch = PrefetchTracker(k=3)
     with tempfile.TemporaryDirectory() as store_dir:
-        river = OnlineRiver(ModelStore(store_dir), generic, trainer, gate=GateConfig(target_gain_db=args.target_gain),
-                            finetune=ft)
-        for i, pair in enumerate(tqdm(pairs, desc="segments", unit="segment", file=sys.stderr)):
+        river = OnlineRiver(ModelStore(store_dir), game, trainer, gate=args.gate, finetune=ft)
+        for i, pair in enumerate(tqdm(pairs, desc=f"seed {seed}", unit="segment", file=sys.stderr)):
+            now = i * args.segment_s
             record("bicubic", None, pair)
-            record("generic", generic_net, pair)
+            record("generic_other", other_net, pair)
+            record("generic_game", game_net, pair)
             record("per_video", video_net, pair)
-            own = finetune(generic.state, sr, [(pair.lr, pair.hr)], ft)
+            record("online", live.model_at(now, pair), pair)
+            res["online"].update(train_s=live.total_s, finetunes=live.updates)
+            own = finetune(game.state, sr, [(pair.lr, pair.hr)], ft)
             res["per_segment"]["train_s"] += own.seconds
             res["per_segment"]["finetunes"] += 1
             record("per_segment", model_from_state(own.state, sr), pair)
-            trainer.now = i * args.segment_s
+            trainer.now = now
             river.collect()
             d = river.process(pair.segment_id, pair.lr, pair.hr)
             decisions.append({"segment": pair.segment_id, "model": d.model_id, "voted": d.voted_id,
@@ -153,27 +241,83 @@ def run(args) -> dict:
             res["river"]["train_s"], res["river"]["finetunes"] = trainer.total_s, trainer.count
             record("river", river.model(d.model_id), pair)
         store_size = len(river.store)
-    out = {"methods": {}, "per_segment_psnr": {m: res[m]["psnr"] for m in METHODS},
-           "cum_train_s": {m: res[m]["cum_train_s"] for m in METHODS}, "river_decisions": decisions,
-           "segments": [p.segment_id for p in pairs], "river_store_models": store_size}
+    return {"seed": seed, "segments": [p.segment_id for p in pairs], "methods": res, "river_decisions": decisions,
+            "river_store_models": store_size, "lookup_ms_p50": float(np.median(lookup_ms)),
+            "prefetch_hit_top3": prefetch.hit_rate}
+
+
+def _spread(values) -> dict:
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "std": float(v.std()), "values": v.tolist()}
+
+
+def summarize(runs: list[dict]) -> dict:
+    """Per method mean +- std over seeds of the seed means; river's margins over each baseline, seed by seed."""
+    methods = {}
     for m in METHODS:
-        out["methods"][m] = {"psnr_db": float(np.mean(res[m]["psnr"])), "ssim": float(np.mean(res[m]["ssim"])),
-                             "finetunes": res[m]["finetunes"], "train_s": res[m]["train_s"],
-                             "lookup_ms_p50": float(np.median(lookup_ms)) if m == "river" else None,
-                             "prefetch_hit_top3": prefetch.hit_rate if m == "river" else None}
+        methods[m] = {"psnr_db": _spread([np.mean(r["methods"][m]["psnr"]) for r in runs]),
+                      "ssim": _spread([np.mean(r["methods"][m]["ssim"]) for r in runs]),
+                      "train_s": _spread([r["methods"][m]["train_s"] for r in runs]),
+                      "finetunes": _spread([r["methods"][m]["finetunes"] for r in runs])}
+    river = [np.mean(r["methods"]["river"]["psnr"]) for r in runs]
+    targets = []
+    for base, margin in TARGETS:
+        diff = _spread(np.subtract(river, [np.mean(r["methods"][base]["psnr"]) for r in runs]))
+        # met: the margin holds beyond the seeds' spread (a win inside the spread is not a win)
+        targets.append({"baseline": base, "margin_db": margin, "river_minus_baseline_db": diff,
+                        "met": diff["mean"] - diff["std"] >= margin})
+    ratio = _spread([r["methods"]["river"]["train_s"] / max(r["methods"]["per_segment"]["train_s"], 1e-9)
+                     for r in runs])
+    hit = _spread([r["prefetch_hit_top3"] for r in runs])
+    targets.append({"baseline": "per_segment training s", "max_ratio": 0.5, "ratio": ratio,
+                    "met": ratio["mean"] + ratio["std"] <= 0.5})
+    targets.append({"baseline": "prefetch top-3 hit", "min": 0.8, "hit": hit, "met": hit["mean"] - hit["std"] >= 0.8})
+    return {"methods": methods, "targets": targets,
+            "lookup_ms_p50": _spread([r["lookup_ms_p50"] for r in runs])}
+
+
+def run(args) -> dict:
+    cache, sr = Path(args.cache), args.sr
+    train_index = build_dataset(args.train_cfg, scale=sr.scale, crf=args.crf, root=cache / "datasets",
+                                progress=False)
+    generic_cfg = TrainConfig(steps=args.generic_steps, schedule="cosine")
+    game = generic_game(train_index, sr, generic_cfg, cache / "models")
+    other = generic_other(sr, args.crf, generic_cfg, cache / "models")
+    args.gate = GateConfig()
+    runs = [run_seed(args, seed, game, other) for seed in args.seed_list]
+    return {**summarize(runs), "runs": runs, "generic_train_s": {"game": game.seconds, "other": other.seconds}}
+
+
+def _pm(s: dict, fmt: str = ".2f") -> str:
+    return f"{s['mean']:{fmt}} +- {s['std']:{fmt}}"
+
+
+def target_verdicts(data: dict) -> list[tuple[bool, str]]:
+    """(met, what was measured against what) for each target, as the table and bench.targets print them."""
+    out = []
+    for t in data["targets"]:
+        if "margin_db" in t:
+            out.append((t["met"], f"river >= {t['baseline']} {t['margin_db']:+.2f} dB: measured "
+                                  f"{_pm(t['river_minus_baseline_db'])} dB"))
+        elif "max_ratio" in t:
+            out.append((t["met"], f"river training s <= {t['max_ratio']} x per_segment: measured {_pm(t['ratio'])}"))
+        else:
+            out.append((t["met"], f"prefetch top-3 hit >= {t['min']}: measured {_pm(t['hit'])}"))
     return out
 
 
 def markdown(data: dict) -> str:
-    lines = [f"Command: `{data['meta']['command']}`", "",
-             "| method | PSNR-Y (dB) | SSIM-Y | fine-tunes | training s | lookup+vote ms/frame p50 | "
-             "prefetch top-3 hit |",
-             "|---|---|---|---|---|---|---|"]
+    meta = data["meta"]
+    lines = [f"Command: `{meta['command']}`", "",
+             f"SR model {meta['sr']}, fine-tunes of {meta['finetune_steps']} steps; {len(data['runs'])} seeds "
+             f"x {len(data['runs'][0]['segments'])} segments; every figure is mean +- std over seeds.", "",
+             "| method | PSNR-Y (dB) | SSIM-Y | fine-tunes | training s |", "|---|---|---|---|---|"]
     for m, r in data["methods"].items():
-        lk = f"{r['lookup_ms_p50']:.2f}" if r["lookup_ms_p50"] is not None else "-"
-        pf = f"{r['prefetch_hit_top3']:.2f}" if r["prefetch_hit_top3"] is not None else "-"
-        lines.append(f"| {m} | {r['psnr_db']:.3f} | {r['ssim']:.4f} | {r['finetunes']} | {r['train_s']:.1f} | {lk} | "
-                     f"{pf} |")
+        lines.append(f"| {m} | {_pm(r['psnr_db'], '.3f')} | {_pm(r['ssim'], '.4f')} | {_pm(r['finetunes'], '.1f')} "
+                     f"| {_pm(r['train_s'], '.1f')} |")
+    lines += ["", f"River's lookup + vote: {_pm(data['lookup_ms_p50'])} ms per frame (p50).", "",
+              "| target (met only beyond the seeds' spread) | met |", "|---|---|"]
+    lines += [f"| {text} | {'yes' if met else 'no'} |" for met, text in target_verdicts(data)]
     return "\n".join(lines) + "\n"
 
 
@@ -183,22 +327,30 @@ def plot(data: dict, stem: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.2))
+    means = [data["methods"][m]["psnr_db"]["mean"] for m in METHODS]
+    stds = [data["methods"][m]["psnr_db"]["std"] for m in METHODS]
+    a.bar(METHODS, means, yerr=stds, capsize=3, color=["#999"] * 3 + ["#69c"] * 3 + ["#d62"])
+    a.set_ylim(min(means) - 0.5, max(means) + 0.5)
+    a.set(ylabel="PSNR-Y (dB), mean over seeds", title="quality")
+    a.tick_params(axis="x", rotation=30)
+    first = data["runs"][0]["methods"]
     for m in METHODS:
-        a.plot(data["per_segment_psnr"][m], marker=".", label=m)
-        b.plot(data["cum_train_s"][m], label=m)
-    a.set(xlabel="segment (stream order)", ylabel="PSNR-Y (dB)", title="quality per segment")
-    b.set(xlabel="segment (stream order)", ylabel="training seconds so far", title="training cost")
-    a.legend()
+        b.plot(first[m]["psnr"], marker=".", label=m)
+        c.plot(first[m]["cum_train_s"], label=m)
+    b.set(xlabel="segment (stream order)", ylabel="PSNR-Y (dB)", title=f"per segment, seed {data['runs'][0]['seed']}")
+    c.set(xlabel="segment (stream order)", ylabel="training seconds so far", title="training cost")
+    b.legend(fontsize=7)
     save_figure(fig, stem)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     data = run(args)
-    data["meta"] = {"command": command_line("bench.river", argv),
-                    "gameplay": asdict(args.eval_cfg), "finetune_steps": args.steps,
-                    "generic_steps": args.generic_steps, "eval_every": args.eval_every}
+    data["meta"] = {"command": command_line("bench.river", argv), "gameplay": asdict(args.eval_cfg),
+                    "seeds": args.seed_list, "sr": args.sr.to_dict(), "finetune_steps": args.steps,
+                    "video_steps": args.video_steps, "generic_steps": args.generic_steps,
+                    "gate": asdict(args.gate), "eval_every": args.eval_every, "crf": args.crf}
     print(write_results(args.out, data, markdown, plot))
     return 0
 

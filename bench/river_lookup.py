@@ -135,12 +135,14 @@ def sr_speed(pairs, frames: int = 16) -> dict:
     upscale(model, lr, batch=1)
     s = (time.perf_counter() - t0) / len(lr)
     return {"config": sr.to_dict(), "parameters": sum(p.numel() for p in model.parameters()),
-            "output": [int(lr.shape[1]) * 2, int(lr.shape[2]) * 2], "torch_threads": torch.get_num_threads(),
+            "output": [int(lr.shape[1]) * sr.scale, int(lr.shape[2]) * sr.scale],
+            "torch_threads": torch.get_num_threads(),
             "ms_per_frame": s * 1e3, "fps": 1 / s}
 
 
 def run(args) -> dict:
-    pairs = load_pairs(build_dataset(args.cfg, args.crf, Path(args.cache) / "datasets"))[: args.segments]
+    pairs = load_pairs(build_dataset(args.cfg, scale=SRConfig().scale, crf=args.crf,
+                                     root=Path(args.cache) / "datasets"))[: args.segments]
     mask = OverlayMask()
     for p in pairs:
         mask.update(p.lr)

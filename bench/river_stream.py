@@ -35,7 +35,8 @@ def parse_args(argv):
     p.add_argument("--segments", type=int, default=6, help="segments per session")
     p.add_argument("--segment-s", type=float, default=1.0)
     p.add_argument("--prefetch-kb", type=float, default=256.0, help="prefetch budget per segment")
-    p.add_argument("--target-gain", type=float, default=2.5, help="the quality gate's target (dB over bicubic)")
+    p.add_argument("--target-gain", type=float, default=None,
+                   help="the quality gate's target, dB over the generic model (default: GateConfig's)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", default=None, help="the agent endpoints' model directory (default models/small)")
     p.add_argument("--root", default="build/river/stream", help="datasets, generic model and store")
@@ -92,7 +93,7 @@ class Client:
             self.fetched_bytes += await self.fetch(use)
         shown = 0 if stalled else use
         frames = np.array(picks)
-        psnr = psnr_y(upscale(self.models[shown], pair.lr[frames]), pair.hr[frames])
+        psnr = psnr_y(upscale(self.models[shown], pair.lr[frames]), pair.hr[frames], pair.scale)
         self.rows.append({"session": self.session, "segment": pair.segment_id, "status": status, "model": use,
                           "shown": shown, "stalled": stalled, "psnr_db": psnr, "server_ms": server_ms,
                           "lookup_ms": d.get("lookup_ms", float("nan")), "frames": len(pair.lr),
@@ -162,16 +163,18 @@ def main(argv: list[str] | None = None) -> int:
     from deployments.launch import river_settings, start, stop
     from runtime.river.dataset import build_dataset, load_pairs
     from runtime.river.gameplay import GameplayConfig
+    from runtime.river.train import generic_config
     from runtime.serving.config import ServeSettings
 
     root = Path(a.root).resolve()
+    river = {**river_settings(root), **({} if a.target_gain is None else {"target_gain_db": a.target_gain})}
+    scale = generic_config(river["generic"]).scale
     sessions = []
     for i in range(a.sessions):
         game_map = a.map_list[i % len(a.map_list)]
         cfg = GameplayConfig(wad="freedoom2", maps=(game_map,), segments_per_map=a.segments,
                              segment_s=a.segment_s, fps=8.75, seed=i)
-        sessions.append((f"player-{i}", game_map, load_pairs(build_dataset(cfg, root=root / "datasets"))))
-    river = {**river_settings(root), "target_gain_db": a.target_gain}
+        sessions.append((f"player-{i}", game_map, load_pairs(build_dataset(cfg, scale=scale, root=root / "datasets"))))
     settings = ServeSettings(river=river, **({"model": a.model} if a.model else {}))
     url = start(settings, a.port)
     try:

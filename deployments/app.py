@@ -21,6 +21,7 @@ from deployments.agent_routes import AgentRoutes
 from deployments.chat import ChatTokenizer
 from deployments.errors import ApiError
 from deployments.river_routes import RiverRoutes
+from runtime.river.train import generic_config
 from runtime.serving.config import API_KEY_ENV, ServeSettings
 
 MIB = 2**20
@@ -42,14 +43,16 @@ class AgentIngress(AgentRoutes, RiverRoutes):
         self.cluster = await self.scheduler.ready.remote()
         self.tokenizer = ChatTokenizer(s.model)
         self._engines: dict = {}  # engine actor handles by name, looked up once
-        self.river = None
+        self.river, self.river_scale = None, None
         if s.river is not None:
             r = s.river
+            self.river_scale = generic_config(r.generic).scale
             limits.append(("/river/", int(r.max_upload_mb * MIB)))
             self.river = ModelStoreActor.options(name=STORE_NAME, namespace=s.namespace, lifetime="detached",
                                                  get_if_exists=True).remote(
-                r.store_dir, r.generic, r.max_finetunes, {"target_gain_db": r.target_gain_db},
-                {"steps": r.finetune_steps})
+                r.store_dir, r.generic, r.max_finetunes,
+                {} if r.target_gain_db is None else {"target_gain_db": r.target_gain_db},
+                {} if r.finetune_steps is None else {"steps": r.finetune_steps})
         middleware.set_body_limits(limits)
         self._sr_models: OrderedDict[int, object] = OrderedDict()
         self._full: tuple[float, ApiError] | None = None  # (until, the 429) while shedding load

@@ -77,6 +77,7 @@ async def demo(url: str, model: str, agents: int, seed: int) -> list[AgentResult
 
 
 RIVER_STREAM = dict(wad="freedoom2", maps=("MAP01",), segments_per_map=4, segment_s=1.0, fps=8.75, seed=0)
+DEMO_GENERIC_STEPS, DEMO_FINETUNE_STEPS = 150, 100  # make run stays short; the defaults are TrainConfig's
 RIVER_TRAIN = dict(wad="freedoom2", maps=("MAP10",), segments_per_map=2, segment_s=1.0, fps=8.75, seed=0)
 
 
@@ -87,12 +88,12 @@ def river_settings(root: Path) -> dict:
     from runtime.river.sr import SRConfig
     from runtime.river.train import TrainConfig, generic_model
 
-    cfg, train = GameplayConfig(**RIVER_TRAIN), TrainConfig(steps=150)
-    index = build_dataset(cfg, root=root / "datasets", progress=False)
-    generic_model(lambda: [(p.lr, p.hr) for p in load_pairs(index)], {"demo": index.parent.name}, SRConfig(), train,
-                  root / "generic", progress=False)
+    cfg, train, sr = GameplayConfig(**RIVER_TRAIN), TrainConfig(steps=DEMO_GENERIC_STEPS), SRConfig()
+    index = build_dataset(cfg, scale=sr.scale, root=root / "datasets", progress=False)
+    generic_model(lambda: [(p.lr, p.hr) for p in load_pairs(index)], {"demo": f"{index.parent.name}/{index.name}"},
+                  sr, train, root / "generic", progress=False)
     generic = max((root / "generic").glob("generic-*.safetensors"), key=lambda p: p.stat().st_mtime)
-    return {"generic": str(generic), "store_dir": str(root / "store"), "finetune_steps": 100}
+    return {"generic": str(generic), "store_dir": str(root / "store"), "finetune_steps": DEMO_FINETUNE_STEPS}
 
 
 def river_demo(url: str, root: Path) -> None:
@@ -105,11 +106,19 @@ def river_demo(url: str, root: Path) -> None:
     from runtime.river.dataset import build_dataset, load_pairs
     from runtime.river.degrade import encode
     from runtime.river.gameplay import GameplayConfig
+    from runtime.river.online import GateConfig
+    from runtime.river.sr import SRConfig
+    from runtime.river.train import TrainConfig
 
-    pairs = load_pairs(build_dataset(GameplayConfig(**RIVER_STREAM), root=root / "datasets", progress=False))
+    sr, ft, gate = SRConfig(), TrainConfig(), GateConfig()
+    pairs = load_pairs(build_dataset(GameplayConfig(**RIVER_STREAM), scale=SRConfig().scale, root=root / "datasets",
+                                     progress=False))
     headers = {"Authorization": f"Bearer {os.environ['AGENTRIVER_API_KEY']}"} \
         if os.environ.get("AGENTRIVER_API_KEY") else {}
     print(f"\nRiver: {len(pairs)} segments of {RIVER_STREAM['maps'][0]} through POST /river/v1/segments")
+    print(f"defaults (bench.river_headroom): x{sr.scale} SR, {sr.blocks} blocks x {sr.channels} channels; fine-tunes "
+          f"of {ft.steps} steps ({ft.schedule} rate {ft.lr:g}); the gate fine-tunes below {gate.target_gain_db} dB "
+          f"over the generic model (this demo trains {DEMO_GENERIC_STEPS} + {DEMO_FINETUNE_STEPS} steps to stay short)")
     print(f"{'session':<9} {'segment':<22} {'model':>5} {'voted':>5} {'gain dB':>8} {'fine-tune':>9} "
           f"{'lookup ms':>9}")
     with httpx.Client(base_url=url, headers=headers, timeout=300) as c:

@@ -11,7 +11,6 @@ import io
 import numpy as np
 
 from deployments.openai_api import SESSION_ID
-from runtime.river.sr import SCALE
 
 ID = SESSION_ID  # River's session, game and segment ids follow the agent API's session ids
 VIDEO_TYPES = ("video/h264", "video/mp4", "application/octet-stream")
@@ -78,8 +77,8 @@ def frame_numbers(text: str, count: int) -> list[int]:
     return numbers
 
 
-def hr_size(width: int, height: int) -> tuple[int, int]:
-    return width * SCALE, height * SCALE
+def hr_size(width: int, height: int, scale: int) -> tuple[int, int]:
+    return width * scale, height * scale
 
 
 def etag_matches(if_none_match: str | None, etag: str) -> bool:

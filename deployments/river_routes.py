@@ -60,7 +60,7 @@ class RiverRoutes:
                                          r.height, r.max_segment_frames)
             if any(not 0 <= n < len(lr) for n in numbers):
                 raise ValueError(f"gt_frames: frame numbers must be in 0..{len(lr) - 1}, got {numbers}")
-            hr = await self._pngs(ground_truth, "ground_truth", *river_api.hr_size(r.width, r.height))
+            hr = await self._pngs(ground_truth, "ground_truth", *river_api.hr_size(r.width, r.height, self.river_scale))
             decision = await store.process.remote(session, game, segment_id, lr, hr, numbers)
         return {**decision, "frames": len(lr)}
 
@@ -100,7 +100,8 @@ class RiverRoutes:
     @router.post("/enhance")
     async def river_enhance(self, frames: Annotated[list[UploadFile], File()],
                             model_id: Annotated[int, Form()] = 0) -> Response:
-        """Low-res PNG frame(s) in, x2 SR frame(s) out: one frame as image/png, several as base64 PNGs in JSON."""
+        """Low-res PNG frame(s) in, SR frame(s) out at the service's scale factor: one frame as image/png, several
+        as base64 PNGs in JSON."""
         self._store()
         r = self.settings.river
         if model_id < 0:

@@ -1,4 +1,5 @@
-"""What a cloud-gaming server really streams: the 720p frame area-downscaled x2 and H.264-encoded at a CRF.
+"""What a cloud-gaming server really streams: the 720p frame area-downscaled by the SR scale factor and H.264-encoded
+at a CRF.
 
 The low-res input of every SR pair is made from the ground truth itself (natively rendered 360p frames are not
 pixel-aligned with 720p). Ground truth is stored losslessly (libx264rgb, CRF 0: decoded frames equal the rendered
@@ -16,15 +17,24 @@ import numpy as np
 
 from runtime.river.patches import check_frames
 
-SCALE = 2
+
+def check_scale(width: int, height: int, scale: int) -> None:
+    """A scale factor must divide the frame, and the low-res frame must have even sides (4:2:0 video)."""
+    if not isinstance(scale, int) or scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale!r}")
+    if width % scale or height % scale:
+        raise ValueError(f"scale: x{scale} does not divide the frame size {width}x{height}")
+    if (width // scale) % 2 or (height // scale) % 2:
+        raise ValueError(f"scale: x{scale} of {width}x{height} gives {width // scale}x{height // scale}, but 4:2:0 "
+                         f"video needs even sides")
 
 
-def area_downscale(frames: np.ndarray, scale: int = SCALE) -> np.ndarray:
+def area_downscale(frames: np.ndarray, scale: int) -> np.ndarray:
     """Mean over scale x scale blocks (cv2.INTER_AREA for an integer factor), rounded back to uint8."""
     check_frames(frames)
     t, h, w, c = frames.shape
     if h % scale or w % scale:
-        raise ValueError(f"frame size {w}x{h} is not divisible by the scale {scale}")
+        raise ValueError(f"scale: x{scale} does not divide the frame size {w}x{h}")
     blocks = frames.reshape(t, h // scale, scale, w // scale, scale, c).astype(np.float32)
     return np.round(blocks.mean(axis=(2, 4))).astype(np.uint8)
 
@@ -84,8 +94,9 @@ def decode(data: bytes | str | Path, *, max_frames: int | None = None,
     return np.stack(frames)
 
 
-def degrade(frames: np.ndarray, fps: float, crf: int, scale: int = SCALE) -> tuple[bytes, np.ndarray]:
+def degrade(frames: np.ndarray, fps: float, crf: int, scale: int) -> tuple[bytes, np.ndarray]:
     """The streamed bitstream and the low-res frames a client decodes from it."""
+    check_scale(frames.shape[2], frames.shape[1], scale)
     data = encode(area_downscale(frames, scale), fps, crf=crf)
     return data, decode(data)
 

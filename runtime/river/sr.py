@@ -1,4 +1,4 @@
-"""A small EDSR-style x2 super-resolution CNN, and the quality metrics River's gate and benchmark use.
+"""A small EDSR-style super-resolution CNN, and the quality metrics River's gate and benchmark use.
 
 EDSR's body (residual blocks without batch norm, residual scaling, pixel-shuffle upsampling) at mobile size, with
 one change: the network predicts a residual over bicubic upsampling. A fresh or barely fine-tuned model then starts
@@ -15,18 +15,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.river.degrade import SCALE
-
 
 @dataclass(frozen=True)
 class SRConfig:
+    """The model's shape and its scale factor (the stream's low-res frames are the ground truth's / `scale`).
+
+    Defaults from bench.river_headroom (bench/results/river_headroom.md): x2, because at the same CRF x4 loses
+    ~5.7 dB (29.6 vs 35.4 dB with the segment's own fine-tune) and content gains no more there (+0.15 vs +0.30 dB
+    over the game's generic model); 4 blocks x 16 channels, because 8 x 32 adds only +0.48 dB to the generic model
+    and +0.16 dB to the fine-tune's gain for ~8x the client's work per frame (774 vs 98 ms per 720p frame in
+    torch on this CPU), far past what a client can run in real time."""
+
     blocks: int = 4
     channels: int = 16
     res_scale: float = 0.1
+    scale: int = 2
 
     def __post_init__(self) -> None:
         if self.blocks < 1 or self.channels < 4:
-            raise ValueError(f"SRConfig needs blocks >= 1 and channels >= 4, got {self.blocks}, {self.channels}")
+            raise ValueError(f"SRConfig: blocks must be >= 1 and channels >= 4, got blocks={self.blocks}, "
+                             f"channels={self.channels} (a smaller model cannot learn anything)")
+        if not isinstance(self.scale, int) or not 2 <= self.scale <= 8:
+            raise ValueError(f"SRConfig: scale must be an integer in 2..8, got {self.scale!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -43,7 +53,7 @@ class _Block(nn.Module):
 
 
 class EDSR(nn.Module):
-    """Input and output are float RGB in [0, 1], (N, 3, H, W) -> (N, 3, 2H, 2W)."""
+    """Input and output are float RGB in [0, 1], (N, 3, H, W) -> (N, 3, scale H, scale W)."""
 
     def __init__(self, cfg: SRConfig = SRConfig()):
         super().__init__()
@@ -51,12 +61,12 @@ class EDSR(nn.Module):
         c = cfg.channels
         self.head = nn.Conv2d(3, c, 3, padding=1)
         self.body = nn.Sequential(*[_Block(c, cfg.res_scale) for _ in range(cfg.blocks)], nn.Conv2d(c, c, 3, padding=1))
-        self.tail = nn.Sequential(nn.Conv2d(c, 3 * SCALE * SCALE, 3, padding=1), nn.PixelShuffle(SCALE))
+        self.tail = nn.Sequential(nn.Conv2d(c, 3 * cfg.scale**2, 3, padding=1), nn.PixelShuffle(cfg.scale))
         nn.init.zeros_(self.tail[0].weight)  # start exactly at bicubic
         nn.init.zeros_(self.tail[0].bias)
 
     def forward(self, x):
-        base = F.interpolate(x, scale_factor=SCALE, mode="bicubic", align_corners=False)
+        base = bicubic(x, self.cfg.scale)
         h = self.head(x)
         return base + self.tail(h + self.body(h))
 
@@ -70,14 +80,21 @@ def to_frames(x: torch.Tensor) -> np.ndarray:
     return x.clamp(0, 1).mul(255.0).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
+def bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+
+
 @torch.inference_mode()
-def upscale(model: nn.Module | None, lr: np.ndarray, batch: int = 4) -> np.ndarray:
-    """SR frames (uint8) for low-res frames; model None = bicubic."""
+def upscale(model: EDSR | None, lr: np.ndarray, scale: int | None = None, batch: int = 4) -> np.ndarray:
+    """SR frames (uint8) for low-res frames; model None = bicubic by `scale` (a model knows its own)."""
+    if model is None and scale is None:
+        raise ValueError("upscale: bicubic needs the scale factor")
+    if model is not None and scale not in (None, model.cfg.scale):
+        raise ValueError(f"upscale: the model is x{model.cfg.scale}, asked for x{scale}")
     out = []
     for i in range(0, len(lr), batch):
         x = to_tensor(lr[i:i + batch])
-        y = F.interpolate(x, scale_factor=SCALE, mode="bicubic", align_corners=False) if model is None else model(x)
-        out.append(to_frames(y))
+        out.append(to_frames(bicubic(x, scale) if model is None else model(x)))
     return np.concatenate(out)
 
 
@@ -87,8 +104,9 @@ def _luma(frames: np.ndarray) -> np.ndarray:
     return 16.0 + (65.481 * f[..., 0] + 128.553 * f[..., 1] + 24.966 * f[..., 2]) / 255.0
 
 
-def psnr_y(sr: np.ndarray, hr: np.ndarray, crop: int = SCALE) -> float:
-    """PSNR on the Y channel with `crop` border pixels removed, over all frames' pixels (BasicSR's convention)."""
+def psnr_y(sr: np.ndarray, hr: np.ndarray, crop: int) -> float:
+    """PSNR on the Y channel with `crop` border pixels removed, over all frames' pixels (BasicSR's convention,
+    which crops the scale factor)."""
     if sr.shape != hr.shape:
         raise ValueError(f"shape mismatch: {sr.shape} vs {hr.shape}")
     a, b = _luma(sr), _luma(hr)
@@ -98,7 +116,7 @@ def psnr_y(sr: np.ndarray, hr: np.ndarray, crop: int = SCALE) -> float:
     return float("inf") if mse == 0 else 10.0 * np.log10(255.0**2 / mse)
 
 
-def ssim_y(sr: np.ndarray, hr: np.ndarray, crop: int = SCALE) -> float:
+def ssim_y(sr: np.ndarray, hr: np.ndarray, crop: int) -> float:
     """Mean SSIM on the Y channel (Gaussian window 11, sigma 1.5, as in Wang et al.), averaged over frames."""
     if sr.shape != hr.shape:
         raise ValueError(f"shape mismatch: {sr.shape} vs {hr.shape}")

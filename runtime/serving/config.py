@@ -38,8 +38,8 @@ class RiverSettings(BaseModel):
     generic: str  # a cached generic SR model (`generic-*.safetensors` written by runtime.river.train.generic_model)
     store_dir: str = str(REPO / "build" / "river" / "store")
     max_finetunes: int = Field(default=2, ge=1)  # fine-tunes running at once (Ray tasks)
-    target_gain_db: float = 2.5  # runtime.river.online.GateConfig
-    finetune_steps: int = Field(default=300, ge=1)
+    target_gain_db: float | None = None  # the quality gate's target (None: runtime.river.online.GateConfig's)
+    finetune_steps: int | None = Field(default=None, ge=1)  # None: runtime.river.train.TrainConfig's
     width: int = Field(default=640, ge=16)  # the low-res stream's frame size
     height: int = Field(default=360, ge=16)
     max_upload_mb: float = Field(default=64.0, gt=0)  # a request body, enforced while it is read
@@ -48,8 +48,17 @@ class RiverSettings(BaseModel):
 
     @model_validator(mode="after")
     def _generic(self) -> RiverSettings:
+        from runtime.river.train import generic_config
+
         if not Path(self.generic).exists():
             raise ValueError(f"generic: no generic SR model at {self.generic!r}")
+        try:
+            generic_config(self.generic)  # its scale factor sizes the ground truth the endpoints accept
+        except (FileNotFoundError, ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"generic: not a generic SR model ({e})") from None
+        if self.width % 2 or self.height % 2:
+            raise ValueError(f"width, height: the low-res stream must have even sides (4:2:0 video), got "
+                             f"{self.width}x{self.height}")
         return self
 
 

@@ -49,21 +49,28 @@ def test_real_engine_verdicts(tmp_path):
     assert targets.main([str(path), str(notools)]) == 0
 
 
-def _method(psnr, train_s, prefetch=None):
-    return {"psnr_db": psnr, "ssim": 0.9, "finetunes": 1, "train_s": train_s, "lookup_ms_p50": None,
-            "prefetch_hit_top3": prefetch}
-
-
 def test_river_verdicts(tmp_path):
+    from bench.river import summarize
+
+    def run(seed, river_psnr):
+        psnr = {"bicubic": 33.0, "generic_other": 34.0, "generic_game": 35.0, "per_video": 35.5, "online": 35.2,
+                "per_segment": 35.6, "river": river_psnr}
+        train = {"per_segment": 100.0, "river": 40.0, "online": 50.0, "per_video": 10.0}
+        return {"seed": seed, "prefetch_hit_top3": 0.85, "lookup_ms_p50": 2.0, "methods": {
+            m: {"psnr": [p, p], "ssim": [0.9, 0.9], "train_s": train.get(m, 0.0), "finetunes": 1}
+            for m, p in psnr.items()}}
+
     river = tmp_path / "river.json"
-    river.write_text(json.dumps({"meta": {"command": "cmd"}, "methods": {
-        "bicubic": _method(33.0, 0), "generic": _method(35.0, 0), "per_video": _method(36.0, 10),
-        "per_segment": _method(37.0, 100.0), "river": _method(36.9, 40.0, 0.85)}}))
+    runs = [run(0, 35.95), run(1, 35.65)]
+    river.write_text(json.dumps({"meta": {"command": "cmd"}, **summarize(runs), "runs": runs}))
     lines, misses = targets.check_river(river)
-    assert lines == ["PASS river training 40.0 s = 0.40x per_segment (target <= 0.5)",
-                     "PASS river PSNR 36.90 dB = generic +1.90 dB (target >= +1.81)",
-                     "PASS river PSNR = per_segment -0.10 dB (target within 0.3 dB)",
-                     "PASS prefetch top-3 hit 0.85 (target >= 0.8)"]
+    assert lines[0] == "MISS river >= generic_other +1.81 dB: measured 1.80 +- 0.15 dB"
+    assert lines[1] == "MISS river >= generic_game +1.00 dB: measured 0.80 +- 0.15 dB"
+    assert lines[2] == "MISS river >= online +0.50 dB: measured 0.60 +- 0.15 dB"  # a win inside the spread
+    assert lines[3] == "PASS river >= per_segment -0.30 dB: measured 0.20 +- 0.15 dB"
+    assert lines[4] == "PASS river training s <= 0.5 x per_segment: measured 0.40 +- 0.00"
+    assert lines[5] == "PASS prefetch top-3 hit >= 0.8: measured 0.85 +- 0.00"
+    assert misses[0].startswith("river: river >= generic_other")
     lookup = tmp_path / "river_lookup.json"
     lookup.write_text(json.dumps({"meta": {"command": "cmd"}, "cost": {
         "10": {"models": 10, "ms_per_frame_p50": 2.0}, "1000": {"models": 1000, "ms_per_frame_p50": 6.0}}}))

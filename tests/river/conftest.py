@@ -9,9 +9,20 @@ SMALL = GameplayConfig(wad="freedoom2", maps=("MAP01", "MAP02"), segments_per_ma
 
 @pytest.fixture(scope="session")
 def dataset(tmp_path_factory):
-    return build_dataset(SMALL, crf=28, root=tmp_path_factory.mktemp("river"), progress=False)
+    return build_dataset(SMALL, scale=2, crf=28, root=tmp_path_factory.mktemp("river"), progress=False)
 
 
 @pytest.fixture(scope="session")
 def pairs(dataset):
     return load_pairs(dataset)
+
+
+@pytest.fixture(scope="session")
+def dataset_x4(dataset):
+    """The same recording streamed at x4 (recorded once)."""
+    return build_dataset(SMALL, scale=4, crf=28, root=dataset.parents[1], progress=False)
+
+
+@pytest.fixture(scope="session")
+def pairs_x4(dataset_x4):
+    return load_pairs(dataset_x4)

@@ -34,14 +34,14 @@ def test_kmeans_keys(features):
 
 def _state(seed):
     torch.manual_seed(seed)
-    return EDSR(SRConfig(blocks=1, channels=4)).state_dict()
+    return EDSR(SRConfig(blocks=1, channels=4, scale=2)).state_dict()
 
 
 def test_store_round_trip_reload_and_corruption(features, tmp_path):
     store = ModelStore(tmp_path)
     ids = {}
     for seed, (sid, f) in enumerate(features.items()):
-        ids[sid] = store.add(_state(seed), SRConfig(blocks=1, channels=4), kmeans_keys(f, k=4),
+        ids[sid] = store.add(_state(seed), SRConfig(blocks=1, channels=4, scale=2), kmeans_keys(f, k=4),
                              source_segments=[sid], psnr_gain_db=0.5 + seed, train_s=1.0)
     assert sorted(ids.values()) == [1, 2, 3, 4]
     queries = np.concatenate(list(features.values()))
@@ -69,7 +69,7 @@ def test_store_round_trip_reload_and_corruption(features, tmp_path):
     assert damaged.weights(4)  # the rest keeps serving
 
     reopened.remove(4)
-    assert reopened.add(_state(9), SRConfig(blocks=1, channels=4), kmeans_keys(queries[:10], k=2),
+    assert reopened.add(_state(9), SRConfig(blocks=1, channels=4, scale=2), kmeans_keys(queries[:10], k=2),
                         source_segments=["x"], psnr_gain_db=0.1, train_s=0.1) == 5  # ids are never reused
     with pytest.raises(CorruptModelError, match="model 2"):
         reopened.weight_bytes(2)
@@ -106,12 +106,12 @@ def test_lookup_finds_the_model_of_near_duplicate_content(pairs, tmp_path):
         mask.update(p.lr)
     overlay = mask.positions()
     store = ModelStore(tmp_path)
-    ids = {p.segment_id: store.add(_state(0), SRConfig(blocks=1, channels=4),
+    ids = {p.segment_id: store.add(_state(0), SRConfig(blocks=1, channels=4, scale=2),
                                    kmeans_keys(lookup(store, p.lr, overlay).features),
                                    source_segments=[p.segment_id], psnr_gain_db=0.0, train_s=0.0) for p in pairs}
     for crf in (23, 36):
         for p in pairs:
-            _, again = degrade(p.hr, fps=8.75, crf=crf)
+            _, again = degrade(p.hr, fps=8.75, crf=crf, scale=2)
             assert not np.array_equal(again, p.lr)
             found = lookup(store, again, overlay)
             assert found.model_id == ids[p.segment_id], (crf, p.segment_id, found.model_id)
@@ -135,3 +135,22 @@ def test_bad_frames_get_clear_errors(tmp_path):
         patch_features(good, exclude=np.zeros(3, bool))
     with pytest.raises(ValueError, match="odd"):
         encode(np.zeros((1, 15, 16, 3), np.uint8), 10, crf=23)
+
+
+def test_x4_models_round_trip_and_one_store_serves_one_scale(features, tmp_path):
+    from runtime.river.online import LocalTrainer, OnlineRiver
+    from runtime.river.train import TrainResult, model_from_state
+
+    x4 = SRConfig(blocks=1, channels=4, scale=4)
+    torch.manual_seed(0)
+    state = EDSR(x4).state_dict()
+    store = ModelStore(tmp_path)
+    keys = kmeans_keys(next(iter(features.values())), k=4)
+    model_id = store.add(state, x4, keys, source_segments=["a"], psnr_gain_db=0.2, train_s=1.0)
+    reopened = ModelStore(tmp_path)
+    assert reopened.info(model_id).sr == x4
+    model = model_from_state(reopened.weights(model_id), reopened.info(model_id).sr)
+    assert model(torch.zeros(1, 3, 180, 320)).shape == (1, 3, 720, 1280)
+    x2 = SRConfig(blocks=1, channels=4, scale=2)
+    with pytest.raises(ValueError, match="holds x4 models and the generic model is x2"):
+        OnlineRiver(reopened, TrainResult(EDSR(x2).state_dict(), x2, 0, 0.0, 0.0, 0), LocalTrainer())

@@ -12,7 +12,7 @@ from runtime.river.train import TrainConfig, generic_model
 
 
 def test_store_actor_trains_once_per_content_and_survives_a_restart(pairs, tmp_path):
-    sr = SRConfig(blocks=1, channels=4)
+    sr = SRConfig(blocks=1, channels=4, scale=2)
     generic_model(lambda: [(p.lr[:2], p.hr[:2]) for p in pairs[:1]], {"test": 1}, sr, TrainConfig(steps=2, batch=2),
                   tmp_path / "generic", progress=False)
     generic = str(next((tmp_path / "generic").glob("generic-*.safetensors")))

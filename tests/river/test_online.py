@@ -9,7 +9,7 @@ from runtime.river.train import TrainConfig, TrainResult
 
 
 def test_miss_finetune_then_reuse(pairs, tmp_path):
-    sr = SRConfig()
+    sr = SRConfig(scale=2)
     generic = TrainResult(EDSR(sr).state_dict(), sr, 0, 0.0, 0.0, 0)  # untrained: exactly bicubic, gain 0
     trainer = LocalTrainer()
     river = OnlineRiver(ModelStore(tmp_path), generic, trainer, gate=GateConfig(target_gain_db=0.2),
@@ -37,3 +37,28 @@ def test_miss_finetune_then_reuse(pairs, tmp_path):
         trainer.shutdown()
     with pytest.raises(ValueError, match="sample_frames"):
         GateConfig(sample_frames=0)
+
+
+def test_gate_does_not_retrain_content_it_already_tried(pairs, tmp_path):
+    """A target no model reaches: the segment's own model is trained once, then reused, not trained again."""
+    sr = SRConfig(scale=2)
+    generic = TrainResult(EDSR(sr).state_dict(), sr, 0, 0.0, 0.0, 0)
+    trainer = LocalTrainer()
+    gate = GateConfig(target_gain_db=50.0, tried_margin_db=0.1)
+    river = OnlineRiver(ModelStore(tmp_path), generic, trainer, gate=gate, finetune=TrainConfig(steps=100, batch=8))
+    seg, other = pairs[0], pairs[3]
+    try:
+        assert river.process(seg.segment_id, seg.lr, seg.hr, game="freedoom2").finetune_scheduled
+        assert river.collect(wait=True) == [1]
+        recorded = river.store.info(1).psnr_gain_db
+        again = river.process(seg.segment_id, seg.lr, seg.hr, game="freedoom2")
+        assert (again.voted_id, again.model_id) == (1, 1) and again.gain_db < 50
+        assert again.gain_db == pytest.approx(recorded) and not again.finetune_scheduled  # tried: out of reach
+        elsewhere = river.process(other.segment_id, other.lr, other.hr, game="freedoom2")
+        # another map: trained again only where model 1 does worse than on its own content
+        assert elsewhere.finetune_scheduled == (elsewhere.voted_id != 1 or elsewhere.gain_db < recorded - 0.1)
+        assert set(river.overlays) == {"freedoom2"}  # one overlay mask per game
+    finally:
+        trainer.shutdown()
+    with pytest.raises(ValueError, match="tried_margin_db"):
+        GateConfig(tried_margin_db=-1)

@@ -35,10 +35,17 @@ def png(frame: np.ndarray) -> bytes:
 
 
 @pytest.fixture(scope="module")
+def pairs(pairs_x4):
+    """This service streams at x4 (the other River tests at x2): the endpoints take the scale from the model."""
+    return pairs_x4
+
+
+@pytest.fixture(scope="module")
 def river(tiny_model, pairs, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("river-http")
-    generic_model(lambda: [(p.lr[:2], p.hr[:2]) for p in pairs[:1]], {"test": "http"}, SRConfig(blocks=1, channels=4),
-                  TrainConfig(steps=2, batch=2), tmp / "generic", progress=False)
+    generic_model(lambda: [(p.lr[:2], p.hr[:2]) for p in pairs[:1]], {"test": "http"},
+                  SRConfig(blocks=1, channels=4, scale=4), TrainConfig(steps=2, batch=2), tmp / "generic",
+                  progress=False)
     h, w = pairs[0].lr.shape[1:3]
     settings = ServeSettings(model=str(tiny_model), engine={"max_model_len": 512, "host_swap_blocks": 0},
                              river={"generic": str(next((tmp / "generic").glob("generic-*.safetensors"))),
@@ -81,7 +88,7 @@ def test_post_lookup_fetch_with_etag_prefetch_and_enhance(river, pairs):
                     files=[("frames", ("f.png", png(lr), "image/png"))], timeout=60)
     assert sr.status_code == 200 and sr.headers["content-type"] == "image/png"
     out = np.asarray(Image.open(io.BytesIO(sr.content)))
-    assert out.shape == (lr.shape[0] * 2, lr.shape[1] * 2, 3)
+    assert out.shape == (lr.shape[0] * 4, lr.shape[1] * 4, 3) == (720, 1280, 3)
     stats = httpx.get(f"{river}/river/v1/stats", timeout=30).json()
     # the gate's target (50 dB) is out of reach, so the second post scheduled another fine-tune of that content
     assert stats["models"] >= 1 and stats["finetunes"]["done"] >= 1 and stats["lookups"]["hit"] >= 1
@@ -295,3 +302,16 @@ def test_every_route_fuzzed_from_the_apps_own_schema(river):
     structured = {"POST /v1/chat/completions", "POST /river/v1/segments", "GET /river/v1/models/{model_id}",
                   "GET /river/v1/prefetch", "POST /river/v1/enhance"}
     assert structured <= set(statuses) and not structured & set(unbreakable), unbreakable
+
+
+def test_river_settings_name_the_bad_field(tmp_path):
+    (tmp_path / "generic-x.safetensors").write_bytes(b"")
+    (tmp_path / "generic-x.json").write_text('{"recipe": {"sr": {"blocks": 4, "scale": 3.5}}}')
+    for river, field in (({"generic": str(tmp_path / "missing.safetensors")}, "generic: no generic SR model"),
+                         ({"generic": str(tmp_path / "generic-x.safetensors")}, "generic: not a generic SR model"),
+                         ({"generic": str(tmp_path / "generic-x.safetensors"), "width": 641}, "generic")):
+        with pytest.raises(ValueError, match=field):
+            ServeSettings(river=river)
+    (tmp_path / "generic-x.json").write_text('{"recipe": {"sr": {"blocks": 4, "scale": 4}}}')
+    with pytest.raises(ValueError, match="width, height: the low-res stream must have even sides"):
+        ServeSettings(river={"generic": str(tmp_path / "generic-x.safetensors"), "width": 641})

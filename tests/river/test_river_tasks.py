@@ -8,7 +8,7 @@ from runtime.river.train import TrainConfig
 
 
 def test_two_finetunes_run_as_ray_tasks(pairs):
-    sr = SRConfig(blocks=1, channels=4)
+    sr = SRConfig(blocks=1, channels=4, scale=2)
     base = EDSR(sr).state_dict()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
@@ -21,7 +21,7 @@ def test_two_finetunes_run_as_ray_tasks(pairs):
 
 
 def test_ray_trainer_runs_at_most_max_running_and_finishes_all(pairs):
-    sr = SRConfig(blocks=1, channels=4)
+    sr = SRConfig(blocks=1, channels=4, scale=2)
     base = EDSR(sr).state_dict()
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
