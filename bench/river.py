@@ -62,6 +62,24 @@ def generic_other(sr: SRConfig, crf: int, cfg: TrainConfig, cache: Path) -> Trai
                          cache, progress=False)
 
 
+def gameplay_configs(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`args.eval_cfg` (the evaluated maps, `--segments` split evenly over them) and `args.train_cfg` (the
+    generic game model's maps, never evaluated), from the arguments River's benchmarks share; errors via `p`."""
+    maps = [m for m in args.maps.split(",") if m]
+    train_maps = [m for m in (args.train_maps or TRAIN_MAPS.get(args.wad, "")).split(",") if m]
+    overlap = set(maps) & set(train_maps)
+    if overlap:
+        p.error(f"--train-maps must not include evaluated maps, both have {sorted(overlap)}")
+    if args.segments < 1 or not maps:
+        p.error("--segments must be >= 1 and --maps must name a map")
+    try:
+        args.eval_cfg = GameplayConfig(args.wad, tuple(maps), math.ceil(args.segments / len(maps)), args.segment_s,
+                                       args.fps, seed=0)
+        args.train_cfg = GameplayConfig(args.wad, tuple(train_maps), 2, args.segment_s, args.fps, seed=100)
+    except ValueError as e:
+        p.error(str(e))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sr, ft = SRConfig(), TrainConfig()
     p = argparse.ArgumentParser(prog="python -m bench.river", description=__doc__,
@@ -89,13 +107,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.segments, args.segment_s, args.steps, args.generic_steps, args.seeds = 4, 1.0, 30, 30, "0"
         args.model = "2x8"
     args.video_steps = args.video_steps or 8 * args.steps
-    args.map_list = [m for m in args.maps.split(",") if m]
-    args.train_list = [m for m in (args.train_maps or TRAIN_MAPS.get(args.wad, "")).split(",") if m]
-    overlap = set(args.map_list) & set(args.train_list)
-    if overlap:
-        p.error(f"--train-maps must not include evaluated maps, both have {sorted(overlap)}")
-    if args.segments < 1 or args.eval_every < 1 or args.steps < 1 or args.online_window < 1:
-        p.error("--segments, --eval-every, --steps and --online-window must be >= 1")
+    gameplay_configs(p, args)
+    if args.eval_every < 1 or args.steps < 1 or args.online_window < 1:
+        p.error("--eval-every, --steps and --online-window must be >= 1")
     try:
         args.seed_list = [int(s) for s in args.seeds.split(",") if s]
         blocks, channels = (int(v) for v in args.model.split("x"))
@@ -106,9 +120,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     try:
         args.sr = SRConfig(blocks=blocks, channels=channels, scale=args.scale)
         check_scale(WIDTH, HEIGHT, args.scale)
-        args.eval_cfg = GameplayConfig(args.wad, tuple(args.map_list), math.ceil(args.segments / len(args.map_list)),
-                                       args.segment_s, args.fps, seed=0)
-        args.train_cfg = GameplayConfig(args.wad, tuple(args.train_list), 2, args.segment_s, args.fps, seed=100)
         args.finetune = TrainConfig(steps=args.steps)
     except ValueError as e:
         p.error(str(e))

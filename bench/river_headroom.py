@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -29,10 +28,10 @@ import torch
 from tqdm import tqdm
 
 from bench.output import command_line, save_figure, write_results
-from bench.river import TRAIN_MAPS, generic_game, generic_other
+from bench.river import gameplay_configs, generic_game, generic_other
 from runtime.river.dataset import build_dataset, load_pairs
 from runtime.river.degrade import check_scale
-from runtime.river.gameplay import HEIGHT, WIDTH, GameplayConfig
+from runtime.river.gameplay import HEIGHT, WIDTH
 from runtime.river.sr import EDSR, SRConfig, psnr_y, upscale
 from runtime.river.train import TrainConfig, model_from_state, train
 
@@ -97,14 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--scales, --crfs and --cosine-budgets take integers, --models and --base blocks x channels")
     if args.segments < 1 or args.steps < 1 or args.every < 1 or args.eval_every < 1:
         p.error("--segments, --steps, --every and --eval-every must be >= 1")
-    maps = [m for m in args.maps.split(",") if m]
-    train_maps = [m for m in (args.train_maps or TRAIN_MAPS.get(args.wad, "")).split(",") if m]
-    if set(maps) & set(train_maps):
-        p.error(f"--train-maps must not include evaluated maps, both have {sorted(set(maps) & set(train_maps))}")
+    gameplay_configs(p, args)
     try:
-        args.eval_cfg = GameplayConfig(args.wad, tuple(maps), math.ceil(args.segments / len(maps)), args.segment_s,
-                                       args.fps, seed=0)
-        args.train_cfg = GameplayConfig(args.wad, tuple(train_maps), 2, args.segment_s, args.fps, seed=100)
         args.settings = settings(args)
     except ValueError as e:
         p.error(str(e))
