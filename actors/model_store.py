@@ -1,7 +1,8 @@
 """`ModelStoreActor`: River's model store as one named actor, the store directory's single writer.
 
-It runs the online path (`runtime.river.online.OnlineRiver`: lookup, quality gate, fine-tune on a miss) with
-fine-tunes as Ray tasks, at most `max_finetunes` at a time (`RayTrainer`); a fine-tune for content already being
+It runs the online path (`runtime.river.online.OnlineRiver`: lookup, quality gate, fine-tune on a miss) with the
+gate's checks and the fine-tunes as Ray tasks (`RayGate`, `RayTrainer`, at most `max_finetunes` fine-tunes at a
+time), so a segment's call does only the lookup; a fine-tune for content already being
 trained is not started twice (the online path's same-content check). Actor calls run one at a time, so every
 reader sees a consistent store. The store is files (Parquet metadata + safetensors weights, written by atomic
 renames): a restarted actor (Ray `max_restarts`) reloads every model. Fine-tunes still running when the actor
@@ -17,7 +18,7 @@ import numpy as np
 import ray
 from safetensors.torch import save
 
-from actors.river_tasks import RayTrainer
+from actors.river_tasks import RayGate, RayTrainer
 from runtime.river.online import GENERIC, GateConfig, OnlineRiver
 from runtime.river.prefetch import PrefetchTracker
 from runtime.river.store import ModelStore
@@ -29,11 +30,11 @@ STORE_NAME = "agentriver-model-store"
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class ModelStoreActor:
     def __init__(self, root: str, generic_path: str, max_finetunes: int = 2, gate: dict | None = None,
-                 finetune: dict | None = None, finetune_cpus: float = 1.0):
+                 finetune: dict | None = None, finetune_cpus: float = 1.0, gate_cpus: float = 0.0):
         self.store = ModelStore(root)
         self.trainer = RayTrainer(max_finetunes, num_cpus=finetune_cpus)
         self.river = OnlineRiver(self.store, load_generic(generic_path), self.trainer, gate=GateConfig(**(gate or {})),
-                                 finetune=TrainConfig(**(finetune or {})))
+                                 finetune=TrainConfig(**(finetune or {})), checks=RayGate(gate_cpus))
         self.prefetch = PrefetchTracker()
         self._generic_bytes: bytes | None = None
         self.lookups = {"hit": 0, "miss": 0}
@@ -52,6 +53,7 @@ class ModelStoreActor:
         return self.river.collect(wait)
 
     def ids(self) -> list[int]:
+        self.river.collect()
         return self.store.ids()
 
     def weights(self, model_id: int) -> tuple[bytes, str]:
@@ -73,6 +75,9 @@ class ModelStoreActor:
         return self.prefetch.next_models(session)
 
     def stats(self) -> dict:
+        """Finished checks and fine-tunes are applied first (they are otherwise applied when a segment arrives)."""
+        self.river.collect()
         return {"models": len(self.store), "problems": dict(self.store.problems), "lookups": dict(self.lookups),
                 "finetunes": {**self.trainer.counts(), "pending_in_store": len(self.river.pending)},
+                "gate": {**self.river.counts, "in_flight": len(self.river.checking)},
                 "prefetch_hit_rate": self.prefetch.hit_rate}

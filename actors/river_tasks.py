@@ -1,5 +1,6 @@
-"""River fine-tunes as Ray tasks: `runtime.river.train.finetune` on whatever node has room (a GPU when the
-cluster has one). The library function has no Ray import; this is the only place that knows about Ray."""
+"""River's work off the request path as Ray tasks: fine-tunes (`runtime.river.train.finetune`, on whatever node
+has room, a GPU when the cluster has one) and the quality gate's checks. The library functions have no Ray
+import; this is the only place that knows about Ray."""
 
 from __future__ import annotations
 
@@ -25,6 +26,22 @@ def submit_finetune(base: dict[str, torch.Tensor], sr: SRConfig, pairs: Pairs, c
     if num_gpus is None:
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     return _finetune_task.options(num_cpus=num_cpus, num_gpus=num_gpus).remote(base, sr, pairs, cfg)
+
+
+@ray.remote
+def _call(fn, *args):
+    return fn(*args)
+
+
+class RayGate:
+    """The quality gate's checks as Ray tasks of `num_cpus` each (`runtime.river.online.GateRunner`); how many run
+    at once is bounded by the caller (`GateConfig.max_checks`)."""
+
+    def __init__(self, num_cpus: float = 0):
+        self.num_cpus = num_cpus
+
+    def submit(self, fn, /, *args) -> Future:
+        return _call.options(num_cpus=self.num_cpus).remote(fn, *args).future()
 
 
 class RayTrainer:

@@ -1,4 +1,4 @@
-"""`agentriver` / `python -m agentriver`: traces, single simulations, benchmarks, local models."""
+"""`agentriver` / `python -m agentriver`: traces, single simulations, benchmarks, local models, River's player."""
 
 from __future__ import annotations
 
@@ -61,6 +61,47 @@ def _bench_sim(rest: list[str]) -> int:
     return jct_sim.main(rest)
 
 
+def _river_play(args: argparse.Namespace) -> int:
+    """Play a stream with SR, models from the service (`--server`) or a store directory (`--store`)."""
+    import json
+    import os
+
+    from tqdm import tqdm
+
+    from runtime.river.client import HttpModels, Player, StoreModels, VideoWriter, read_stream
+    from runtime.river.enhance import Enhancer
+    from runtime.river.store import ModelStore
+    from runtime.river.train import load_generic
+
+    segments = read_stream(args.stream, args.model_id)
+    if args.server:
+        source = HttpModels(args.server, os.environ.get("AGENTRIVER_API_KEY"))
+    elif args.store and args.generic:
+        generic = load_generic(args.generic)
+        source = StoreModels(ModelStore(args.store), (generic.state, generic.sr))
+    else:
+        raise ValueError("--server, or --store with --generic: where the SR models come from")
+    player = Player(source, Enhancer(args.runtime, args.threads), session=args.session)
+    writer = VideoWriter(args.out) if args.out else None
+    try:
+        with tqdm(total=len(segments), desc="segments", unit="seg", file=sys.stderr) as bar:
+            report = player.play(segments, writer, on_segment=lambda s: bar.update(1))
+    finally:
+        if writer is not None:
+            writer.close()
+    summary = report.summary()
+    print(f"{summary['frames']} frames, {summary['segments']} segments, runtime {summary['runtime']}: "
+          f"{summary['fps']:.1f} frames/s; per frame decode {summary['decode_ms_p50']:.1f} ms + SR "
+          f"{summary['sr_ms_p50']:.1f} ms (p50), total p99 {summary['frame_ms_p99']:.1f} ms; stalls "
+          f"{summary['stalls']}" + ("" if summary["psnr_db"] != summary["psnr_db"] else
+                                   f"; PSNR-Y {summary['psnr_db']:.2f} dB"))
+    for problem in summary["refused"]:
+        print(f"refused: {problem}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report.to_dict(), indent=1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="agentriver", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -91,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     m.add_argument("--force", action="store_true", help="rebuild even if an identical build exists")
     m.set_defaults(fn=_model)
+
+    r = sub.add_parser("river-play", help="River's player: decode a stream, super-resolve every frame, report fps")
+    r.add_argument("stream", help="a stream directory (manifest.json + H.264 segments) or one H.264 file")
+    r.add_argument("--server", help="the service's URL (models and prefetch from /river/v1)")
+    r.add_argument("--store", help="a River store directory (instead of --server)")
+    r.add_argument("--generic", help="the generic model's safetensors (with --store)")
+    r.add_argument("--session", help="the session to ask /river/v1/prefetch about")
+    r.add_argument("--model-id", type=int, default=0, help="the model for a single video file (default generic)")
+    r.add_argument("--runtime", default="compiled", choices=["fp32", "bf16", "compiled"])
+    r.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    r.add_argument("--out", help="write the enhanced video here (H.264)")
+    r.add_argument("--json", help="write the per-segment report here")
+    r.set_defaults(fn=_river_play)
 
     sub.add_parser("bench-sim", help="the simulated JCT benchmark (all flags of python -m bench.jct_sim)",
                    add_help=False)

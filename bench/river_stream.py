@@ -31,6 +31,7 @@ def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m bench.river_stream", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sessions", type=int, default=4)
+    p.add_argument("--wad", default="freedoom2")
     p.add_argument("--maps", default="MAP01,MAP02")
     p.add_argument("--segments", type=int, default=6, help="segments per session")
     p.add_argument("--segment-s", type=float, default=1.0)
@@ -69,13 +70,12 @@ class Client:
         self.models[model_id] = model_from_state(load(r.content), SRConfig(**json.loads(r.headers["x-sr-config"])))
         return len(r.content)
 
-    async def segment(self, pair, fps: float, prefetch_bytes: float) -> None:
+    async def segment(self, pair, video: bytes, prefetch_bytes: float) -> None:
+        """`video`: the segment's streamed H.264, which `pair.lr` is decoded from."""
         from deployments.river_api import encode_png
-        from runtime.river.degrade import encode
         from runtime.river.sr import psnr_y, upscale
 
         picks = (0, len(pair.lr) - 1)
-        video = encode(pair.lr, fps, crf=28)
         self.video_bytes += len(video)
         files = [("video", ("seg.mp4", video, "video/mp4"))]
         files += [("ground_truth", (f"{k}.png", encode_png(pair.hr[k]), "image/png")) for k in picks]
@@ -97,7 +97,7 @@ class Client:
         self.rows.append({"session": self.session, "segment": pair.segment_id, "status": status, "model": use,
                           "shown": shown, "stalled": stalled, "psnr_db": psnr, "server_ms": server_ms,
                           "lookup_ms": d.get("lookup_ms", float("nan")), "frames": len(pair.lr),
-                          "finetune_scheduled": d.get("finetune_scheduled", False)})
+                          "gate": d.get("gate", "")})
         if status == 200:
             p = await self.http.get("/river/v1/prefetch", params={"session": self.session, "k": 3})
             budget = prefetch_bytes
@@ -112,19 +112,20 @@ async def stream(url: str, sessions: list[tuple[str, str, list]], a) -> list[Cli
     import httpx
 
     async with httpx.AsyncClient(base_url=url, timeout=600) as http:
-        clients = [Client(http, name, "freedoom2") for name, _, _ in sessions]
+        clients = [Client(http, name, a.wad) for name, *_ in sessions]
         for c in clients:
             c.fetched_bytes += await c.fetch(0)
-        total = sum(len(p) for _, _, p in sessions)
+        total = sum(len(s[2]) for s in sessions)
         with tqdm(total=total, desc="segments", unit="seg", file=sys.stderr) as bar:
-            async def run(c: Client, pairs: list) -> None:
+            async def run(c: Client, pairs: list, videos: dict[str, bytes]) -> None:
                 start = time.monotonic()
                 for k, pair in enumerate(pairs):
                     await asyncio.sleep(max(0.0, k * a.segment_s - (time.monotonic() - start)))
-                    await c.segment(pair, 8.75, a.prefetch_kb * 1024)
+                    await c.segment(pair, videos[pair.segment_id], a.prefetch_kb * 1024)
                     bar.update(1)
 
-            await asyncio.gather(*(run(c, pairs) for c, (_, _, pairs) in zip(clients, sessions, strict=True)))
+            await asyncio.gather(*(run(c, pairs, videos) for c, (_, _, pairs, videos)
+                                   in zip(clients, sessions, strict=True)))
         stats = (await http.get("/river/v1/stats")).json()
     return clients, stats
 
@@ -161,7 +162,7 @@ def plot(data: dict, stem: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     from deployments.launch import river_settings, start, stop
-    from runtime.river.dataset import build_dataset, load_pairs
+    from runtime.river.dataset import build_dataset, load_pairs, load_streams
     from runtime.river.gameplay import GameplayConfig
     from runtime.river.train import generic_config
     from runtime.serving.config import ServeSettings
@@ -172,9 +173,10 @@ def main(argv: list[str] | None = None) -> int:
     sessions = []
     for i in range(a.sessions):
         game_map = a.map_list[i % len(a.map_list)]
-        cfg = GameplayConfig(wad="freedoom2", maps=(game_map,), segments_per_map=a.segments,
+        cfg = GameplayConfig(wad=a.wad, maps=(game_map,), segments_per_map=a.segments,
                              segment_s=a.segment_s, fps=8.75, seed=i)
-        sessions.append((f"player-{i}", game_map, load_pairs(build_dataset(cfg, scale=scale, root=root / "datasets"))))
+        index = build_dataset(cfg, scale=scale, root=root / "datasets")
+        sessions.append((f"player-{i}", game_map, load_pairs(index), load_streams(index)))
     settings = ServeSettings(river=river, **({"model": a.model} if a.model else {}))
     url = start(settings, a.port)
     try:
@@ -189,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                "http_4xx": sum(400 <= r["status"] < 500 for r in rows),
                "delivered_psnr_db": float(np.mean([r["psnr_db"] for r in rows])),
                "stalls": sum(c.stalls for c in clients),
-               "finetunes_scheduled": sum(r["finetune_scheduled"] for r in rows),
+               "gate_checks": stats["gate"]["checks"], "gate_checks_skipped": stats["gate"]["checks_skipped"],
                "finetunes_done": stats["finetunes"]["done"], "models_in_store": stats["models"],
                "server_ms_p50": float(np.percentile(server, 50)), "server_ms_p99": float(np.percentile(server, 99)),
                "lookup_ms_p99": float(np.percentile(lookup, 99)),

@@ -52,7 +52,8 @@ class AgentIngress(AgentRoutes, RiverRoutes):
                                                  get_if_exists=True).remote(
                 r.store_dir, r.generic, r.max_finetunes,
                 {} if r.target_gain_db is None else {"target_gain_db": r.target_gain_db},
-                {} if r.finetune_steps is None else {"steps": r.finetune_steps})
+                {} if r.finetune_steps is None else {"steps": r.finetune_steps}, finetune_cpus=r.finetune_cpus,
+                gate_cpus=r.gate_cpus)
         middleware.set_body_limits(limits)
         self._sr_models: OrderedDict[int, object] = OrderedDict()
         self._full: tuple[float, ApiError] | None = None  # (until, the 429) while shedding load

@@ -98,59 +98,82 @@ def river_settings(root: Path) -> dict:
 
 def river_demo(url: str, root: Path) -> None:
     """A game session streams four one-second segments of MAP01 through /river/v1 (H.264 + two ground-truth
-    frames each); the misses are fine-tuned as Ray tasks; a second player of the same map then finds those models.
+    frames each); each is answered from the lookup while the quality gate checks it as a Ray task; the misses are
+    fine-tuned as Ray tasks; a second player of the same map then finds those models.
     Finally it fetches the model it was told to use and asks what to prefetch."""
     import httpx
 
     from deployments.river_api import encode_png
-    from runtime.river.dataset import build_dataset, load_pairs
-    from runtime.river.degrade import encode
+    from runtime.river.dataset import build_dataset, load_pairs, load_streams
     from runtime.river.gameplay import GameplayConfig
     from runtime.river.online import GateConfig
     from runtime.river.sr import SRConfig
     from runtime.river.train import TrainConfig
 
     sr, ft, gate = SRConfig(), TrainConfig(), GateConfig()
-    pairs = load_pairs(build_dataset(GameplayConfig(**RIVER_STREAM), scale=SRConfig().scale, root=root / "datasets",
-                                     progress=False))
+    index = build_dataset(GameplayConfig(**RIVER_STREAM), scale=SRConfig().scale, root=root / "datasets",
+                          progress=False)
+    pairs, videos = load_pairs(index), load_streams(index)  # the frames, and the H.264 stream they decode from
     headers = {"Authorization": f"Bearer {os.environ['AGENTRIVER_API_KEY']}"} \
         if os.environ.get("AGENTRIVER_API_KEY") else {}
     print(f"\nRiver: {len(pairs)} segments of {RIVER_STREAM['maps'][0]} through POST /river/v1/segments")
     print(f"defaults (bench.river_headroom): x{sr.scale} SR, {sr.blocks} blocks x {sr.channels} channels; fine-tunes "
           f"of {ft.steps} steps ({ft.schedule} rate {ft.lr:g}); the gate fine-tunes below {gate.target_gain_db} dB "
           f"over the generic model (this demo trains {DEMO_GENERIC_STEPS} + {DEMO_FINETUNE_STEPS} steps to stay short)")
-    print(f"{'session':<9} {'segment':<22} {'model':>5} {'voted':>5} {'gain dB':>8} {'fine-tune':>9} "
+    print(f"{'session':<9} {'segment':<22} {'model':>5} {'voted':>5} {'gain dB':>8} {'gate':>7} "
           f"{'lookup ms':>9}")
     with httpx.Client(base_url=url, headers=headers, timeout=300) as c:
-        def stream(session: str) -> int:
-            used = 0
+        def stream(session: str) -> list[int]:
+            used = []
             for p in pairs:
                 picks = (0, len(p.lr) - 1)
-                files = [("video", ("seg.mp4", encode(p.lr, RIVER_STREAM["fps"], crf=28), "video/mp4"))]
+                files = [("video", ("seg.mp4", videos[p.segment_id], "video/mp4"))]
                 files += [("ground_truth", (f"{k}.png", encode_png(p.hr[k]), "image/png")) for k in picks]
                 r = c.post("/river/v1/segments", files=files, data={"session": session, "game": "freedoom2",
                                                                    "segment_id": p.segment_id,
                                                                    "gt_frames": ",".join(map(str, picks))})
                 r.raise_for_status()
                 d = r.json()
-                used = d["model_id"]
+                used.append(d["model_id"])
                 print(f"{session:<9} {p.segment_id:<22} {d['model_id']:>5} {d['voted_id']:>5} {d['gain_db']:>8.2f} "
-                      f"{str(d['finetune_scheduled']):>9} {d['lookup_ms']:>9.1f}")
+                      f"{d['gate']:>7} {d['lookup_ms']:>9.1f}")
             return used
 
         stream("player-1")
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            f = c.get("/river/v1/stats").json()["finetunes"]
-            if f["queued"] + f["running"] == 0:
+            stats = c.get("/river/v1/stats").json()  # the gate's checks, then the fine-tunes their misses scheduled
+            if stats["gate"]["in_flight"] + stats["finetunes"]["queued"] + stats["finetunes"]["running"] == 0:
                 break
             time.sleep(1)
         used = stream("player-2")
-        model = c.get(f"/river/v1/models/{used}")
-        print(f"GET /river/v1/models/{used}: {len(model.content)} bytes, ETag {model.headers['etag'][:18]}...\"")
+        model = c.get(f"/river/v1/models/{used[-1]}")
+        print(f"GET /river/v1/models/{used[-1]}: {len(model.content)} bytes, ETag {model.headers['etag'][:18]}...\"")
         print("GET /river/v1/prefetch?session=player-2:", c.get("/river/v1/prefetch",
                                                                params={"session": "player-2"}).json()["models"])
         print("GET /river/v1/stats:", json.dumps(c.get("/river/v1/stats").json()))
+    river_player(url, root, pairs, videos, used)
+
+
+def river_player(url: str, root: Path, pairs: list, videos: dict[str, bytes], models: list[int]) -> None:
+    """Player 2's stream played by River's player (`agentriver river-play`) with the models the service named."""
+    from runtime.river.client import HttpModels, Player, StreamSegment, write_stream
+    from runtime.river.enhance import Enhancer
+
+    picks = [0, len(pairs[0].lr) - 1]
+    segments = [StreamSegment(p.segment_id, videos[p.segment_id], m, p.hr[picks], picks)
+                for p, m in zip(pairs, models, strict=True)]
+    directory = write_stream(root / "stream-player-2", segments)
+    source = HttpModels(url, os.environ.get("AGENTRIVER_API_KEY"))
+    print(f"\nRiver's player: {directory} (the first frames compile the SR model, ~35 s, not timed)")
+    player = Player(source, Enhancer("compiled"), session="player-2")
+    player.play(segments[:1])  # warm-up
+    s = player.play(segments).summary()
+    source.close()
+    print(f"{s['frames']} frames at {pairs[0].hr.shape[2]}x{pairs[0].hr.shape[1]}: {s['fps']:.1f} frames/s "
+          f"({s['runtime']}), decode {s['decode_ms_p50']:.1f} + SR {s['sr_ms_p50']:.1f} ms per frame (p50), p99 "
+          f"{s['frame_ms_p99']:.1f} ms; stalls {s['stalls']}; PSNR-Y {s['psnr_db']:.2f} dB")
+    print(f"the same from a shell: .venv/bin/agentriver river-play {directory} --server {url} --session player-2")
 
 
 def report(results: list[AgentResult], metrics: str) -> None:

@@ -124,3 +124,9 @@ def load_pairs(index: str | os.PathLike, segment_ids: list[str] | None = None) -
         raise KeyError(f"segments not in {index}: {unknown[:5]}")
     return [Pair(s, rows[s]["map"], decode(base / rows[s]["hr_path"]), decode(base / rows[s]["lr_path"]),
                  rows[s]["lr_bytes"]) for s in wanted]
+
+
+def load_streams(index: str | os.PathLike) -> dict[str, bytes]:
+    """Each segment's streamed H.264 bytes, as a client receives them (`Pair.lr` is their decoded frames)."""
+    base = Path(index).parent
+    return {r["segment_id"]: (base / r["lr_path"]).read_bytes() for r in read_index(index).to_pylist()}

@@ -4,10 +4,14 @@ Per frame, every edge-rich patch outside the game's overlay (HUD; learned by `Ov
 its nearest key (one FAISS search for the whole segment); the frame votes
 for the model most of its patches found, and the segment uses the model most frames voted for (clients should
 not switch models within a segment). The game server has the 720p frames, so the quality gate measures the
-chosen model's PSNR gain over the generic model (which every client has) on a few sampled frames. Below the
-target, a fine-tune of this segment is submitted - unless one for the same content is already running, or the
-content was already tried (`GateConfig`) - and the segment is served right away with the better of the chosen
-and the generic model: a segment never waits for training. Finished fine-tunes are added to the store by
+chosen model's PSNR gain over the generic model (which every client has) on a few sampled frames. The gate is
+off the segment's path: it runs on a `GateRunner` (Ray tasks in the service, a bounded number at once; a check
+that finds them all busy is skipped), and the segment is answered from the lookup with the model's latest
+measured gain (the gain recorded when it was trained, until a check measures it again). A runner that checks at
+once (`InlineGate`, the offline benchmark's) makes the answer use this segment's own verdict. Below the target, a
+fine-tune of the segment is submitted - unless one for the same content is already running, the content was
+already tried (`GateConfig`), or the fine-tune queue is full - so a segment never waits for the gate or for
+training. Finished fine-tunes are added to the store by
 `collect()`, keyed by the K-means centroids of their segment's patch features. The overlay mask is learned per
 game: each game draws its own HUD, and streams of one game share it.
 """
@@ -72,6 +76,35 @@ def lookup(store: ModelStore, lr: np.ndarray, overlay: np.ndarray | None = None,
     return Lookup(int(values[best]), float(counts[best] / len(lr)), (time.perf_counter() - t0) * 1e3, features)
 
 
+class GateRunner(Protocol):
+    """Runs the gate's quality checks somewhere (`concurrent.futures.Executor.submit` has this shape)."""
+
+    def submit(self, fn, /, *args) -> Future: ...
+
+
+class InlineGate:
+    """Checks at once, inside the call: the verdict is known before the segment is answered. For an offline run,
+    where no player waits; a live service runs checks on workers instead."""
+
+    def submit(self, fn, /, *args) -> Future:
+        future: Future = Future()
+        try:
+            future.set_result(fn(*args))
+        except Exception as e:  # noqa: BLE001 - the future carries it, as an executor's would
+            future.set_exception(e)
+        return future
+
+
+def gate_check(generic: TrainResult, model: TrainResult | None, lr: np.ndarray, hr: np.ndarray) -> tuple[float, float]:
+    """PSNR-Y of the generic model and of `model` (nan when None) on sampled frames: the gate's measurement, a
+    pure function so that it can run on any worker."""
+    scale = generic.sr.scale
+    generic_db = psnr_y(upscale(model_from_state(generic.state, generic.sr), lr), hr, scale)
+    if model is None:
+        return generic_db, float("nan")
+    return generic_db, psnr_y(upscale(model_from_state(model.state, model.sr), lr), hr, scale)
+
+
 class LocalTrainer:
     """Fine-tunes on this machine, `workers` at a time (the cluster's trainer runs them as Ray tasks)."""
 
@@ -102,10 +135,18 @@ class GateConfig:
     sample_frames: int = 3
     keys_per_model: int = 16
     same_content: float = 0.9  # mean best similarity to a running fine-tune's keys that counts as "same content"
+    # Bounds on work off the segment's path: checks in flight (a segment arriving when all are busy is not
+    # checked) and fine-tunes queued or running (a miss beyond it is not trained now; the content misses again
+    # later and is trained then).
+    max_checks: int = 4
+    max_finetunes: int = 4
 
     def __post_init__(self) -> None:
         if self.sample_frames < 1 or self.keys_per_model < 1 or not 0 < self.same_content <= 1:
             raise ValueError("GateConfig: sample_frames >= 1, keys_per_model >= 1, same_content in (0, 1]")
+        if self.max_checks < 1 or self.max_finetunes < 1:
+            raise ValueError(f"GateConfig: max_checks and max_finetunes must be >= 1, got {self.max_checks}, "
+                             f"{self.max_finetunes}")
         if self.tried_margin_db < 0:
             raise ValueError(f"GateConfig: tried_margin_db must be >= 0, got {self.tried_margin_db}")
 
@@ -116,10 +157,22 @@ class Decision:
     model_id: int  # what the client uses for this segment (GENERIC = the generic model)
     voted_id: int  # what the lookup found (-1: empty store)
     vote_share: float  # share of frames that voted for it
-    gain_db: float  # measured PSNR gain over the generic model of the model in use, on the sampled frames
-    finetune_scheduled: bool
+    gain_db: float  # the model in use's latest measured PSNR gain over the generic model
+    gate: str  # this segment's check: "done" (verdict applied before answering), "queued" or "skipped" (all busy)
+    finetune_scheduled: bool  # a fine-tune of this segment was submitted before answering
     lookup_ms: float  # features + search + vote
-    gate_ms: float
+    gate_ms: float  # time the answer spent on the gate (a queued check: only submitting it)
+
+
+@dataclass
+class _Check:
+    future: Future
+    segment_id: str
+    voted_id: int
+    features: np.ndarray
+    pairs: Pairs  # what a fine-tune of the segment trains on
+    sample_lr: np.ndarray
+    sample_hr: np.ndarray
 
 
 @dataclass
@@ -134,8 +187,9 @@ class _Pending:
 
 class OnlineRiver:
     def __init__(self, store: ModelStore, generic: TrainResult, trainer: Trainer, *, gate: GateConfig | None = None,
-                 finetune: TrainConfig | None = None, cache_models: int = 8):
+                 finetune: TrainConfig | None = None, cache_models: int = 8, checks: GateRunner | None = None):
         self.store, self.generic, self.trainer = store, generic, trainer
+        self.checks = checks or InlineGate()
         self.gate, self.finetune_cfg = gate or GateConfig(), finetune or TrainConfig()
         self._generic_model = model_from_state(generic.state, generic.sr)
         self.scale = generic.sr.scale
@@ -146,6 +200,9 @@ class OnlineRiver:
         self._models: OrderedDict[int, EDSR] = OrderedDict()
         self._cache_models = cache_models
         self.pending: list[_Pending] = []
+        self.checking: list[_Check] = []
+        self.measured: dict[int, float] = {}  # model id -> its latest measured gain over the generic model
+        self.counts = {"checks": 0, "checks_skipped": 0, "checks_failed": 0, "finetunes_deferred": 0}
         self.overlays: dict[str, OverlayMask] = {}
 
     # ------------------------------------------------------------------------------------------ lookup
@@ -184,21 +241,62 @@ class OnlineRiver:
         overlay = self.overlays.setdefault(game, OverlayMask())
         overlay.update(lr)
         found = lookup(self.store, lr, overlay.positions())
-        voted, features = found.model_id, found.features
         t0 = time.perf_counter()
+        gate = self._check(segment_id, found, paired, hr)
+        scheduled = segment_id in self._apply_checks()
+        use, gain = self._choice(found.model_id)
+        return Decision(segment_id, use, found.model_id, found.vote_share, gain, gate, scheduled, found.ms,
+                        (time.perf_counter() - t0) * 1e3)
+
+    def _check(self, segment_id: str, found: Lookup, paired: np.ndarray, hr: np.ndarray) -> str:
+        """Submit the segment's quality check unless `max_checks` are in flight."""
+        if len(self.checking) >= self.gate.max_checks:
+            self.counts["checks_skipped"] += 1
+            return "skipped"
         picks = np.linspace(0, len(paired) - 1, min(self.gate.sample_frames, len(paired))).round().astype(int)
         lo, hi = paired[picks], hr[picks]
-        generic = psnr_y(upscale(self._generic_model, lo), hi, scale)
-        gain = psnr_y(upscale(self.model(voted), lo), hi, scale) - generic if voted > 0 else 0.0
-        use = voted if gain > 0 else GENERIC
-        scheduled = False
-        if self._worth_training(voted, gain) and len(features) and not self._same_content_running(features):
-            future = self.trainer.submit(self.generic.state, self.generic.sr, [(paired, hr)], self.finetune_cfg)
-            keys = kmeans_keys(features, self.gate.keys_per_model)
-            self.pending.append(_Pending(future, keys, segment_id, lo, hi, generic))
-            scheduled = True
-        return Decision(segment_id, use, voted, found.vote_share, max(gain, 0.0), scheduled, found.ms,
-                        (time.perf_counter() - t0) * 1e3)
+        voted = found.model_id
+        model = TrainResult(self.model(voted).state_dict(), self.store.info(voted).sr, 0, 0.0, 0.0, 0) \
+            if voted > 0 else None
+        future = self.checks.submit(gate_check, self.generic, model, lo, hi)
+        self.checking.append(_Check(future, segment_id, voted, found.features, [(paired, hr)], lo, hi))
+        self.counts["checks"] += 1
+        return "done" if future.done() else "queued"
+
+    def _choice(self, voted: int) -> tuple[int, float]:
+        """The voted model while its latest measured gain is positive, else the generic model."""
+        if voted <= 0:
+            return GENERIC, 0.0
+        gain = self.measured.get(voted, self.store.info(voted).psnr_gain_db)
+        return (voted, gain) if gain > 0 else (GENERIC, 0.0)
+
+    def _apply_checks(self, wait: bool = False) -> list[str]:
+        """Apply finished checks' verdicts (record the measured gain, fine-tune a miss); returns the segments a
+        fine-tune was submitted for."""
+        scheduled = []
+        for c in list(self.checking):
+            if not (wait or c.future.done()):
+                continue
+            self.checking.remove(c)
+            try:
+                generic_db, model_db = c.future.result()
+            except Exception:  # noqa: BLE001 - a lost check (worker died) only loses this verdict
+                self.counts["checks_failed"] += 1
+                continue
+            gain = model_db - generic_db if c.voted_id > 0 else 0.0
+            if c.voted_id > 0:
+                self.measured[c.voted_id] = gain
+            if not self._worth_training(c.voted_id, gain) or not len(c.features) \
+                    or self._same_content_running(c.features):
+                continue
+            if len(self.pending) >= self.gate.max_finetunes:
+                self.counts["finetunes_deferred"] += 1
+                continue
+            future = self.trainer.submit(self.generic.state, self.generic.sr, c.pairs, self.finetune_cfg)
+            keys = kmeans_keys(c.features, self.gate.keys_per_model)
+            self.pending.append(_Pending(future, keys, c.segment_id, c.sample_lr, c.sample_hr, generic_db))
+            scheduled.append(c.segment_id)
+        return scheduled
 
     def _worth_training(self, voted: int, gain: float) -> bool:
         """Below the target, unless the voted model is this content's own and the target out of its reach."""
@@ -210,8 +308,10 @@ class OnlineRiver:
         return any(float((features @ p.keys.T).max(axis=1).mean()) >= self.gate.same_content for p in self.pending)
 
     def collect(self, wait: bool = False) -> list[int]:
-        """Add finished fine-tunes to the store (`wait`: block for the running ones); returns the new ids. Each
-        model's recorded gain is measured on the frames the gate sampled from its segment."""
+        """Apply finished checks, then add finished fine-tunes to the store (`wait`: block for all of them);
+        returns the new ids. Each model's recorded gain is measured on the frames the gate sampled from its
+        segment."""
+        self._apply_checks(wait)
         new = []
         for p in list(self.pending):
             if not (wait or p.future.done()):

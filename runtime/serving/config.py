@@ -38,6 +38,11 @@ class RiverSettings(BaseModel):
     generic: str  # a cached generic SR model (`generic-*.safetensors` written by runtime.river.train.generic_model)
     store_dir: str = str(REPO / "build" / "river" / "store")
     max_finetunes: int = Field(default=2, ge=1)  # fine-tunes running at once (Ray tasks)
+    finetune_cpus: float = Field(default=1.0, ge=0)  # Ray CPUs of one fine-tune task
+    # Ray CPUs of one quality-gate check. 0 on one small machine, where the engine and a fine-tune hold every CPU
+    # and checks would wait behind them; their number is bounded anyway (GateConfig.max_checks). On a cluster, 1
+    # lets them land on worker nodes.
+    gate_cpus: float = Field(default=0.0, ge=0)
     target_gain_db: float | None = None  # the quality gate's target (None: runtime.river.online.GateConfig's)
     finetune_steps: int | None = Field(default=None, ge=1)  # None: runtime.river.train.TrainConfig's
     width: int = Field(default=640, ge=16)  # the low-res stream's frame size

@@ -79,3 +79,20 @@ def test_river_verdicts(tmp_path):
     assert targets.main([str(river), str(lookup)]) == 0
     page = (tmp_path / "README.md").read_text()
     assert "[retrieval, lookup cost](river_lookup.png)" in page and "- river_lookup: lookup + vote" in page
+
+
+def test_river_client_and_stream_verdicts(tmp_path):
+    client = tmp_path / "river_client.json"
+    client.write_text(json.dumps({"meta": {"command": "cmd"}, "runtimes": {}, "sizes": {}, "summary": {
+        "fps": 21.0, "frame_ms_p99": 55.0, "model": "4x16", "runtime": "compiled"}}))
+    lines, misses = targets.check_river_client(client)
+    assert lines[0].startswith("PASS River's player, model 4x16 (compiled): 21.0 frames/s")
+    assert misses == ["river_client: decode + SR p99 55.0 ms per frame (target <= 50)"]
+    stream = tmp_path / "river_stream.json"
+    stream.write_text(json.dumps({"meta": {"command": "cmd"}, "rows": [], "stream": {
+        "segments": 20, "http_5xx": 0, "server_ms_p99": 900.0, "lookup_ms_per_frame_p99": 25.0,
+        "prefetch_hit_rate": 0.9, "stalls": 2, "prefetch_bytes": 10, "video_bytes": 100}}))
+    lines, misses = targets.check_river_stream(stream)
+    assert [line[:4] for line in lines] == ["PASS", "PASS", "MISS", "PASS", "MISS", "PASS"]
+    assert misses[1] == "river_stream: stalls 10% of segments (target <= 5%)"
+    assert targets._checker(json.loads(client.read_text()))[0] is targets.check_river_client

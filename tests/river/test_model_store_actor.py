@@ -1,5 +1,6 @@
-"""River's ModelStore actor on a local Ray: fine-tunes as bounded Ray tasks, no duplicate training of the same
-content, and a killed actor that Ray restarts serves every model it had (the store is files)."""
+"""River's ModelStore actor on a local Ray: the gate's checks and fine-tunes as Ray tasks off the segment's path,
+no duplicate training of the same content, and a killed actor that Ray restarts serves every model it had (the
+store is files)."""
 
 import hashlib
 import time
@@ -24,10 +25,12 @@ def test_store_actor_trains_once_per_content_and_survives_a_restart(pairs, tmp_p
         seg = pairs[0]
         first = ray.get(store.process.remote("s1", "freedoom2", seg.segment_id, seg.lr, seg.hr))
         again = ray.get(store.process.remote("s2", "freedoom2", seg.segment_id, seg.lr, seg.hr))
-        assert first["finetune_scheduled"] and not again["finetune_scheduled"]  # same content already training
-        assert ray.get(store.stats.remote())["finetunes"]["running"] <= 1
-        new = ray.get(store.collect.remote(True))
+        assert first["gate"] == again["gate"] == "queued"  # answered from the lookup; checks run as Ray tasks
+        assert not first["finetune_scheduled"]
+        new = ray.get(store.collect.remote(True))  # both verdicts miss; the second finds its content training
         assert new == [1] and ray.get(store.ids.remote()) == [1]
+        stats = ray.get(store.stats.remote())
+        assert stats["gate"]["checks"] == 2 and stats["gate"]["in_flight"] == 0 and stats["finetunes"]["done"] == 1
         data, etag = ray.get(store.weights.remote(1))
         assert hashlib.sha256(data).hexdigest() == etag
 

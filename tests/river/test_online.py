@@ -1,5 +1,8 @@
 """The online path on real frames: lookup + vote, the quality gate, fine-tune on a miss, reuse afterwards."""
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from runtime.river.online import GENERIC, GateConfig, LocalTrainer, OnlineRiver
@@ -62,3 +65,53 @@ def test_gate_does_not_retrain_content_it_already_tried(pairs, tmp_path):
         trainer.shutdown()
     with pytest.raises(ValueError, match="tried_margin_db"):
         GateConfig(tried_margin_db=-1)
+
+
+class HeldGate:
+    """A gate runner whose checks wait until the test releases them: the slowest gate there is."""
+
+    def __init__(self):
+        self.release = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=4)
+
+    def submit(self, fn, /, *args):
+        return self._pool.submit(lambda: (self.release.wait(60), fn(*args))[1])
+
+
+def test_a_segment_never_waits_for_the_gate_and_gate_work_is_bounded(pairs, tmp_path):
+    sr = SRConfig(scale=2)
+    generic = TrainResult(EDSR(sr).state_dict(), sr, 0, 0.0, 0.0, 0)
+    trainer, gate = LocalTrainer(), HeldGate()
+    river = OnlineRiver(ModelStore(tmp_path), generic, trainer, checks=gate,
+                        gate=GateConfig(target_gain_db=0.2, max_checks=1), finetune=TrainConfig(steps=20, batch=4))
+    seg, other = pairs[0], pairs[3]
+    try:
+        first = river.process(seg.segment_id, seg.lr, seg.hr)  # answered while its check is held
+        assert (first.model_id, first.gate, first.finetune_scheduled) == (GENERIC, "queued", False)
+        full = river.process(other.segment_id, other.lr, other.hr)  # the one check slot is busy: not checked
+        assert (full.model_id, full.gate) == (GENERIC, "skipped")
+        assert river.counts["checks"] == 1 and river.counts["checks_skipped"] == 1
+        gate.release.set()
+        assert river.collect(wait=True) == [1]  # the verdict (a miss) scheduled the fine-tune
+        assert river.store.info(1).source_segments == (seg.segment_id,) and not river.checking
+    finally:
+        gate.release.set()
+        trainer.shutdown()
+    with pytest.raises(ValueError, match="max_checks"):
+        GateConfig(max_checks=0)
+
+
+def test_finetunes_beyond_the_bound_are_deferred(pairs, tmp_path):
+    """same_content=1.0: only identical content counts as the same, so the second segment is a distinct miss."""
+    sr = SRConfig(scale=2)
+    generic = TrainResult(EDSR(sr).state_dict(), sr, 0, 0.0, 0.0, 0)
+    trainer = LocalTrainer()
+    gate = GateConfig(target_gain_db=50.0, max_finetunes=1, same_content=1.0)
+    river = OnlineRiver(ModelStore(tmp_path), generic, trainer, gate=gate, finetune=TrainConfig(steps=20, batch=4))
+    try:
+        scheduled = [river.process(p.segment_id, p.lr, p.hr).finetune_scheduled for p in (pairs[0], pairs[3])]
+        assert scheduled[0] and not scheduled[1]
+        assert river.counts["finetunes_deferred"] == 1 and len(river.pending) == 1
+        assert river.collect(wait=True) == [1]
+    finally:
+        trainer.shutdown()
