@@ -43,17 +43,22 @@ class ModelStoreActor:
                 hr_index: list[int] | None = None) -> dict:
         """Choose the model for one segment of `session` (playing `game`); finished fine-tunes join the store
         first, so a segment sees every model trained so far."""
-        self.river.collect()
+        self.collect()
         decision = self.river.process(segment_id, lr, hr, hr_index, game)
         self.lookups["hit" if decision.model_id == decision.voted_id and decision.voted_id > 0 else "miss"] += 1
-        self.prefetch.use(session, game, decision.model_id)
+        self.prefetch.use(session, game, decision.model_id, self.river.last_features)
         return asdict(decision)
 
     def collect(self, wait: bool = False) -> list[int]:
-        return self.river.collect(wait)
+        """Finished checks and fine-tunes join the store; each new model is offered to the sessions playing
+        content like its own (prefetch)."""
+        new = self.river.collect(wait)
+        for model_id in new:
+            self.prefetch.offer(model_id, self.store.info(model_id).keys, self.river.gate.same_content)
+        return new
 
     def ids(self) -> list[int]:
-        self.river.collect()
+        self.collect()
         return self.store.ids()
 
     def weights(self, model_id: int) -> tuple[bytes, str]:
@@ -74,9 +79,12 @@ class ModelStoreActor:
     def next_models(self, session: str) -> list[int]:
         return self.prefetch.next_models(session)
 
+    def popular(self, game: str) -> list[int]:
+        return self.prefetch.popular(game)
+
     def stats(self) -> dict:
         """Finished checks and fine-tunes are applied first (they are otherwise applied when a segment arrives)."""
-        self.river.collect()
+        self.collect()
         return {"models": len(self.store), "problems": dict(self.store.problems), "lookups": dict(self.lookups),
                 "finetunes": {**self.trainer.counts(), "pending_in_store": len(self.river.pending)},
                 "gate": {**self.river.counts, "in_flight": len(self.river.checking)},

@@ -28,20 +28,33 @@ def submit_finetune(base: dict[str, torch.Tensor], sr: SRConfig, pairs: Pairs, c
     return _finetune_task.options(num_cpus=num_cpus, num_gpus=num_gpus).remote(base, sr, pairs, cfg)
 
 
-@ray.remote
-def _call(fn, *args):
-    return fn(*args)
+@ray.remote(max_restarts=-1)
+class _GateWorker:
+    """A warm process for the gate's checks: a Ray task per check would start a fresh worker and import torch each
+    time (seconds of CPU on a small machine, measured), which is more than the check itself."""
+
+    def __init__(self, threads: int):
+        torch.set_num_threads(threads)
+
+    def run(self, fn, *args):
+        return fn(*args)
 
 
 class RayGate:
-    """The quality gate's checks as Ray tasks of `num_cpus` each (`runtime.river.online.GateRunner`); how many run
-    at once is bounded by the caller (`GateConfig.max_checks`)."""
+    """The quality gate's checks on `workers` warm Ray actors of `num_cpus` each, `threads` torch threads each
+    (`runtime.river.online.GateRunner`); how many checks are in flight is bounded by the caller
+    (`GateConfig.max_checks`), and each worker runs its checks one at a time."""
 
-    def __init__(self, num_cpus: float = 0):
-        self.num_cpus = num_cpus
+    def __init__(self, num_cpus: float = 0, workers: int = 1, threads: int = 1):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self._workers = [_GateWorker.options(num_cpus=num_cpus).remote(threads) for _ in range(workers)]
+        self._next = 0
 
     def submit(self, fn, /, *args) -> Future:
-        return _call.options(num_cpus=self.num_cpus).remote(fn, *args).future()
+        worker = self._workers[self._next % len(self._workers)]
+        self._next += 1
+        return worker.run.remote(fn, *args).future()
 
 
 class RayTrainer:

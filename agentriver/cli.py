@@ -81,7 +81,7 @@ def _river_play(args: argparse.Namespace) -> int:
         source = StoreModels(ModelStore(args.store), (generic.state, generic.sr))
     else:
         raise ValueError("--server, or --store with --generic: where the SR models come from")
-    player = Player(source, Enhancer(args.runtime, args.threads), session=args.session)
+    player = Player(source, Enhancer(args.runtime, args.threads), session=args.session, game=args.game)
     writer = VideoWriter(args.out) if args.out else None
     try:
         with tqdm(total=len(segments), desc="segments", unit="seg", file=sys.stderr) as bar:
@@ -139,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--store", help="a River store directory (instead of --server)")
     r.add_argument("--generic", help="the generic model's safetensors (with --store)")
     r.add_argument("--session", help="the session to ask /river/v1/prefetch about")
+    r.add_argument("--game", help="the session's game (a new session is sent the game's most used models)")
     r.add_argument("--model-id", type=int, default=0, help="the model for a single video file (default generic)")
     r.add_argument("--runtime", default="compiled", choices=["fp32", "bf16", "compiled"])
     r.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")

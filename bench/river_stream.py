@@ -1,6 +1,7 @@
 """River as a service: concurrent game sessions stream segments to the served `/river/v1` endpoints over HTTP.
 
-    python -m bench.river_stream --sessions 4 --maps MAP01,MAP02 --segments 6 --out bench/results/river_stream.json
+    python -m bench.river_stream --wad freedoom2 --sessions 1,2,4,8,16 --maps MAP01,MAP02 --segments 16 \
+        --out bench/results/river_stream.json
 
 Each session records its own gameplay (ViZDoom, Freedoom; sessions on one map differ by seed, so content repeats
 across them as it does across players), and streams it in real time: every `segment_s` it posts the segment's
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,7 +32,7 @@ from bench.output import command_line, save_figure, write_results
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m bench.river_stream", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sessions", type=int, default=4)
+    p.add_argument("--sessions", default="4", help="concurrent sessions; a list (1,2,4,8,16) sweeps them in turn")
     p.add_argument("--wad", default="freedoom2")
     p.add_argument("--maps", default="MAP01,MAP02")
     p.add_argument("--segments", type=int, default=6, help="segments per session")
@@ -44,8 +46,13 @@ def parse_args(argv):
     p.add_argument("--out", default="results.json")
     a = p.parse_args(argv)
     a.map_list = [m for m in a.maps.split(",") if m]
-    if a.sessions < 1 or a.segments < 1 or not a.map_list:
+    try:
+        a.session_counts = [int(n) for n in a.sessions.split(",") if n]
+    except ValueError:
+        p.error("--sessions takes comma-separated integers")
+    if not a.session_counts or min(a.session_counts) < 1 or a.segments < 1 or not a.map_list:
         p.error("--sessions and --segments must be >= 1 and --maps must name a map")
+    a.headline = 4 if 4 in a.session_counts else a.session_counts[0]
     return a
 
 
@@ -58,6 +65,15 @@ class Client:
         self.fetched_bytes = self.prefetch_bytes = self.video_bytes = 0
         self.stalls = 0
         self.rows: list[dict] = []
+        self.shown: list[tuple] = []  # (pair, model shown, scored frames) per segment
+
+    def score(self) -> None:
+        """Delivered PSNR-Y of each segment: the model the player held, upscaling the streamed frames."""
+        from runtime.river.sr import psnr_y, upscale
+
+        for row, (pair, shown, picks) in zip(self.rows, self.shown, strict=True):
+            frames = np.array(picks)
+            row["psnr_db"] = psnr_y(upscale(self.models[shown], pair.lr[frames]), pair.hr[frames], pair.scale)
 
     async def fetch(self, model_id: int) -> int:
         from safetensors.torch import load
@@ -70,20 +86,19 @@ class Client:
         self.models[model_id] = model_from_state(load(r.content), SRConfig(**json.loads(r.headers["x-sr-config"])))
         return len(r.content)
 
-    async def segment(self, pair, video: bytes, prefetch_bytes: float) -> None:
-        """`video`: the segment's streamed H.264, which `pair.lr` is decoded from."""
-        from deployments.river_api import encode_png
-        from runtime.river.sr import psnr_y, upscale
-
+    async def segment(self, pair, video: bytes, pngs: list[bytes], prefetch_bytes: float) -> None:
+        """`video`: the segment's streamed H.264, which `pair.lr` is decoded from; `pngs`: the ground truth of
+        its first and last frames. What the player shows is scored after the stream (`score`), so that scoring
+        does not compete with the service for this machine's cores."""
         picks = (0, len(pair.lr) - 1)
         self.video_bytes += len(video)
         files = [("video", ("seg.mp4", video, "video/mp4"))]
-        files += [("ground_truth", (f"{k}.png", encode_png(pair.hr[k]), "image/png")) for k in picks]
+        files += [("ground_truth", (f"{k}.png", png, "image/png")) for k, png in zip(picks, pngs, strict=True)]
         t0 = time.perf_counter()
         r = await self.http.post("/river/v1/segments", files=files, data={
             "session": self.session, "game": self.game, "segment_id": pair.segment_id,
             "gt_frames": ",".join(map(str, picks))})
-        server_ms = (time.perf_counter() - t0) * 1e3
+        roundtrip_ms = (time.perf_counter() - t0) * 1e3
         status = r.status_code
         d = r.json() if status == 200 else {}
         use = d.get("model_id", 0)
@@ -92,49 +107,63 @@ class Client:
             self.stalls += 1
             self.fetched_bytes += await self.fetch(use)
         shown = 0 if stalled else use
-        frames = np.array(picks)
-        psnr = psnr_y(upscale(self.models[shown], pair.lr[frames]), pair.hr[frames], pair.scale)
+        self.shown.append((pair, shown, picks))
         self.rows.append({"session": self.session, "segment": pair.segment_id, "status": status, "model": use,
-                          "shown": shown, "stalled": stalled, "psnr_db": psnr, "server_ms": server_ms,
+                          "shown": shown, "stalled": stalled, "roundtrip_ms": roundtrip_ms,
+                          "server_ms": d.get("server_ms", float("nan")), "decode_ms": d.get("decode_ms", float("nan")),
                           "lookup_ms": d.get("lookup_ms", float("nan")), "frames": len(pair.lr),
                           "gate": d.get("gate", "")})
         if status == 200:
-            p = await self.http.get("/river/v1/prefetch", params={"session": self.session, "k": 3})
-            budget = prefetch_bytes
-            for m in p.json().get("models", []) if p.status_code == 200 else []:
-                if m not in self.models and budget > 0:
-                    n = await self.fetch(m)
-                    self.prefetch_bytes += n
-                    budget -= n
+            await self.prefetch(prefetch_bytes)
+
+    async def prefetch(self, budget: float) -> None:
+        p = await self.http.get("/river/v1/prefetch", params={"session": self.session, "game": self.game, "k": 3})
+        for m in p.json().get("models", []) if p.status_code == 200 else []:
+            if m not in self.models and budget > 0:
+                n = await self.fetch(m)
+                self.prefetch_bytes += n
+                budget -= n
 
 
-async def stream(url: str, sessions: list[tuple[str, str, list]], a) -> list[Client]:
+async def stream(url: str, sessions: list[tuple], a, prefix: str) -> tuple[list[Client], dict]:
     import httpx
 
     async with httpx.AsyncClient(base_url=url, timeout=600) as http:
-        clients = [Client(http, name, a.wad) for name, *_ in sessions]
-        for c in clients:
+        clients = [Client(http, f"{prefix}{name}", a.wad) for name, *_ in sessions]
+        for c in clients:  # the generic model, then what the game's players use most, within the budget
             c.fetched_bytes += await c.fetch(0)
+            await c.prefetch(a.prefetch_kb * 1024)
         total = sum(len(s[2]) for s in sessions)
-        with tqdm(total=total, desc="segments", unit="seg", file=sys.stderr) as bar:
-            async def run(c: Client, pairs: list, videos: dict[str, bytes]) -> None:
+        with tqdm(total=total, desc=f"{len(sessions)} sessions", unit="seg", file=sys.stderr) as bar:
+            async def run(c: Client, pairs: list, videos: dict[str, bytes], pngs: dict[str, list[bytes]]) -> None:
                 start = time.monotonic()
                 for k, pair in enumerate(pairs):
                     await asyncio.sleep(max(0.0, k * a.segment_s - (time.monotonic() - start)))
-                    await c.segment(pair, videos[pair.segment_id], a.prefetch_kb * 1024)
+                    await c.segment(pair, videos[pair.segment_id], pngs[pair.segment_id], a.prefetch_kb * 1024)
                     bar.update(1)
 
-            await asyncio.gather(*(run(c, pairs, videos) for c, (_, _, pairs, videos)
+            await asyncio.gather(*(run(c, pairs, videos, pngs) for c, (_, _, pairs, videos, pngs)
                                    in zip(clients, sessions, strict=True)))
         stats = (await http.get("/river/v1/stats")).json()
     return clients, stats
 
 
 def markdown(data: dict) -> str:
-    s = data["stream"]
-    lines = [f"Command: `{data['meta']['command']}`", "", "| metric | value |", "|---|---|"]
+    s, sweep = data["stream"], data["sweep"]
+    lines = [f"Command: `{data['meta']['command']}`", "",
+             f"Headline: {s['sessions']} concurrent sessions, each streaming 1-s segments in real time. Server times "
+             "are measured inside the service (upload read + decoded, lookup, answer).", "",
+             "| metric | value |", "|---|---|"]
     lines += [f"| {k.replace('_', ' ')} | {v:.3f} |" if isinstance(v, float) else f"| {k.replace('_', ' ')} | {v} |"
               for k, v in s.items()]
+    cols = ("server_ms_p50", "server_ms_p99", "lookup_ms_per_frame_p99", "decode_ms_p50", "http_5xx", "stalls",
+            "delivered_psnr_db")
+    lines += ["", "Sessions sweep (one service; later points find the models earlier points trained):", "",
+              "| sessions | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
+              "|---" * (len(cols) + 1) + "|"]
+    for n, row in sweep.items():
+        lines.append(f"| {n} | " + " | ".join(f"{row[c]:.1f}" if isinstance(row[c], float) else str(row[c])
+                                              for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -144,17 +173,31 @@ def plot(data: dict, stem: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = data["rows"]
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.5))
+    head = data["stream"]["sessions"]
+    rows = [r for r in data["rows"] if r["sessions"] == head]
+    fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 3.6))
     for session in sorted({r["session"] for r in rows}):
         mine = [r for r in rows if r["session"] == session]
-        a1.plot([r["psnr_db"] for r in mine], marker="o", label=session)
+        a1.plot([r["psnr_db"] for r in mine], marker="o", ms=3, label=session)
     a1.set_xlabel("segment")
     a1.set_ylabel("delivered PSNR-Y (dB)")
+    a1.set_title(f"{head} sessions")
     a1.legend(fontsize=7)
     a2.hist([r["server_ms"] for r in rows], bins=20)
+    a2.axvline(1000, color="k", ls="--", lw=1, label="1 s (real time)")
     a2.set_xlabel("server time per segment (ms)")
     a2.set_ylabel("segments")
+    a2.legend(fontsize=8)
+    sweep = data["sweep"]
+    n = [int(k) for k in sweep]
+    a3.plot(n, [v["server_ms_p50"] for v in sweep.values()], "o-", label="p50")
+    a3.plot(n, [v["server_ms_p99"] for v in sweep.values()], "s-", label="p99")
+    a3.axhline(1000, color="k", ls="--", lw=1)
+    a3.set_xscale("log", base=2)
+    a3.set_xlabel("concurrent sessions")
+    a3.set_ylabel("server time per 1-s segment (ms)")
+    a3.set_title("what an operator sizes by")
+    a3.legend(fontsize=8)
     fig.suptitle("River through the service")
     save_figure(fig, stem)
 
@@ -162,48 +205,65 @@ def plot(data: dict, stem: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     from deployments.launch import river_settings, start, stop
+    from deployments.river_api import encode_png
     from runtime.river.dataset import build_dataset, load_pairs, load_streams
     from runtime.river.gameplay import GameplayConfig
     from runtime.river.train import generic_config
     from runtime.serving.config import ServeSettings
 
     root = Path(a.root).resolve()
+    shutil.rmtree(root / "store", ignore_errors=True)  # every run starts with an empty store
     river = {**river_settings(root), **({} if a.target_gain is None else {"target_gain_db": a.target_gain})}
     scale = generic_config(river["generic"]).scale
     sessions = []
-    for i in range(a.sessions):
+    for i in range(max(a.session_counts)):
         game_map = a.map_list[i % len(a.map_list)]
         cfg = GameplayConfig(wad=a.wad, maps=(game_map,), segments_per_map=a.segments,
                              segment_s=a.segment_s, fps=8.75, seed=i)
         index = build_dataset(cfg, scale=scale, root=root / "datasets")
-        sessions.append((f"player-{i}", game_map, load_pairs(index), load_streams(index)))
+        pairs = load_pairs(index)
+        pngs = {p.segment_id: [encode_png(p.hr[0]), encode_png(p.hr[-1])] for p in pairs}  # before streaming
+        sessions.append((f"player-{i}", game_map, pairs, load_streams(index), pngs))
     settings = ServeSettings(river=river, **({"model": a.model} if a.model else {}))
     url = start(settings, a.port)
+    sweep, rows = {}, []
     try:
-        clients, stats = asyncio.run(stream(url, sessions, a))
+        for n in a.session_counts:  # one service: later points find the models earlier ones trained
+            clients, stats = asyncio.run(stream(url, sessions[:n], a, f"n{n}-"))
+            for c in clients:
+                c.score()
+            point = [{**r, "sessions": n} for c in clients for r in c.rows]
+            sweep[str(n)] = summarize(point, clients, stats)
+            rows += point
     finally:
         stop(settings)
-    rows = [r for c in clients for r in c.rows]
-    server = np.array([r["server_ms"] for r in rows])
-    lookup = np.array([r["lookup_ms"] for r in rows if r["status"] == 200])
-    per_frame = np.array([r["lookup_ms"] / r["frames"] for r in rows if r["status"] == 200])
-    summary = {"segments": len(rows), "http_5xx": sum(r["status"] >= 500 for r in rows),
-               "http_4xx": sum(400 <= r["status"] < 500 for r in rows),
-               "delivered_psnr_db": float(np.mean([r["psnr_db"] for r in rows])),
-               "stalls": sum(c.stalls for c in clients),
-               "gate_checks": stats["gate"]["checks"], "gate_checks_skipped": stats["gate"]["checks_skipped"],
-               "finetunes_done": stats["finetunes"]["done"], "models_in_store": stats["models"],
-               "server_ms_p50": float(np.percentile(server, 50)), "server_ms_p99": float(np.percentile(server, 99)),
-               "lookup_ms_p99": float(np.percentile(lookup, 99)),
-               "lookup_ms_per_frame_p99": float(np.percentile(per_frame, 99)),
-               "prefetch_hit_rate": stats["prefetch_hit_rate"],
-               "video_bytes": sum(c.video_bytes for c in clients),
-               "prefetch_bytes": sum(c.prefetch_bytes for c in clients),
-               "model_fetch_bytes": sum(c.fetched_bytes for c in clients)}  # generic at start + stalls
-    data = {"meta": {"command": command_line("bench.river_stream", argv), "sessions": a.sessions, "maps": a.map_list},
-            "stream": summary, "rows": rows}
+    data = {"meta": {"command": command_line("bench.river_stream", argv), "sessions": a.session_counts,
+                     "maps": a.map_list, "wad": a.wad},
+            "stream": sweep[str(a.headline)], "sweep": sweep, "rows": rows}
     print(write_results(a.out, data, markdown, plot))
     return 0
+
+
+def summarize(rows: list[dict], clients: list[Client], stats: dict) -> dict:
+    """One sweep point. Store, gate and fine-tune counts are the service's totals so far."""
+    ok = [r for r in rows if r["status"] == 200]
+    server = np.array([r["server_ms"] for r in ok])
+    per_frame = np.array([r["lookup_ms"] / r["frames"] for r in ok])
+    return {"sessions": len(clients), "segments": len(rows), "http_5xx": sum(r["status"] >= 500 for r in rows),
+            "http_4xx": sum(400 <= r["status"] < 500 for r in rows),
+            "delivered_psnr_db": float(np.mean([r["psnr_db"] for r in rows])),
+            "stalls": sum(c.stalls for c in clients),
+            "server_ms_p50": float(np.percentile(server, 50)), "server_ms_p99": float(np.percentile(server, 99)),
+            "decode_ms_p50": float(np.percentile([r["decode_ms"] for r in ok], 50)),
+            "roundtrip_ms_p99": float(np.percentile([r["roundtrip_ms"] for r in ok], 99)),
+            "lookup_ms_p99": float(np.percentile([r["lookup_ms"] for r in ok], 99)),
+            "lookup_ms_per_frame_p99": float(np.percentile(per_frame, 99)),
+            "prefetch_hit_rate": stats["prefetch_hit_rate"],
+            "video_bytes": sum(c.video_bytes for c in clients),
+            "prefetch_bytes": sum(c.prefetch_bytes for c in clients),
+            "model_fetch_bytes": sum(c.fetched_bytes for c in clients),  # generic at start + stalls
+            "gate_checks": stats["gate"]["checks"], "gate_checks_skipped": stats["gate"]["checks_skipped"],
+            "finetunes_done": stats["finetunes"]["done"], "models_in_store": stats["models"]}
 
 
 if __name__ == "__main__":

@@ -166,7 +166,7 @@ def river_player(url: str, root: Path, pairs: list, videos: dict[str, bytes], mo
     directory = write_stream(root / "stream-player-2", segments)
     source = HttpModels(url, os.environ.get("AGENTRIVER_API_KEY"))
     print(f"\nRiver's player: {directory} (the first frames compile the SR model, ~35 s, not timed)")
-    player = Player(source, Enhancer("compiled"), session="player-2")
+    player = Player(source, Enhancer("compiled"), session="player-2", game="freedoom2")
     player.play(segments[:1])  # warm-up
     s = player.play(segments).summary()
     source.close()

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import time
 from typing import Annotated
 
 import numpy as np
@@ -49,7 +50,9 @@ class RiverRoutes:
                             video: Annotated[UploadFile, File()],
                             ground_truth: Annotated[list[UploadFile], File()]) -> dict:
         """A game server's segment: the low-res H.264 stream and a few ground-truth PNG frames (`gt_frames`:
-        their frame numbers). Answers the model to use now and whether a fine-tune was scheduled."""
+        their frame numbers). Answers the model to use now (from the lookup; the quality gate checks the segment
+        afterwards) and the time the service spent: `decode_ms` (upload read and decoded here), `server_ms` (all)."""
+        t0 = time.perf_counter()
         store = self._store()
         r = self.settings.river
         with river_errors():
@@ -61,8 +64,10 @@ class RiverRoutes:
             if any(not 0 <= n < len(lr) for n in numbers):
                 raise ValueError(f"gt_frames: frame numbers must be in 0..{len(lr) - 1}, got {numbers}")
             hr = await self._pngs(ground_truth, "ground_truth", *river_api.hr_size(r.width, r.height, self.river_scale))
+            decoded = time.perf_counter()
             decision = await store.process.remote(session, game, segment_id, lr, hr, numbers)
-        return {**decision, "frames": len(lr)}
+        return {**decision, "frames": len(lr), "decode_ms": (decoded - t0) * 1e3,
+                "server_ms": (time.perf_counter() - t0) * 1e3}
 
     async def _pngs(self, files: list[UploadFile], field: str, width: int, height: int) -> np.ndarray:
         frames = [await asyncio.to_thread(river_api.decode_png, await f.read(), f.content_type, f"{field}[{i}]",
@@ -89,13 +94,21 @@ class RiverRoutes:
         return Response(data, media_type="application/octet-stream", headers=headers)
 
     @router.get("/prefetch")
-    async def river_prefetch(self, session: str, k: Annotated[int, Query(ge=1, le=32)] = 3) -> dict:
+    async def river_prefetch(self, session: str, k: Annotated[int, Query(ge=1, le=32)] = 3,
+                             game: str | None = None) -> dict:
+        """The models `session` should fetch next; a session that has not played yet, with its `game`, gets the
+        game's most used models (what its first segment will most likely need)."""
         store = self._store()
         with river_errors():
             river_api.check_id("session", session)
-        if not await store.knows.remote(session):
-            raise ApiError(404, f"session: no segment of session {session!r} was seen", param="session")
-        return {"session": session, "models": (await store.next_models.remote(session))[:k]}
+            if game is not None:
+                river_api.check_id("game", game)
+        if await store.knows.remote(session):
+            return {"session": session, "models": (await store.next_models.remote(session))[:k]}
+        if game is not None:
+            return {"session": session, "models": (await store.popular.remote(game))[:k]}
+        raise ApiError(404, f"session: no segment of session {session!r} was seen (pass game= for a new session)",
+                       param="session")
 
     @router.post("/enhance")
     async def river_enhance(self, frames: Annotated[list[UploadFile], File()],

@@ -53,8 +53,8 @@ class ModelSource(Protocol):
     def fetch(self, model_id: int, etag: str | None = None) -> Fetched | None:
         """The model, or None when `etag` is still its checksum (nothing to send). Raises ModelMissing."""
 
-    def predicted(self, session: str, k: int) -> list[int]:
-        """The models `session` is predicted to need next."""
+    def predicted(self, session: str, k: int, game: str | None = None) -> list[int]:
+        """The models `session` (playing `game`) is predicted to need next."""
 
 
 class HttpModels:
@@ -76,8 +76,9 @@ class HttpModels:
         return Fetched(model_id, SRConfig(**json.loads(r.headers["x-sr-config"])), r.content,
                        r.headers["etag"].strip('"'))
 
-    def predicted(self, session: str, k: int) -> list[int]:
-        r = self._http.get("/river/v1/prefetch", params={"session": session, "k": k})
+    def predicted(self, session: str, k: int, game: str | None = None) -> list[int]:
+        params = {"session": session, "k": k} | ({"game": game} if game else {})
+        r = self._http.get("/river/v1/prefetch", params=params)
         return r.json()["models"] if r.status_code == 200 else []
 
     def close(self) -> None:
@@ -105,7 +106,7 @@ class StoreModels:
             data, sr, checksum = self.store.weight_bytes(model_id), info.sr, info.checksum
         return None if etag == checksum else Fetched(model_id, sr, data, checksum)
 
-    def predicted(self, session: str, k: int) -> list[int]:
+    def predicted(self, session: str, k: int, game: str | None = None) -> list[int]:
         return []
 
 
@@ -233,16 +234,17 @@ class Player:
     rate); fetching models happens between segments and is counted in bytes."""
 
     def __init__(self, source: ModelSource, enhancer: Enhancer | None = None, cache: ModelCache | None = None,
-                 session: str | None = None, prefetch_k: int = 3):
-        self.source, self.session, self.prefetch_k = source, session, prefetch_k
+                 session: str | None = None, game: str | None = None, prefetch_k: int = 3):
+        self.source, self.session, self.game, self.prefetch_k = source, session, game, prefetch_k
         self.enhancer = enhancer or Enhancer()
         self.cache = cache or ModelCache()
         self.current: int | None = None
 
     def play(self, segments: Iterable[StreamSegment], writer: VideoWriter | None = None, on_segment=None) -> PlayReport:
         report = PlayReport(self.enhancer.runtime)
-        if GENERIC not in self.cache:  # every client starts with the generic model
+        if GENERIC not in self.cache:  # every client starts with the generic model, and what the game uses most
             report.fetched_bytes += self._fetch(GENERIC, report, required=True)
+            self._prefetch(report)
         for seg in segments:
             stalled = seg.model_id not in self.cache
             shown = (self.current if self.current is not None else GENERIC) if stalled else seg.model_id
@@ -309,7 +311,7 @@ class Player:
     def _prefetch(self, report: PlayReport) -> None:
         if self.session is None:
             return
-        for m in self.source.predicted(self.session, self.prefetch_k):
+        for m in self.source.predicted(self.session, self.prefetch_k, self.game):
             held = self.cache.checksum(m) if m in self.cache else None
             try:
                 f = self.source.fetch(m, held)

@@ -1,19 +1,19 @@
 """River's online path: pick a stored model for each segment, check it on the server, fine-tune on a miss.
 
 Per frame, every edge-rich patch outside the game's overlay (HUD; learned by `OverlayMask` from the stream) finds
-its nearest key (one FAISS search for the whole segment); the frame votes
-for the model most of its patches found, and the segment uses the model most frames voted for (clients should
-not switch models within a segment). The game server has the 720p frames, so the quality gate measures the
-chosen model's PSNR gain over the generic model (which every client has) on a few sampled frames. The gate is
-off the segment's path: it runs on a `GateRunner` (Ray tasks in the service, a bounded number at once; a check
-that finds them all busy is skipped), and the segment is answered from the lookup with the model's latest
-measured gain (the gain recorded when it was trained, until a check measures it again). A runner that checks at
-once (`InlineGate`, the offline benchmark's) makes the answer use this segment's own verdict. Below the target, a
-fine-tune of the segment is submitted - unless one for the same content is already running, the content was
-already tried (`GateConfig`), or the fine-tune queue is full - so a segment never waits for the gate or for
-training. Finished fine-tunes are added to the store by
-`collect()`, keyed by the K-means centroids of their segment's patch features. The overlay mask is learned per
-game: each game draws its own HUD, and streams of one game share it.
+its nearest key (one FAISS search for the whole segment); the frame votes for the model most of its patches
+found, and the segment uses the model most frames voted for (clients should not switch models within a segment).
+The game server has the 720p frames, so the quality gate measures the chosen model's PSNR gain over the generic
+model (which every client has) on a few sampled frames. The gate is off the segment's path: it runs on a
+`GateRunner` (a Ray worker in the service, a bounded number of checks at once; a check that finds them all busy
+is skipped), and the segment is answered from the lookup with the model's latest measured gain (the gain
+recorded when it was trained, until a check measures it again). A runner that checks at once (`InlineGate`, the
+offline benchmark's) makes the answer use this segment's own verdict. A segment that found no model is a miss
+without a check. Below the target, a fine-tune of the segment is submitted - unless one for the same content is
+already running, the content was already tried (`GateConfig`), or the fine-tune queue is full - so a segment
+never waits for the gate or for training. Finished fine-tunes are scored on the gate's runner and added to the
+store by `collect()`, keyed by the K-means centroids of their segment's patch features. The overlay mask is
+learned per game: each game draws its own HUD, and streams of one game share it.
 """
 
 from __future__ import annotations
@@ -158,7 +158,9 @@ class Decision:
     voted_id: int  # what the lookup found (-1: empty store)
     vote_share: float  # share of frames that voted for it
     gain_db: float  # the model in use's latest measured PSNR gain over the generic model
-    gate: str  # this segment's check: "done" (verdict applied before answering), "queued" or "skipped" (all busy)
+    # this segment's check: "done" (verdict applied before answering), "queued", "skipped" (all busy) or
+    # "no_model" (nothing voted: a miss without measuring)
+    gate: str
     finetune_scheduled: bool  # a fine-tune of this segment was submitted before answering
     lookup_ms: float  # features + search + vote
     gate_ms: float  # time the answer spent on the gate (a queued check: only submitting it)
@@ -166,7 +168,7 @@ class Decision:
 
 @dataclass
 class _Check:
-    future: Future
+    future: Future | None  # None: decided without a measurement (nothing was voted)
     segment_id: str
     voted_id: int
     features: np.ndarray
@@ -177,12 +179,14 @@ class _Check:
 
 @dataclass
 class _Pending:
+    """A fine-tune of a missed segment: trained, then scored on the gate's sampled frames, then stored."""
+
     future: Future
     keys: np.ndarray
     segment_id: str
     sample_lr: np.ndarray  # the gate's sampled frames: the new model's recorded gain is measured on them
     sample_hr: np.ndarray
-    generic_db: float
+    score: Future | None = None  # its gain check, once trained
 
 
 class OnlineRiver:
@@ -202,8 +206,10 @@ class OnlineRiver:
         self.pending: list[_Pending] = []
         self.checking: list[_Check] = []
         self.measured: dict[int, float] = {}  # model id -> its latest measured gain over the generic model
-        self.counts = {"checks": 0, "checks_skipped": 0, "checks_failed": 0, "finetunes_deferred": 0}
+        self.counts = {"checks": 0, "checks_skipped": 0, "checks_failed": 0, "finetunes_deferred": 0,
+                       "finetunes_failed": 0}
         self.overlays: dict[str, OverlayMask] = {}
+        self.last_features = np.zeros((0, 0), np.float32)  # the latest segment's lookup features
 
     # ------------------------------------------------------------------------------------------ lookup
     def model(self, model_id: int) -> EDSR:
@@ -241,27 +247,30 @@ class OnlineRiver:
         overlay = self.overlays.setdefault(game, OverlayMask())
         overlay.update(lr)
         found = lookup(self.store, lr, overlay.positions())
+        self.last_features = found.features  # what prefetching matches new models against
         t0 = time.perf_counter()
-        gate = self._check(segment_id, found, paired, hr)
-        scheduled = segment_id in self._apply_checks()
+        gate, scheduled = self._check(segment_id, found, paired, hr)
+        scheduled = segment_id in self._apply_checks() or scheduled
         use, gain = self._choice(found.model_id)
         return Decision(segment_id, use, found.model_id, found.vote_share, gain, gate, scheduled, found.ms,
                         (time.perf_counter() - t0) * 1e3)
 
-    def _check(self, segment_id: str, found: Lookup, paired: np.ndarray, hr: np.ndarray) -> str:
-        """Submit the segment's quality check unless `max_checks` are in flight."""
+    def _check(self, segment_id: str, found: Lookup, paired: np.ndarray, hr: np.ndarray) -> tuple[str, bool]:
+        """Submit the segment's quality check unless `max_checks` are in flight. With no model voted there is
+        nothing to measure: the segment is a miss at once ("no_model"). Returns the check's state and whether a
+        fine-tune was submitted already."""
+        picks = np.linspace(0, len(paired) - 1, min(self.gate.sample_frames, len(paired))).round().astype(int)
+        check = _Check(None, segment_id, found.model_id, found.features, [(paired, hr)], paired[picks], hr[picks])
+        if found.model_id <= 0:
+            return "no_model", self._verdict(check, 0.0)
         if len(self.checking) >= self.gate.max_checks:
             self.counts["checks_skipped"] += 1
-            return "skipped"
-        picks = np.linspace(0, len(paired) - 1, min(self.gate.sample_frames, len(paired))).round().astype(int)
-        lo, hi = paired[picks], hr[picks]
-        voted = found.model_id
-        model = TrainResult(self.model(voted).state_dict(), self.store.info(voted).sr, 0, 0.0, 0.0, 0) \
-            if voted > 0 else None
-        future = self.checks.submit(gate_check, self.generic, model, lo, hi)
-        self.checking.append(_Check(future, segment_id, voted, found.features, [(paired, hr)], lo, hi))
+            return "skipped", False
+        model = TrainResult(self.model(found.model_id).state_dict(), self.store.info(found.model_id).sr, 0, 0.0, 0.0, 0)
+        check.future = self.checks.submit(gate_check, self.generic, model, check.sample_lr, check.sample_hr)
+        self.checking.append(check)
         self.counts["checks"] += 1
-        return "done" if future.done() else "queued"
+        return "done" if check.future.done() else "queued", False
 
     def _choice(self, voted: int) -> tuple[int, float]:
         """The voted model while its latest measured gain is positive, else the generic model."""
@@ -271,8 +280,7 @@ class OnlineRiver:
         return (voted, gain) if gain > 0 else (GENERIC, 0.0)
 
     def _apply_checks(self, wait: bool = False) -> list[str]:
-        """Apply finished checks' verdicts (record the measured gain, fine-tune a miss); returns the segments a
-        fine-tune was submitted for."""
+        """Apply finished checks' verdicts; returns the segments a fine-tune was submitted for."""
         scheduled = []
         for c in list(self.checking):
             if not (wait or c.future.done()):
@@ -283,20 +291,24 @@ class OnlineRiver:
             except Exception:  # noqa: BLE001 - a lost check (worker died) only loses this verdict
                 self.counts["checks_failed"] += 1
                 continue
-            gain = model_db - generic_db if c.voted_id > 0 else 0.0
-            if c.voted_id > 0:
-                self.measured[c.voted_id] = gain
-            if not self._worth_training(c.voted_id, gain) or not len(c.features) \
-                    or self._same_content_running(c.features):
-                continue
-            if len(self.pending) >= self.gate.max_finetunes:
-                self.counts["finetunes_deferred"] += 1
-                continue
-            future = self.trainer.submit(self.generic.state, self.generic.sr, c.pairs, self.finetune_cfg)
-            keys = kmeans_keys(c.features, self.gate.keys_per_model)
-            self.pending.append(_Pending(future, keys, c.segment_id, c.sample_lr, c.sample_hr, generic_db))
-            scheduled.append(c.segment_id)
+            self.measured[c.voted_id] = model_db - generic_db
+            if self._verdict(c, model_db - generic_db):
+                scheduled.append(c.segment_id)
         return scheduled
+
+    def _verdict(self, c: _Check, gain: float) -> bool:
+        """Fine-tune the segment if the model it found gains too little (`_worth_training`), its content is not
+        already training and the fine-tune queue has room; returns whether it was submitted."""
+        if not self._worth_training(c.voted_id, gain) or not len(c.features) \
+                or self._same_content_running(c.features):
+            return False
+        if len(self.pending) >= self.gate.max_finetunes:
+            self.counts["finetunes_deferred"] += 1
+            return False
+        future = self.trainer.submit(self.generic.state, self.generic.sr, c.pairs, self.finetune_cfg)
+        keys = kmeans_keys(c.features, self.gate.keys_per_model)
+        self.pending.append(_Pending(future, keys, c.segment_id, c.sample_lr, c.sample_hr))
+        return True
 
     def _worth_training(self, voted: int, gain: float) -> bool:
         """Below the target, unless the voted model is this content's own and the target out of its reach."""
@@ -308,18 +320,29 @@ class OnlineRiver:
         return any(float((features @ p.keys.T).max(axis=1).mean()) >= self.gate.same_content for p in self.pending)
 
     def collect(self, wait: bool = False) -> list[int]:
-        """Apply finished checks, then add finished fine-tunes to the store (`wait`: block for all of them);
-        returns the new ids. Each model's recorded gain is measured on the frames the gate sampled from its
-        segment."""
+        """Apply finished checks, then move finished fine-tunes on: a trained model is scored (its gain over the
+        generic model on the gate's sampled frames of its segment, a check on the gate's runner), a scored one
+        joins the store. `wait`: block until all of that is done. Returns the new ids."""
         self._apply_checks(wait)
         new = []
         for p in list(self.pending):
-            if not (wait or p.future.done()):
+            if p.score is None and (wait or p.future.done()):
+                try:
+                    result: TrainResult = p.future.result()
+                except Exception:  # noqa: BLE001 - a lost fine-tune: its content misses again and is retrained
+                    self.pending.remove(p)
+                    self.counts["finetunes_failed"] += 1
+                    continue
+                p.score = self.checks.submit(gate_check, self.generic, result, p.sample_lr, p.sample_hr)
+            if p.score is None or not (wait or p.score.done()):
                 continue
             self.pending.remove(p)
-            result: TrainResult = p.future.result()
-            gain = psnr_y(upscale(model_from_state(result.state, result.sr), p.sample_lr), p.sample_hr,
-                          self.scale) - p.generic_db
+            try:
+                generic_db, model_db = p.score.result()
+            except Exception:  # noqa: BLE001 - as above
+                self.counts["checks_failed"] += 1
+                continue
+            result = p.future.result()
             new.append(self.store.add(result.state, result.sr, p.keys, source_segments=[p.segment_id],
-                                      psnr_gain_db=gain, train_s=result.seconds))
+                                      psnr_gain_db=model_db - generic_db, train_s=result.seconds))
         return new

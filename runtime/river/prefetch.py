@@ -1,9 +1,13 @@
-"""Model prefetching: which models a client will need next, from model-to-model transitions learned online.
+"""Model prefetching: which models a client will need next.
 
-Per game (WAD) and globally, count transitions between consecutive segments' models. The prediction for a
-client that just used model m is the top-k of its game's row for m, filled up from the global row, then from
-the most used models overall (a new game still gets useful guesses). A hit is the next segment's model being
-among the k predicted (or being the model already in use: no fetch needed).
+Two sources. Transitions: per game (WAD) and globally, count transitions between consecutive segments' models;
+the prediction for a client that just used model m is the top-k of its game's row for m, filled up from the
+global row, then from the most used models overall (a new game still gets useful guesses). New models: a model
+that joins the store has never been used, so no transition predicts it, and the first session to need it would
+stall; it is offered at once to every session whose latest segment looks like the content it was trained on
+(mean best cosine similarity of that segment's patch features to the model's keys), ahead of the transitions. A
+hit is the next segment's model being among those sent (or being the model already in use: no fetch needed). A
+session that has not played yet is sent its game's most used models.
 """
 
 from __future__ import annotations
@@ -11,15 +15,19 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
+import numpy as np
+
 
 @dataclass
 class TransitionModel:
     per_game: dict[str, dict[int, Counter]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(Counter)))
     overall: dict[int, Counter] = field(default_factory=lambda: defaultdict(Counter))
     popularity: Counter = field(default_factory=Counter)
+    popular_in: dict[str, Counter] = field(default_factory=lambda: defaultdict(Counter))
 
     def observe(self, game: str, prev: int | None, nxt: int) -> None:
         self.popularity[nxt] += 1
+        self.popular_in[game][nxt] += 1
         if prev is not None:
             self.per_game[game][prev][nxt] += 1
             self.overall[prev][nxt] += 1
@@ -47,26 +55,51 @@ class PrefetchTracker:
     lookups: int = 0
     _last: dict[str, int] = field(default_factory=dict)
     _predicted: dict[str, list[int]] = field(default_factory=dict)
+    _content: dict[str, np.ndarray] = field(default_factory=dict)  # session -> its latest segment's features
+    _offered: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
 
-    def use(self, session: str, game: str, model_id: int) -> bool | None:
-        """Record that `session` now uses `model_id`; returns whether it was prefetched (None for a session's
-        first segment, which nothing could have predicted)."""
+    def use(self, session: str, game: str, model_id: int, features: np.ndarray | None = None) -> bool | None:
+        """Record that `session` now uses `model_id` (`features`: its segment's unit patch features, which new
+        models are matched against); returns whether it was prefetched (None for a session's first segment,
+        which nothing could have predicted)."""
         prev = self._last.get(session)
         hit = None
         if prev is not None:
-            hit = model_id == prev or model_id in self._predicted.get(session, [])
+            hit = model_id == prev or model_id in self.next_models(session)
             self.lookups += 1
             self.hits += hit
         self.model.observe(game, prev, model_id)
         self._last[session] = model_id
         self._predicted[session] = self.model.predict(game, model_id, self.k)
+        if model_id in self._offered.get(session, ()):
+            self._offered[session].remove(model_id)
+        if features is not None and len(features):
+            self._content[session] = features
         return hit
+
+    def offer(self, model_id: int, keys: np.ndarray, similarity: float) -> list[str]:
+        """A new model: offer it to the sessions whose latest content it matches; returns them."""
+        out = []
+        for session, features in self._content.items():
+            if float((features @ keys.T).max(axis=1).mean()) >= similarity:
+                self._offered[session].insert(0, model_id)
+                del self._offered[session][self.k:]
+                out.append(session)
+        return out
 
     def knows(self, session: str) -> bool:
         return session in self._last
 
+    def popular(self, game: str) -> list[int]:
+        """The game's most used models, for a session that has not played yet (its first segment's model)."""
+        counts = self.model.popular_in.get(game, Counter())
+        return [m for m, _ in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))][:self.k]
+
     def next_models(self, session: str) -> list[int]:
-        return list(self._predicted.get(session, []))
+        """New models offered to the session (newest first), then the transitions' prediction; at most k."""
+        out = [m for m in self._offered.get(session, []) if m != self._last.get(session)]
+        out += [m for m in self._predicted.get(session, []) if m not in out]
+        return out[:self.k]
 
     @property
     def hit_rate(self) -> float:

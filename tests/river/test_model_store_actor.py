@@ -25,12 +25,12 @@ def test_store_actor_trains_once_per_content_and_survives_a_restart(pairs, tmp_p
         seg = pairs[0]
         first = ray.get(store.process.remote("s1", "freedoom2", seg.segment_id, seg.lr, seg.hr))
         again = ray.get(store.process.remote("s2", "freedoom2", seg.segment_id, seg.lr, seg.hr))
-        assert first["gate"] == again["gate"] == "queued"  # answered from the lookup; checks run as Ray tasks
-        assert not first["finetune_scheduled"]
-        new = ray.get(store.collect.remote(True))  # both verdicts miss; the second finds its content training
+        assert first["gate"] == again["gate"] == "no_model"  # an empty store: a miss with nothing to check
+        assert first["finetune_scheduled"] and not again["finetune_scheduled"]  # same content already training
+        new = ray.get(store.collect.remote(True))  # trained (a Ray task), scored (the gate's worker), stored
         assert new == [1] and ray.get(store.ids.remote()) == [1]
         stats = ray.get(store.stats.remote())
-        assert stats["gate"]["checks"] == 2 and stats["gate"]["in_flight"] == 0 and stats["finetunes"]["done"] == 1
+        assert stats["finetunes"]["done"] == 1 and stats["gate"]["in_flight"] == 0
         data, etag = ray.get(store.weights.remote(1))
         assert hashlib.sha256(data).hexdigest() == etag
 
@@ -46,7 +46,9 @@ def test_store_actor_trains_once_per_content_and_survives_a_restart(pairs, tmp_p
         assert ids == [1]
         assert ray.get(store.weights.remote(1)) == (data, etag)
         reuse = ray.get(store.process.remote("s1", "freedoom2", seg.segment_id, seg.lr, seg.hr))
-        assert reuse["voted_id"] == 1  # the reloaded index finds the model
+        assert reuse["voted_id"] == 1 and reuse["gate"] == "queued"  # the reloaded index finds the model; checked
+        ray.get(store.collect.remote(True))
+        assert ray.get(store.stats.remote())["gate"]["checks"] == 1
         assert ray.get_actor(STORE_NAME) is not None
     finally:
         ray.shutdown()

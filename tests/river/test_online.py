@@ -5,7 +5,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from runtime.river.online import GENERIC, GateConfig, LocalTrainer, OnlineRiver
+from runtime.river.features import kmeans_keys
+from runtime.river.online import GENERIC, GateConfig, LocalTrainer, OnlineRiver, lookup
 from runtime.river.sr import EDSR, SRConfig
 from runtime.river.store import ModelStore
 from runtime.river.train import TrainConfig, TrainResult
@@ -82,18 +83,26 @@ def test_a_segment_never_waits_for_the_gate_and_gate_work_is_bounded(pairs, tmp_
     sr = SRConfig(scale=2)
     generic = TrainResult(EDSR(sr).state_dict(), sr, 0, 0.0, 0.0, 0)
     trainer, gate = LocalTrainer(), HeldGate()
-    river = OnlineRiver(ModelStore(tmp_path), generic, trainer, checks=gate,
-                        gate=GateConfig(target_gain_db=0.2, max_checks=1), finetune=TrainConfig(steps=20, batch=4))
-    seg, other = pairs[0], pairs[3]
+    store = ModelStore(tmp_path)
+    seg = pairs[0]
+    # a stored model of this content (the generic weights, recorded as gaining 1 dB): the lookup finds it
+    store.add(generic.state, sr, kmeans_keys(lookup(store, seg.lr).features, 16), source_segments=["earlier"],
+              psnr_gain_db=1.0, train_s=1.0)
+    river = OnlineRiver(store, generic, trainer, checks=gate, gate=GateConfig(target_gain_db=0.2, max_checks=1),
+                        finetune=TrainConfig(steps=20, batch=4))
     try:
         first = river.process(seg.segment_id, seg.lr, seg.hr)  # answered while its check is held
-        assert (first.model_id, first.gate, first.finetune_scheduled) == (GENERIC, "queued", False)
-        full = river.process(other.segment_id, other.lr, other.hr)  # the one check slot is busy: not checked
-        assert (full.model_id, full.gate) == (GENERIC, "skipped")
+        assert (first.voted_id, first.model_id, first.gate, first.finetune_scheduled) == (1, 1, "queued", False)
+        assert first.gain_db == 1.0  # the recorded gain, until a check measures it
+        full = river.process(seg.segment_id, seg.lr, seg.hr)  # the one check slot is busy: not checked
+        assert (full.model_id, full.gate) == (1, "skipped")
         assert river.counts["checks"] == 1 and river.counts["checks_skipped"] == 1
         gate.release.set()
-        assert river.collect(wait=True) == [1]  # the verdict (a miss) scheduled the fine-tune
-        assert river.store.info(1).source_segments == (seg.segment_id,) and not river.checking
+        # the verdict: model 1 gains 0 dB here (it is the generic model), far below its recorded 1 dB, so the
+        # segment is fine-tuned; the new model is scored on the gate's runner and stored
+        assert river.collect(wait=True) == [2]
+        assert river.measured[1] == pytest.approx(0.0, abs=1e-9) and not river.checking
+        assert river.process(pairs[3].segment_id, pairs[3].lr, pairs[3].hr).model_id != 1  # measured: not used
     finally:
         gate.release.set()
         trainer.shutdown()

@@ -29,3 +29,22 @@ def test_hit_rate_on_a_repeating_stream():
     assert all(results[3:])  # 3 -> 1 guessed from popularity, then every transition is learned
     assert tracker.hit_rate == pytest.approx(12 / 14)
     assert tracker.next_models("s") == [1]
+
+
+def test_a_new_model_is_offered_to_the_sessions_playing_its_content():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    corridor, cave = unit(rng.normal(size=(20, 38))), unit(rng.normal(size=(20, 38)))
+    tracker = PrefetchTracker(k=2)
+    tracker.use("a", "g", 0, corridor)
+    tracker.use("b", "g", 0, cave)
+    assert tracker.offer(5, corridor, similarity=0.9) == ["a"]  # keyed by a's content only
+    assert tracker.next_models("a")[0] == 5 and 5 not in tracker.next_models("b")
+    assert tracker.use("a", "g", 5, corridor) is True  # never used before, yet prefetched: a hit
+    assert 5 not in tracker.next_models("a")  # in use now: nothing to send
+    assert tracker.popular("g")[0] == 0 and tracker.popular("unseen") == []  # for a session not seen yet

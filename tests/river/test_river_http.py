@@ -70,9 +70,9 @@ def test_post_lookup_fetch_with_etag_prefetch_and_enhance(river, pairs):
     first = httpx.post(f"{river}/river/v1/segments", timeout=120, **upload(pairs[0], "s1"))
     assert first.status_code == 200, first.text
     body = first.json()
-    # answered from the lookup (empty store: the generic model); the gate's check runs as a Ray task, and its
-    # verdict (a miss of the unreachable 50 dB target) schedules the fine-tune
-    assert body["model_id"] == 0 and body["gate"] == "queued" and body["frames"] == len(pairs[0].lr)
+    # answered from the lookup: an empty store is a miss without a check, so the fine-tune is scheduled at once
+    assert body["model_id"] == 0 and body["gate"] == "no_model" and body["finetune_scheduled"]
+    assert body["frames"] == len(pairs[0].lr) and body["server_ms"] >= body["decode_ms"] > 0
     deadline = time.monotonic() + 180
     while httpx.get(f"{river}/river/v1/stats", timeout=30).json()["finetunes"]["done"] < 1:
         assert time.monotonic() < deadline, "the fine-tune did not finish"
@@ -87,6 +87,9 @@ def test_post_lookup_fetch_with_etag_prefetch_and_enhance(river, pairs):
     assert generic.status_code == 200 and "blocks" in generic.headers["x-sr-config"]
     prefetch = httpx.get(f"{river}/river/v1/prefetch", params={"session": "s1", "k": 2}, timeout=30)
     assert prefetch.status_code == 200 and len(prefetch.json()["models"]) <= 2
+    # a session that has not played yet gets its game's most used models (s1 used 0, then 1)
+    fresh = httpx.get(f"{river}/river/v1/prefetch", params={"session": "new", "game": "freedoom2"}, timeout=30)
+    assert fresh.status_code == 200 and set(fresh.json()["models"]) == {0, 1}
     lr = pairs[0].lr[0]
     sr = httpx.post(f"{river}/river/v1/enhance", data={"model_id": "1"},
                     files=[("frames", ("f.png", png(lr), "image/png"))], timeout=60)
@@ -148,7 +151,8 @@ def test_every_bad_upload_gets_a_4xx_naming_the_problem(river, pairs):
     assert missing.status_code == 400 and missing.json()["error"]["param"]
     for path, status in (("/river/v1/models/999", 404), ("/river/v1/models/-1", 400), ("/river/v1/models/abc", 400),
                          ("/river/v1/models/..%2F..%2Fetc", 400), ("/river/v1/prefetch?session=never", 404),
-                         ("/river/v1/prefetch?session=s1&k=0", 400)):
+                         ("/river/v1/prefetch?session=s1&k=0", 400),
+                         ("/river/v1/prefetch?session=new&game=..%2Fx", 400)):
         r = httpx.get(river + path, timeout=30)
         assert r.status_code in (status, 404) and "error" in r.json(), (path, r.text)
     many = [("frames", (f"f{i}.png", png(p.lr[0]), "image/png")) for i in range(9)]

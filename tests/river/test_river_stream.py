@@ -11,12 +11,14 @@ def test_sessions_stream_through_the_service(tiny_model, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "rs.json"
-    assert river_stream.main(["--sessions", "2", "--maps", "MAP01", "--segments", "2", "--model", str(tiny_model),
+    assert river_stream.main(["--sessions", "1,2", "--maps", "MAP01", "--segments", "2", "--model", str(tiny_model),
                               "--root", str(tmp_path / "river"), "--port", str(port), "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     s = data["stream"]
-    assert s["segments"] == 4 and s["http_5xx"] == 0 and s["http_4xx"] == 0
+    assert set(data["sweep"]) == {"1", "2"} and data["sweep"]["1"]["segments"] == 2
+    assert s["sessions"] == 1 and s["segments"] == 2 and s["http_5xx"] == 0 and s["http_4xx"] == 0
     assert s["video_bytes"] > 0 and s["model_fetch_bytes"] > 0  # every client fetched the generic model at least
     assert 20 < s["delivered_psnr_db"] < 60 and s["server_ms_p50"] > 0 and s["lookup_ms_p99"] > 0
-    assert {r["session"] for r in data["rows"]} == {"player-0", "player-1"}
+    assert {r["session"] for r in data["rows"]} == {"n1-player-0", "n2-player-0", "n2-player-1"}
+    assert all(r["server_ms"] >= r["decode_ms"] > 0 for r in data["rows"])
     assert out.with_suffix(".md").exists() and out.with_suffix(".png").exists()
