@@ -142,8 +142,8 @@ def river_demo(url: str, root: Path) -> None:
         stream("player-1")
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
-            stats = c.get("/river/v1/stats").json()  # the gate's checks, then the fine-tunes their misses scheduled
-            if stats["gate"]["in_flight"] + stats["finetunes"]["queued"] + stats["finetunes"]["running"] == 0:
+            stats = c.get("/river/v1/stats").json()  # the gate's checks, the fine-tunes they scheduled, their scores
+            if stats["gate"]["in_flight"] + stats["finetunes"]["pending_in_store"] == 0:
                 break
             time.sleep(1)
         used = stream("player-2")

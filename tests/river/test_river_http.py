@@ -74,7 +74,7 @@ def test_post_lookup_fetch_with_etag_prefetch_and_enhance(river, pairs):
     assert body["model_id"] == 0 and body["gate"] == "no_model" and body["finetune_scheduled"]
     assert body["frames"] == len(pairs[0].lr) and body["server_ms"] >= body["decode_ms"] > 0
     deadline = time.monotonic() + 180
-    while httpx.get(f"{river}/river/v1/stats", timeout=30).json()["finetunes"]["done"] < 1:
+    while httpx.get(f"{river}/river/v1/stats", timeout=30).json()["models"] < 1:  # trained, scored, stored
         assert time.monotonic() < deadline, "the fine-tune did not finish"
         time.sleep(1)
     again = httpx.post(f"{river}/river/v1/segments", timeout=120, **upload(pairs[0], "s1")).json()
