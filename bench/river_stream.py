@@ -1,7 +1,7 @@
 """River as a service: concurrent game sessions stream segments to the served `/river/v1` endpoints over HTTP.
 
-    python -m bench.river_stream --wad freedoom2 --sessions 1,2,4,8,16 --maps MAP01,MAP02 --segments 16 \
-        --out bench/results/river_stream.json
+    python -m bench.river_stream --wad freedoom2 --sessions 1,2,4,8,16 \
+        --maps MAP01,MAP02,freedoom1:E1M1,freedoom1:E1M2 --segments 16 --out bench/results/river_stream.json
 
 Each session records its own gameplay (ViZDoom, Freedoom; sessions on one map differ by seed, so content repeats
 across them as it does across players), and streams it in real time: every `segment_s` it posts the segment's
@@ -34,7 +34,8 @@ def parse_args(argv):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sessions", default="4", help="concurrent sessions; a list (1,2,4,8,16) sweeps them in turn")
     p.add_argument("--wad", default="freedoom2")
-    p.add_argument("--maps", default="MAP01,MAP02")
+    p.add_argument("--maps", default="MAP01,MAP02",
+                   help="maps the sessions play in turn; WAD:MAP plays a map of another WAD (freedoom1:E1M1)")
     p.add_argument("--segments", type=int, default=6, help="segments per session")
     p.add_argument("--segment-s", type=float, default=1.0)
     p.add_argument("--prefetch-kb", type=float, default=256.0, help="prefetch budget per segment")
@@ -45,7 +46,7 @@ def parse_args(argv):
     p.add_argument("--root", default="build/river/stream", help="datasets, generic model and store")
     p.add_argument("--out", default="results.json")
     a = p.parse_args(argv)
-    a.map_list = [m for m in a.maps.split(",") if m]
+    a.map_list = [tuple(m.split(":", 1)) if ":" in m else (a.wad, m) for m in a.maps.split(",") if m]
     try:
         a.session_counts = [int(n) for n in a.sessions.split(",") if n]
     except ValueError:
@@ -53,6 +54,13 @@ def parse_args(argv):
     if not a.session_counts or min(a.session_counts) < 1 or a.segments < 1 or not a.map_list:
         p.error("--sessions and --segments must be >= 1 and --maps must name a map")
     a.headline = 4 if 4 in a.session_counts else a.session_counts[0]
+    from runtime.river.gameplay import GameplayConfig
+
+    for wad, game_map in a.map_list:
+        try:
+            GameplayConfig(wad=wad, maps=(game_map,))
+        except ValueError as e:
+            p.error(f"--maps: {e}")
     return a
 
 
@@ -129,7 +137,7 @@ async def stream(url: str, sessions: list[tuple], a, prefix: str) -> tuple[list[
     import httpx
 
     async with httpx.AsyncClient(base_url=url, timeout=600) as http:
-        clients = [Client(http, f"{prefix}{name}", a.wad) for name, *_ in sessions]
+        clients = [Client(http, f"{prefix}{name}", wad) for name, (wad, _), *_ in sessions]
         for c in clients:  # the generic model, then what the game's players use most, within the budget
             c.fetched_bytes += await c.fetch(0)
             await c.prefetch(a.prefetch_kb * 1024)
@@ -217,13 +225,13 @@ def main(argv: list[str] | None = None) -> int:
     scale = generic_config(river["generic"]).scale
     sessions = []
     for i in range(max(a.session_counts)):
-        game_map = a.map_list[i % len(a.map_list)]
-        cfg = GameplayConfig(wad=a.wad, maps=(game_map,), segments_per_map=a.segments,
+        wad, game_map = a.map_list[i % len(a.map_list)]
+        cfg = GameplayConfig(wad=wad, maps=(game_map,), segments_per_map=a.segments,
                              segment_s=a.segment_s, fps=8.75, seed=i)
         index = build_dataset(cfg, scale=scale, root=root / "datasets")
         pairs = load_pairs(index)
         pngs = {p.segment_id: [encode_png(p.hr[0]), encode_png(p.hr[-1])] for p in pairs}  # before streaming
-        sessions.append((f"player-{i}", game_map, pairs, load_streams(index), pngs))
+        sessions.append((f"player-{i}", (wad, game_map), pairs, load_streams(index), pngs))
     settings = ServeSettings(river=river, **({"model": a.model} if a.model else {}))
     url = start(settings, a.port)
     sweep, rows = {}, []
@@ -238,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop(settings)
     data = {"meta": {"command": command_line("bench.river_stream", argv), "sessions": a.session_counts,
-                     "maps": a.map_list, "wad": a.wad},
+                     "maps": [f"{w}:{m}" for w, m in a.map_list]},
             "stream": sweep[str(a.headline)], "sweep": sweep, "rows": rows}
     print(write_results(a.out, data, markdown, plot))
     return 0

@@ -1,4 +1,5 @@
-"""bench.river_stream end to end on a small setting: two sessions stream real Freedoom segments to the service."""
+"""bench.river_stream end to end on a small setting: sessions of two Freedoom WADs stream real segments to the
+service."""
 
 import json
 import socket
@@ -11,11 +12,13 @@ def test_sessions_stream_through_the_service(tiny_model, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "rs.json"
-    assert river_stream.main(["--sessions", "1,2", "--maps", "MAP01", "--segments", "2", "--model", str(tiny_model),
-                              "--root", str(tmp_path / "river"), "--port", str(port), "--out", str(out)]) == 0
+    assert river_stream.main(["--sessions", "1,2", "--maps", "MAP01,freedoom1:E1M1", "--segments", "2",
+                              "--model", str(tiny_model), "--root", str(tmp_path / "river"), "--port", str(port),
+                              "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     s = data["stream"]
     assert set(data["sweep"]) == {"1", "2"} and data["sweep"]["1"]["segments"] == 2
+    assert data["meta"]["maps"] == ["freedoom2:MAP01", "freedoom1:E1M1"]  # the second session plays another WAD
     assert s["sessions"] == 1 and s["segments"] == 2 and s["http_5xx"] == 0 and s["http_4xx"] == 0
     assert s["video_bytes"] > 0 and s["model_fetch_bytes"] > 0  # every client fetched the generic model at least
     assert 20 < s["delivered_psnr_db"] < 60 and s["server_ms_p50"] > 0 and s["lookup_ms_p99"] > 0
