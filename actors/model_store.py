@@ -11,17 +11,15 @@ died are lost; their content is simply missed again and retrained.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict
 
 import numpy as np
 import ray
-from safetensors.torch import save
 
 from actors.river_tasks import RayGate, RayTrainer
 from runtime.river.online import GENERIC, GateConfig, OnlineRiver
 from runtime.river.prefetch import PrefetchTracker
-from runtime.river.store import ModelStore
+from runtime.river.store import ModelStore, encode_weights
 from runtime.river.train import TrainConfig, load_generic
 
 STORE_NAME = "agentriver-model-store"
@@ -36,7 +34,7 @@ class ModelStoreActor:
         self.river = OnlineRiver(self.store, load_generic(generic_path), self.trainer, gate=GateConfig(**(gate or {})),
                                  finetune=TrainConfig(**(finetune or {})), checks=RayGate(gate_cpus))
         self.prefetch = PrefetchTracker()
-        self._generic_bytes: bytes | None = None
+        self._generic: tuple[bytes, str] | None = None  # the generic model's weight bytes and checksum
         self.lookups = {"hit": 0, "miss": 0}
 
     def process(self, session: str, game: str, segment_id: str, lr: np.ndarray, hr: np.ndarray,
@@ -64,9 +62,9 @@ class ModelStoreActor:
     def weights(self, model_id: int) -> tuple[bytes, str]:
         """The model's safetensors bytes and their checksum (an HTTP ETag); id 0 is the generic model."""
         if model_id == GENERIC:
-            if self._generic_bytes is None:
-                self._generic_bytes = save({k: v.contiguous() for k, v in self.river.generic.state.items()})
-            return self._generic_bytes, hashlib.sha256(self._generic_bytes).hexdigest()
+            if self._generic is None:
+                self._generic = encode_weights(self.river.generic.state)
+            return self._generic
         return self.store.weight_bytes(model_id), self.store.info(model_id).checksum
 
     def sr_config(self, model_id: int) -> dict:

@@ -62,6 +62,17 @@ def generic_other(sr: SRConfig, crf: int, cfg: TrainConfig, cache: Path) -> Trai
                          cache, progress=False)
 
 
+def gameplay_arguments(p: argparse.ArgumentParser, maps: str, segments: int) -> None:
+    """The arguments River's benchmarks share: which gameplay is evaluated and which trains the generic model
+    (`gameplay_configs` turns them into configurations)."""
+    p.add_argument("--wad", default="freedoom2")
+    p.add_argument("--maps", default=maps, help="evaluated maps, played in this order")
+    p.add_argument("--train-maps", default=None, help="maps the generic model is trained on (never evaluated)")
+    p.add_argument("--segments", type=int, default=segments, help="evaluated segments, split evenly over the maps")
+    p.add_argument("--segment-s", type=float, default=2.0)
+    p.add_argument("--fps", type=float, default=8.75)
+
+
 def gameplay_configs(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """`args.eval_cfg` (the evaluated maps, `--segments` split evenly over them) and `args.train_cfg` (the
     generic game model's maps, never evaluated), from the arguments River's benchmarks share; errors via `p`."""
@@ -84,13 +95,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sr, ft = SRConfig(), TrainConfig()
     p = argparse.ArgumentParser(prog="python -m bench.river", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--wad", default="freedoom2")
-    p.add_argument("--maps", default="MAP01,MAP02,MAP03", help="evaluated maps, played in this order")
-    p.add_argument("--train-maps", default=None, help="maps the generic model is trained on (never evaluated)")
-    p.add_argument("--segments", type=int, default=24, help="evaluated segments per seed, split evenly over maps")
-    p.add_argument("--seeds", default="0,1,2", help="playthroughs (and training seeds)")
-    p.add_argument("--segment-s", type=float, default=2.0)
-    p.add_argument("--fps", type=float, default=8.75)
+    gameplay_arguments(p, "MAP01,MAP02,MAP03", 24)
+    p.add_argument("--seeds", default="0,1,2", help="playthroughs (and training seeds); --segments is per seed")
     p.add_argument("--crf", type=int, default=28)
     p.add_argument("--scale", type=int, default=sr.scale)
     p.add_argument("--model", default=f"{sr.blocks}x{sr.channels}", help="blocks x channels")

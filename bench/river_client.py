@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bench.output import command_line, save_figure, write_results
-from bench.river import gameplay_configs, generic_game
+from bench.river import gameplay_arguments, gameplay_configs, generic_game
 from runtime.river.client import ModelCache, Player, StoreModels, StreamSegment
 from runtime.river.dataset import build_dataset, load_pairs, load_streams
 from runtime.river.enhance import Enhancer
@@ -34,12 +34,7 @@ TARGET_FPS, TARGET_P99_MS = 20.0, 50.0
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="python -m bench.river_client", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--wad", default="freedoom2")
-    p.add_argument("--maps", default="MAP01,MAP02")
-    p.add_argument("--train-maps", default=None)
-    p.add_argument("--segments", type=int, default=8)
-    p.add_argument("--segment-s", type=float, default=2.0)
-    p.add_argument("--fps", type=float, default=8.75)
+    gameplay_arguments(p, "MAP01,MAP02", 8)
     p.add_argument("--crf", type=int, default=28)
     p.add_argument("--runtimes", default="fp32,bf16,compiled,onnxruntime")
     p.add_argument("--sizes", default="2x16,4x16,4x24,8x16,8x32", help="blocks x channels, with --sweep-runtime")
@@ -93,24 +88,15 @@ def macs_per_frame(sr: SRConfig, width: int, height: int) -> int:
     return sum(c.in_channels * c.out_channels * c.kernel_size[0] * c.kernel_size[1] for c in convs) * width * height
 
 
-def play(segments, generic, sr, enhancer, store: ModelStore) -> dict:
-    """Every segment with model 0 (`generic`, shaped `sr`)."""
+def play(segments, generic, sr, enhancer, store: ModelStore, lr_size: tuple[int, int]) -> dict:
+    """Every segment with model 0 (`generic`, shaped `sr`); `lr_size`: the stream's (width, height)."""
     player = Player(StoreModels(store, (generic, sr)), enhancer, ModelCache())
     player.play(segments[:1])  # warm-up (a compiled runtime compiles here): not measured
     summary = player.play(segments).summary()
-    macs = macs_per_frame(sr, *segments_size(segments))
+    macs = macs_per_frame(sr, *lr_size)
     summary.update(model=f"{sr.blocks}x{sr.channels}", gmac_per_frame=macs / 1e9,
                    achieved_gflops=2 * macs / 1e9 / (summary["sr_ms_p50"] / 1e3))
     return summary
-
-
-def segments_size(segments) -> tuple[int, int]:
-    import io
-
-    import av
-
-    with av.open(io.BytesIO(segments[0].video)) as c:
-        return c.streams.video[0].codec_context.width, c.streams.video[0].codec_context.height
 
 
 def still(pair, content, sr, out: Path) -> dict:
@@ -152,6 +138,7 @@ def run(a) -> dict:
     pairs, videos = load_pairs(index)[:a.segments], load_streams(index)
     train_index = build_dataset(a.train_cfg, scale=sr.scale, crf=a.crf, root=cache / "datasets")
     gt = [0, len(pairs[0].lr) // 2]
+    lr_size = (pairs[0].lr.shape[2], pairs[0].lr.shape[1])
     segments = [StreamSegment(p.segment_id, videos[p.segment_id], 0, p.hr[gt], gt) for p in pairs]
     generic_cfg = TrainConfig(steps=a.generic_steps, schedule="cosine")
     results, sizes = {}, {}
@@ -167,12 +154,13 @@ def run(a) -> dict:
                     continue
             else:
                 enhancer = Enhancer(runtime, a.threads)
-            results[runtime] = play(segments, game.state, sr, enhancer, store)
+            results[runtime] = play(segments, game.state, sr, enhancer, store, lr_size)
             print(f"{runtime}: {results[runtime]['fps']:.1f} fps", file=sys.stderr)
         for blocks, channels in a.size_list:
             shape = SRConfig(blocks=blocks, channels=channels, scale=sr.scale)
             state = EDSR(shape).state_dict()  # speed does not depend on the weights
-            sizes[f"{blocks}x{channels}"] = play(segments, state, shape, Enhancer(a.sweep_runtime, a.threads), store)
+            sizes[f"{blocks}x{channels}"] = play(segments, state, shape, Enhancer(a.sweep_runtime, a.threads), store,
+                                                   lr_size)
             print(f"{blocks}x{channels}: {sizes[f'{blocks}x{channels}']['fps']:.1f} fps", file=sys.stderr)
     content = finetune(game.state, sr, [(pairs[0].lr, pairs[0].hr)], TrainConfig(steps=a.finetune_steps))
     still_scores = still(pairs[0], model_from_state(content.state, sr), sr, Path(a.out).with_name(

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from bench.output import command_line, save_figure, write_results
-from bench.river import gameplay_configs, generic_game, generic_other
+from bench.river import gameplay_arguments, gameplay_configs, generic_game, generic_other
 from runtime.river.dataset import build_dataset, load_pairs
 from runtime.river.degrade import check_scale
 from runtime.river.gameplay import HEIGHT, WIDTH
@@ -60,12 +60,7 @@ class Setting:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.river_headroom", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--wad", default="freedoom2")
-    p.add_argument("--maps", default="MAP01,MAP02,MAP03")
-    p.add_argument("--train-maps", default=None, help="maps of the generic game model (never evaluated)")
-    p.add_argument("--segments", type=int, default=6, help="evaluated segments, split evenly over the maps")
-    p.add_argument("--segment-s", type=float, default=2.0)
-    p.add_argument("--fps", type=float, default=8.75)
+    gameplay_arguments(p, "MAP01,MAP02,MAP03", 6)
     p.add_argument("--scales", default="2,4")
     p.add_argument("--models", default="4x16,8x32", help="blocks x channels, at the base scale")
     p.add_argument("--base", default="4x16", help="the model the other factors vary around")

@@ -31,7 +31,7 @@ from safetensors.torch import load as load_safetensors
 
 from runtime.river.enhance import Enhancer
 from runtime.river.sr import SRConfig, psnr_y
-from runtime.river.store import CorruptModelError, ModelStore
+from runtime.river.store import CorruptModelError, ModelStore, encode_weights
 
 GENERIC = 0
 MANIFEST = "manifest.json"
@@ -89,15 +89,12 @@ class StoreModels:
     """A store directory (what the service serves, read directly): for offline playback and benchmarks."""
 
     def __init__(self, store: ModelStore, generic: tuple[dict[str, torch.Tensor], SRConfig]):
-        from safetensors.torch import save
-
         self.store = store
-        self._generic = save({k: v.contiguous() for k, v in generic[0].items()}), generic[1]
+        self._generic = *encode_weights(generic[0]), generic[1]
 
     def fetch(self, model_id: int, etag: str | None = None) -> Fetched | None:
         if model_id == GENERIC:
-            data, sr = self._generic
-            checksum = hashlib.sha256(data).hexdigest()
+            data, checksum, sr = self._generic
         else:
             try:
                 info = self.store.info(model_id)

@@ -52,6 +52,12 @@ class ModelInfo:
     weight_bytes: int
 
 
+def encode_weights(state: dict[str, torch.Tensor]) -> tuple[bytes, str]:
+    """A model's weights as they travel (safetensors) and their checksum (SHA-256, the HTTP ETag)."""
+    data = save({k: v.contiguous() for k, v in state.items()})
+    return data, hashlib.sha256(data).hexdigest()
+
+
 def _atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
@@ -131,14 +137,13 @@ class ModelStore:
         keys = np.asarray(keys, np.float32)
         if keys.ndim != 2 or keys.shape[1] != DIM or len(keys) == 0:
             raise ValueError(f"keys must be a non-empty (k, {DIM}) array, got {keys.shape}")
-        data = save({k: v.contiguous() for k, v in state.items()})
+        data, checksum = encode_weights(state)
         with self._lock:
             model_id = self._next_id
             self._next_id += 1
             _atomic_write(self.root / "weights" / f"{model_id}.safetensors", data)
             info = ModelInfo(model_id, keys / np.linalg.norm(keys, axis=1, keepdims=True), tuple(source_segments),
-                             float(psnr_gain_db), float(train_s), time.time(), sr, hashlib.sha256(data).hexdigest(),
-                             len(data))
+                             float(psnr_gain_db), float(train_s), time.time(), sr, checksum, len(data))
             self._models[model_id] = info
             self._write_metadata()
             self._index_add(info)

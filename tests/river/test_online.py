@@ -12,9 +12,14 @@ from runtime.river.store import ModelStore
 from runtime.river.train import TrainConfig, TrainResult
 
 
-def test_miss_finetune_then_reuse(pairs, tmp_path):
+def bicubic_generic() -> TrainResult:
+    """An untrained x2 model as the generic one: exactly bicubic, so every gain is measured against bicubic."""
     sr = SRConfig(scale=2)
-    generic = TrainResult(EDSR(sr).state_dict(), sr, 0, 0.0, 0.0, 0)  # untrained: exactly bicubic, gain 0
+    return TrainResult(EDSR(sr).state_dict(), sr, 0, 0.0, 0.0, 0)
+
+
+def test_miss_finetune_then_reuse(pairs, tmp_path):
+    generic = bicubic_generic()
     trainer = LocalTrainer()
     river = OnlineRiver(ModelStore(tmp_path), generic, trainer, gate=GateConfig(target_gain_db=0.2),
                         finetune=TrainConfig(steps=300, batch=16))
@@ -45,8 +50,7 @@ def test_miss_finetune_then_reuse(pairs, tmp_path):
 
 def test_gate_does_not_retrain_content_it_already_tried(pairs, tmp_path):
     """A target no model reaches: the segment's own model is trained once, then reused, not trained again."""
-    sr = SRConfig(scale=2)
-    generic = TrainResult(EDSR(sr).state_dict(), sr, 0, 0.0, 0.0, 0)
+    generic = bicubic_generic()
     trainer = LocalTrainer()
     gate = GateConfig(target_gain_db=50.0, tried_margin_db=0.1)
     river = OnlineRiver(ModelStore(tmp_path), generic, trainer, gate=gate, finetune=TrainConfig(steps=100, batch=8))
@@ -80,13 +84,12 @@ class HeldGate:
 
 
 def test_a_segment_never_waits_for_the_gate_and_gate_work_is_bounded(pairs, tmp_path):
-    sr = SRConfig(scale=2)
-    generic = TrainResult(EDSR(sr).state_dict(), sr, 0, 0.0, 0.0, 0)
+    generic = bicubic_generic()
     trainer, gate = LocalTrainer(), HeldGate()
     store = ModelStore(tmp_path)
     seg = pairs[0]
     # a stored model of this content (the generic weights, recorded as gaining 1 dB): the lookup finds it
-    store.add(generic.state, sr, kmeans_keys(lookup(store, seg.lr).features, 16), source_segments=["earlier"],
+    store.add(generic.state, generic.sr, kmeans_keys(lookup(store, seg.lr).features, 16), source_segments=["earlier"],
               psnr_gain_db=1.0, train_s=1.0)
     river = OnlineRiver(store, generic, trainer, checks=gate, gate=GateConfig(target_gain_db=0.2, max_checks=1),
                         finetune=TrainConfig(steps=20, batch=4))
@@ -112,8 +115,7 @@ def test_a_segment_never_waits_for_the_gate_and_gate_work_is_bounded(pairs, tmp_
 
 def test_finetunes_beyond_the_bound_are_deferred(pairs, tmp_path):
     """same_content=1.0: only identical content counts as the same, so the second segment is a distinct miss."""
-    sr = SRConfig(scale=2)
-    generic = TrainResult(EDSR(sr).state_dict(), sr, 0, 0.0, 0.0, 0)
+    generic = bicubic_generic()
     trainer = LocalTrainer()
     gate = GateConfig(target_gain_db=50.0, max_finetunes=1, same_content=1.0)
     river = OnlineRiver(ModelStore(tmp_path), generic, trainer, gate=gate, finetune=TrainConfig(steps=20, batch=4))
