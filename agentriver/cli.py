@@ -89,13 +89,8 @@ def _river_play(args: argparse.Namespace) -> int:
     finally:
         if writer is not None:
             writer.close()
-    summary = report.summary()
-    print(f"{summary['frames']} frames, {summary['segments']} segments, runtime {summary['runtime']}: "
-          f"{summary['fps']:.1f} frames/s; per frame decode {summary['decode_ms_p50']:.1f} ms + SR "
-          f"{summary['sr_ms_p50']:.1f} ms (p50), total p99 {summary['frame_ms_p99']:.1f} ms; stalls "
-          f"{summary['stalls']}" + ("" if summary["psnr_db"] != summary["psnr_db"] else
-                                   f"; PSNR-Y {summary['psnr_db']:.2f} dB"))
-    for problem in summary["refused"]:
+    print(report.describe())
+    for problem in report.refused:
         print(f"refused: {problem}")
     if args.json:
         Path(args.json).write_text(json.dumps(report.to_dict(), indent=1))

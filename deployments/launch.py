@@ -98,8 +98,9 @@ def river_settings(root: Path) -> dict:
 
 def river_demo(url: str, root: Path) -> None:
     """A game session streams four one-second segments of MAP01 through /river/v1 (H.264 + two ground-truth
-    frames each); each is answered from the lookup while the quality gate checks it as a Ray task; the misses are
-    fine-tuned as Ray tasks; a second player of the same map then finds those models.
+    frames each); each is answered from the lookup (the first player's find nothing: misses, fine-tuned as Ray
+    tasks); a second player of the same map then finds those models while the quality gate checks them off the
+    request path.
     Finally it fetches the model it was told to use and asks what to prefetch."""
     import httpx
 
@@ -111,7 +112,7 @@ def river_demo(url: str, root: Path) -> None:
     from runtime.river.train import TrainConfig
 
     sr, ft, gate = SRConfig(), TrainConfig(), GateConfig()
-    index = build_dataset(GameplayConfig(**RIVER_STREAM), scale=SRConfig().scale, root=root / "datasets",
+    index = build_dataset(GameplayConfig(**RIVER_STREAM), scale=sr.scale, root=root / "datasets",
                           progress=False)
     pairs, videos = load_pairs(index), load_streams(index)  # the frames, and the H.264 stream they decode from
     headers = {"Authorization": f"Bearer {os.environ['AGENTRIVER_API_KEY']}"} \
@@ -168,11 +169,9 @@ def river_player(url: str, root: Path, pairs: list, videos: dict[str, bytes], mo
     print(f"\nRiver's player: {directory} (the first frames compile the SR model, ~35 s, not timed)")
     player = Player(source, Enhancer("compiled"), session="player-2", game="freedoom2")
     player.play(segments[:1])  # warm-up
-    s = player.play(segments).summary()
+    report = player.play(segments)
     source.close()
-    print(f"{s['frames']} frames at {pairs[0].hr.shape[2]}x{pairs[0].hr.shape[1]}: {s['fps']:.1f} frames/s "
-          f"({s['runtime']}), decode {s['decode_ms_p50']:.1f} + SR {s['sr_ms_p50']:.1f} ms per frame (p50), p99 "
-          f"{s['frame_ms_p99']:.1f} ms; stalls {s['stalls']}; PSNR-Y {s['psnr_db']:.2f} dB")
+    print(f"{pairs[0].hr.shape[2]}x{pairs[0].hr.shape[1]} output: {report.describe()}")
     print(f"the same from a shell: .venv/bin/agentriver river-play {directory} --server {url} --session player-2")
 
 

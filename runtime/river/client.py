@@ -225,6 +225,14 @@ class PlayReport:
     def to_dict(self) -> dict:
         return {"summary": self.summary(), "segments": [asdict(s) for s in self.segments]}
 
+    def describe(self) -> str:
+        """One line for a person: what `agentriver river-play` and `make run` print."""
+        s = self.summary()
+        psnr = "" if math.isnan(s["psnr_db"]) else f"; PSNR-Y {s['psnr_db']:.2f} dB"
+        return (f"{s['frames']} frames in {s['segments']} segments, runtime {s['runtime']}: {s['fps']:.1f} frames/s; "
+                f"per frame decode {s['decode_ms_p50']:.1f} ms + SR {s['sr_ms_p50']:.1f} ms (p50), total p99 "
+                f"{s['frame_ms_p99']:.1f} ms; stalls {s['stalls']}{psnr}")
+
 
 class Player:
     """Plays segments with SR. `fps` and latencies count decoding and SR of each frame (what bounds the frame

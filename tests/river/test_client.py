@@ -1,6 +1,7 @@
 """River's player on real streams: real x264 segments, a real store, the bf16 and fp32 SR runtimes."""
 
 import hashlib
+import json
 
 import av
 import numpy as np
@@ -139,3 +140,22 @@ def _model(state):
     model = EDSR(SR).eval()
     model.load_state_dict(state)
     return model
+
+
+def test_river_play_cli_plays_a_file_and_reports(pairs, store, tmp_path, capsys):
+    from agentriver.cli import main
+    from runtime.river.train import generic_model
+
+    generic_model(lambda: [(pairs[0].lr[:2], pairs[0].hr[:2])], {"test": "cli"}, SR, TrainConfig(steps=2, batch=2),
+                  tmp_path / "generic", progress=False)
+    generic = str(next((tmp_path / "generic").glob("generic-*.safetensors")))
+    video = tmp_path / "seg.mp4"
+    video.write_bytes(encode(pairs[0].lr, 8.75, crf=28))
+    report = tmp_path / "report.json"
+    assert main(["river-play", str(video), "--store", str(store.root), "--generic", generic, "--model-id", "1",
+                 "--runtime", "bf16", "--json", str(report)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(pairs[0].lr)} frames in 1 segments, runtime bf16" in out and "stalls 1" in out  # 1 not held yet
+    assert json.loads(report.read_text())["summary"]["frames"] == len(pairs[0].lr)
+    assert main(["river-play", str(video)]) == 2  # no model source
+    assert "--server, or --store with --generic" in capsys.readouterr().err
