@@ -1,13 +1,14 @@
 """The player's SR runtime: one uint8 frame in, its super-resolved uint8 frame out, as fast as this CPU allows.
 
 Measured on this 2-core CPU (Xeon with AMX and AVX-512 BF16), default model (4 blocks x 16 channels, x2), one
-640x360 frame to 1280x720 (bench/results/river_client.md has the run):
-  torch fp32 eager ~195 ms, channels-last ~165 ms, TorchScript optimize_for_inference ~88 ms, ONNX Runtime 1.32
-  fp32 ~295 ms (its bicubic Resize alone dominates), bf16 channels-last eager ~66 ms, bf16 compiled by inductor
-  ~46 ms.
-So the runtimes here are bf16 in channels-last layout (AMX tiles), eager or compiled. bf16 rounding costs the
-frame ~0.01 dB (bench.river_client reports the fp32 PSNR beside it). One module per SR shape: switching models
-copies weights into it in place, so a compiled module is compiled once per shape, not once per model.
+640x360 frame to 1280x720, SR time per frame p50 in bench.river_client (bench/results/river_client.md):
+  torch fp32 75 ms, ONNX Runtime 1.32 fp32 241-255 ms (its bicubic Resize dominates), bf16 channels-last eager
+  47 ms, bf16 compiled by inductor 47-51 ms (two runs; a one-off TorchScript optimize_for_inference fp32 run took
+  ~88 ms).
+So the runtimes here are bf16 in channels-last layout (AMX tiles), eager or compiled. bf16 rounding left the
+frames' PSNR-Y unchanged to 0.01 dB (bench.river_client's fp32 and bf16 rows). One module per SR shape:
+switching models copies weights into it in place, so a compiled module is compiled once per shape, not once per
+model.
 """
 
 from __future__ import annotations
