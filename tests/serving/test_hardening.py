@@ -84,12 +84,19 @@ def test_a_burst_past_the_actors_concurrency_is_refused_not_wedged(url):
 
 def test_429_409_and_404_bodies_carry_no_internals(url):
     async def busy():
+        """The second call is sent once the first has streamed its first token, so it meets a running segment
+        on any machine (a fixed sleep raced a fast one: the first call had already finished)."""
         async with httpx.AsyncClient(base_url=url, timeout=300) as h:
-            long = h.post("/v1/chat/completions", json=chat(max_tokens=200, ignore_eos=True, session_id="busy"))
-            first = asyncio.create_task(long)
-            await asyncio.sleep(1.0)
-            second = await h.post("/v1/chat/completions", json=chat(session_id="busy"))
-            return await first, second
+            body = chat(max_tokens=300, ignore_eos=True, stream=True, session_id="busy")
+            async with h.stream("POST", "/v1/chat/completions", json=body) as first:
+                lines = first.aiter_lines()
+                async for line in lines:
+                    if line.startswith("data: ") and '"content": "' in line:
+                        break
+                second = await h.post("/v1/chat/completions", json=chat(session_id="busy"))
+                events = [line async for line in lines if line.startswith("data: ")]
+            assert events[-1] == "data: [DONE]"
+            return first, second
 
     first, second = asyncio.run(busy())
     assert first.status_code == 200 and second.status_code == 409
