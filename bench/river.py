@@ -51,9 +51,18 @@ TARGETS = (("generic_other", 1.81), ("generic_game", 1.0), ("online", 0.5), ("pe
 
 def generic_game(train_index: Path, sr: SRConfig, cfg: TrainConfig, cache: Path) -> TrainResult:
     """One model for the whole game, trained on other maps' segments (cached)."""
-    return generic_model(lambda: [(p.lr, p.hr) for p in load_pairs(train_index)],
-                         {"index": f"{train_index.parent.name}/{train_index.name}"}, sr, cfg, cache,
-                         progress=False)
+    return generic_model(lambda: [(p.lr, p.hr) for p in load_pairs(train_index)], game_key(train_index), sr, cfg,
+                         cache, progress=False)
+
+
+def game_key(train_index: Path) -> dict:
+    """What `generic_game` caches its model by (`runtime.river.train.generic_path` finds the file with it)."""
+    return {"index": f"{train_index.parent.name}/{train_index.name}"}
+
+
+def train_gameplay(wad: str, train_maps: list[str], segment_s: float, fps: float) -> GameplayConfig:
+    """The gameplay the generic game model trains on: two segments of each of the game's training maps."""
+    return GameplayConfig(wad, tuple(train_maps), 2, segment_s, fps, seed=100)
 
 
 def generic_other(sr: SRConfig, crf: int, cfg: TrainConfig, cache: Path) -> TrainResult:
@@ -86,7 +95,7 @@ def gameplay_configs(p: argparse.ArgumentParser, args: argparse.Namespace) -> No
     try:
         args.eval_cfg = GameplayConfig(args.wad, tuple(maps), math.ceil(args.segments / len(maps)), args.segment_s,
                                        args.fps, seed=0)
-        args.train_cfg = GameplayConfig(args.wad, tuple(train_maps), 2, args.segment_s, args.fps, seed=100)
+        args.train_cfg = train_gameplay(args.wad, train_maps, args.segment_s, args.fps)
     except ValueError as e:
         p.error(str(e))
 

@@ -9,8 +9,11 @@ H.264 bytes and two ground-truth frames, and the server answers the model to use
 the generic model from the start, then whatever it fetched. A model it must use but does not hold is a stall (it
 fetches it then, and the segment is shown with the generic model); after each segment it asks
 `/river/v1/prefetch` and fetches the predicted models within `--prefetch-kb` per segment. Delivered PSNR is what
-the client shows (the model it held, upscaling the streamed frames) against the ground truth. The service is the
-same app `make run` starts (agent endpoints included), with River's generic model from `deployments.launch`.
+the client shows (the model it held, upscaling the streamed frames) against the ground truth; chosen PSNR is what
+the server's choice would have shown had it been on the client; offline PSNR is River run offline on the same
+segments in the same order (bench.river's semantics: every segment checked, a fine-tune usable after its measured
+seconds), the figure the delivered one is held to. The service is the same app `make run` starts (agent endpoints
+included) with River's defaults: bench.river's generic game model and fine-tune budget.
 """
 
 from __future__ import annotations
@@ -41,6 +44,11 @@ def parse_args(argv):
     p.add_argument("--prefetch-kb", type=float, default=256.0, help="prefetch budget per segment")
     p.add_argument("--target-gain", type=float, default=None,
                    help="the quality gate's target, dB over the generic model (default: GateConfig's)")
+    p.add_argument("--generic-steps", type=int, default=3000, help="the generic game model's budget (bench.river's)")
+    p.add_argument("--finetune-steps", type=int, default=None, help="one fine-tune's steps (default: TrainConfig's)")
+    p.add_argument("--no-offline", dest="offline", action="store_false",
+                   help="skip the offline River replay (its PSNR is what the delivered PSNR is held to)")
+    p.add_argument("--cache", default="build/river", help="bench.river's cache: the generic model and its data")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", default=None, help="the agent endpoints' model directory (default models/small)")
     p.add_argument("--root", default="build/river/stream", help="datasets, generic model and store")
@@ -53,6 +61,12 @@ def parse_args(argv):
         p.error("--sessions takes comma-separated integers")
     if not a.session_counts or min(a.session_counts) < 1 or a.segments < 1 or not a.map_list:
         p.error("--sessions and --segments must be >= 1 and --maps must name a map")
+    if a.generic_steps < 1 or (a.finetune_steps is not None and a.finetune_steps < 1):
+        p.error("--generic-steps and --finetune-steps must be >= 1")
+    from bench.river import TRAIN_MAPS
+
+    if a.wad not in TRAIN_MAPS:
+        p.error(f"--wad: the generic game model has training maps for {sorted(TRAIN_MAPS)} only")
     a.headline = 4 if 4 in a.session_counts else a.session_counts[0]
     from runtime.river.gameplay import GameplayConfig
 
@@ -76,12 +90,16 @@ class Client:
         self.shown: list[tuple] = []  # (pair, model shown, scored frames) per segment
 
     def score(self) -> None:
-        """Delivered PSNR-Y of each segment: the model the player held, upscaling the streamed frames."""
+        """PSNR-Y of each segment: delivered (the model the player held, upscaling the streamed frames) and chosen
+        (the server's choice, had it been here)."""
         from runtime.river.sr import psnr_y, upscale
 
         for row, (pair, shown, picks) in zip(self.rows, self.shown, strict=True):
             frames = np.array(picks)
             row["psnr_db"] = psnr_y(upscale(self.models[shown], pair.lr[frames]), pair.hr[frames], pair.scale)
+            chosen = row["psnr_db"] if row["model"] == shown else psnr_y(
+                upscale(self.models[row["model"]], pair.lr[frames]), pair.hr[frames], pair.scale)
+            row["chosen_psnr_db"] = chosen
 
     async def fetch(self, model_id: int) -> int:
         from safetensors.torch import load
@@ -164,14 +182,20 @@ def markdown(data: dict) -> str:
              "| metric | value |", "|---|---|"]
     lines += [f"| {k.replace('_', ' ')} | {v:.3f} |" if isinstance(v, float) else f"| {k.replace('_', ' ')} | {v} |"
               for k, v in s.items()]
+    if "offline_psnr_db" in s:
+        lines += ["", f"Delivered PSNR-Y {s['delivered_psnr_db']:.2f} dB vs River offline on the same segments "
+                      f"{s['offline_psnr_db']:.2f} dB: {s['delivered_psnr_db'] - s['offline_psnr_db']:+.2f} dB (target "
+                      f"within 0.3); of that, delivery (stalls) {s['delivered_psnr_db'] - s['chosen_psnr_db']:+.2f} dB "
+                      f"and the service's choices {s['chosen_psnr_db'] - s['offline_psnr_db']:+.2f} dB."]
     cols = ("server_ms_p50", "server_ms_p99", "lookup_ms_per_frame_p99", "decode_ms_p50", "http_5xx", "stalls",
-            "delivered_psnr_db")
-    lines += ["", "Sessions sweep (one service; later points find the models earlier points trained):", "",
+            "delivered_psnr_db", "chosen_psnr_db", "offline_psnr_db")
+    lines += ["", "Sessions sweep (one service; later points find the models earlier points trained; offline River "
+                  "is replayed up to the headline point):", "",
               "| sessions | " + " | ".join(c.replace("_", " ") for c in cols) + " |",
               "|---" * (len(cols) + 1) + "|"]
     for n, row in sweep.items():
-        lines.append(f"| {n} | " + " | ".join(f"{row[c]:.1f}" if isinstance(row[c], float) else str(row[c])
-                                              for c in cols) + " |")
+        cells = (row.get(c, "") for c in cols)
+        lines.append(f"| {n} | " + " | ".join(f"{v:.1f}" if isinstance(v, float) else str(v) for v in cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -186,10 +210,12 @@ def plot(data: dict, stem: Path) -> None:
     fig, (a1, a2, a3) = plt.subplots(1, 3, figsize=(14, 3.6))
     for session in sorted({r["session"] for r in rows}):
         mine = [r for r in rows if r["session"] == session]
-        a1.plot([r["psnr_db"] for r in mine], marker="o", ms=3, label=session)
+        line, = a1.plot([r["psnr_db"] for r in mine], marker="o", ms=3, label=session)
+        if "offline_psnr_db" in mine[0]:
+            a1.plot([r["offline_psnr_db"] for r in mine], ls=":", color=line.get_color())
     a1.set_xlabel("segment")
     a1.set_ylabel("delivered PSNR-Y (dB)")
-    a1.set_title(f"{head} sessions")
+    a1.set_title(f"{head} sessions (dotted: River offline)")
     a1.legend(fontsize=7)
     a2.hist([r["server_ms"] for r in rows], bins=20)
     a2.axvline(1000, color="k", ls="--", lw=1, label="1 s (real time)")
@@ -210,9 +236,61 @@ def plot(data: dict, stem: Path) -> None:
     save_figure(fig, stem)
 
 
+def default_generic(a) -> Path:
+    """bench.river's generic game model (its training maps and budget): the one River's defaults were chosen with."""
+    from bench.river import TRAIN_MAPS, game_key, generic_game, train_gameplay
+    from runtime.river.dataset import build_dataset
+    from runtime.river.sr import SRConfig
+    from runtime.river.train import TrainConfig, generic_path
+
+    sr, cfg, cache = SRConfig(), TrainConfig(steps=a.generic_steps, schedule="cosine"), Path(a.cache)
+    index = build_dataset(train_gameplay(a.wad, TRAIN_MAPS[a.wad].split(","), 2.0, 8.75), scale=sr.scale,
+                          root=cache / "datasets", progress=False)
+    generic_game(index, sr, cfg, cache / "models")
+    return generic_path(game_key(index), sr, cfg, cache / "models")
+
+
+def offline_river(sessions: list[tuple], counts: list[int], river: dict, a) -> dict[int, dict[tuple, float]]:
+    """River offline on the segments the service saw, in its order: the sweep points in turn on one store, each
+    point's sessions taking their k-th segment at k x segment_s. Every segment is checked (no skipped checks), a
+    fine-tune is usable after its measured seconds on one trainer in stream time (bench.river's semantics), and
+    between points every fine-tune finishes (the service keeps training while the benchmark scores a point).
+    Returns per point the PSNR-Y of each (session, segment) on the frames its player was scored on."""
+    import tempfile
+
+    from bench.river import StreamClockTrainer
+    from runtime.river.online import GateConfig, OnlineRiver
+    from runtime.river.sr import psnr_y, upscale
+    from runtime.river.store import ModelStore
+    from runtime.river.train import TrainConfig, load_generic
+
+    gate = GateConfig(**{k: river[k] for k in ("target_gain_db",) if k in river})
+    ft = TrainConfig(**({"steps": river["finetune_steps"]} if "finetune_steps" in river else {}))
+    trainer, start, out = StreamClockTrainer(), 0.0, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        online = OnlineRiver(ModelStore(tmp), load_generic(river["generic"]), trainer, gate=gate, finetune=ft)
+        for n in counts:
+            out[n] = {}
+            with tqdm(total=sum(len(s[2]) for s in sessions[:n]), desc=f"offline River, {n} sessions", unit="seg",
+                      file=sys.stderr) as bar:
+                for k in range(max(len(s[2]) for s in sessions[:n])):
+                    trainer.now = start + k * a.segment_s
+                    online.collect()
+                    for name, (wad, _), pairs, *_ in sessions[:n]:
+                        if k < len(pairs):
+                            pair, picks = pairs[k], [0, len(pairs[k].lr) - 1]
+                            d = online.process(pair.segment_id, pair.lr, pair.hr[picks], picks, game=wad)
+                            out[n][(f"n{n}-{name}", pair.segment_id)] = psnr_y(
+                                upscale(online.model(d.model_id), pair.lr[picks]), pair.hr[picks], pair.scale)
+                            bar.update(1)
+            start = trainer.now = max(trainer.free_at, trainer.now + a.segment_s)
+            online.collect(wait=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
-    from deployments.launch import river_settings, start, stop
+    from deployments.launch import start, stop
     from deployments.river_api import encode_png
     from runtime.river.dataset import build_dataset, load_pairs, load_streams
     from runtime.river.gameplay import GameplayConfig
@@ -221,7 +299,9 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path(a.root).resolve()
     shutil.rmtree(root / "store", ignore_errors=True)  # every run starts with an empty store
-    river = {**river_settings(root), **({} if a.target_gain is None else {"target_gain_db": a.target_gain})}
+    river = {"generic": str(default_generic(a)), "store_dir": str(root / "store"),
+             **({} if a.target_gain is None else {"target_gain_db": a.target_gain}),
+             **({} if a.finetune_steps is None else {"finetune_steps": a.finetune_steps})}
     scale = generic_config(river["generic"]).scale
     sessions = []
     for i in range(max(a.session_counts)):
@@ -245,8 +325,15 @@ def main(argv: list[str] | None = None) -> int:
             rows += point
     finally:
         stop(settings)
+    if a.offline:  # up to the headline point: the replay trains as much as the service did, on this process
+        counts = a.session_counts[:a.session_counts.index(a.headline) + 1]
+        for n, psnr in offline_river(sessions, counts, river, a).items():
+            point = [r for r in rows if r["sessions"] == n]
+            for r in point:
+                r["offline_psnr_db"] = psnr[(r["session"], r["segment"])]
+            sweep[str(n)]["offline_psnr_db"] = float(np.mean([r["offline_psnr_db"] for r in point]))
     data = {"meta": {"command": command_line("bench.river_stream", argv), "sessions": a.session_counts,
-                     "maps": [f"{w}:{m}" for w, m in a.map_list]},
+                     "maps": [f"{w}:{m}" for w, m in a.map_list], "river": river},
             "stream": sweep[str(a.headline)], "sweep": sweep, "rows": rows}
     print(write_results(a.out, data, markdown, plot))
     return 0
@@ -260,6 +347,7 @@ def summarize(rows: list[dict], clients: list[Client], stats: dict) -> dict:
     return {"sessions": len(clients), "segments": len(rows), "http_5xx": sum(r["status"] >= 500 for r in rows),
             "http_4xx": sum(400 <= r["status"] < 500 for r in rows),
             "delivered_psnr_db": float(np.mean([r["psnr_db"] for r in rows])),
+            "chosen_psnr_db": float(np.mean([r["chosen_psnr_db"] for r in rows])),
             "stalls": sum(c.stalls for c in clients),
             "server_ms_p50": float(np.percentile(server, 50)), "server_ms_p99": float(np.percentile(server, 99)),
             "decode_ms_p50": float(np.percentile([r["decode_ms"] for r in ok], 50)),

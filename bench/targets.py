@@ -155,6 +155,10 @@ def check_river_stream(path: Path) -> tuple[list[str], list[str]]:
               (s["prefetch_hit_rate"] >= 0.85, f"prefetch hit {s['prefetch_hit_rate']:.2f} (target >= 0.85)"),
               (stall_share <= 0.05, f"stalls {stall_share:.0%} of segments (target <= 5%)"),
               (prefetch_share <= 0.25, f"prefetch bytes {prefetch_share:.0%} of video bytes (target <= 25%)")]
+    if "offline_psnr_db" in s:
+        gap = s["delivered_psnr_db"] - s["offline_psnr_db"]
+        checks.append((gap >= -0.3, f"delivered PSNR-Y {gap:+.2f} dB from River offline on the same segments "
+                                    f"(target within 0.3)"))
     return _verdicts(path, checks)
 
 

@@ -86,14 +86,14 @@ def river_settings(root: Path) -> dict:
     from runtime.river.dataset import build_dataset, load_pairs
     from runtime.river.gameplay import GameplayConfig
     from runtime.river.sr import SRConfig
-    from runtime.river.train import TrainConfig, generic_model
+    from runtime.river.train import TrainConfig, generic_model, generic_path
 
     cfg, train, sr = GameplayConfig(**RIVER_TRAIN), TrainConfig(steps=DEMO_GENERIC_STEPS), SRConfig()
     index = build_dataset(cfg, scale=sr.scale, root=root / "datasets", progress=False)
-    generic_model(lambda: [(p.lr, p.hr) for p in load_pairs(index)], {"demo": f"{index.parent.name}/{index.name}"},
-                  sr, train, root / "generic", progress=False)
-    generic = max((root / "generic").glob("generic-*.safetensors"), key=lambda p: p.stat().st_mtime)
-    return {"generic": str(generic), "store_dir": str(root / "store"), "finetune_steps": DEMO_FINETUNE_STEPS}
+    key = {"demo": f"{index.parent.name}/{index.name}"}
+    generic_model(lambda: [(p.lr, p.hr) for p in load_pairs(index)], key, sr, train, root / "generic", progress=False)
+    return {"generic": str(generic_path(key, sr, train, root / "generic")), "store_dir": str(root / "store"),
+            "finetune_steps": DEMO_FINETUNE_STEPS}
 
 
 def river_demo(url: str, root: Path) -> None:

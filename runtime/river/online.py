@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import numpy as np
@@ -30,7 +30,7 @@ import torch
 from runtime.river.features import OverlayMask, frame_patch_features, kmeans_keys
 from runtime.river.patches import check_frames
 from runtime.river.sr import EDSR, SRConfig, psnr_y, upscale
-from runtime.river.store import ModelStore
+from runtime.river.store import ModelStore, as_stored
 from runtime.river.train import Pairs, TrainConfig, TrainResult, finetune, model_from_state
 
 GENERIC = 0  # model id of the generic model (never in the store)
@@ -186,7 +186,8 @@ class _Pending:
     segment_id: str
     sample_lr: np.ndarray  # the gate's sampled frames: the new model's recorded gain is measured on them
     sample_hr: np.ndarray
-    score: Future | None = None  # its gain check, once trained
+    trained: TrainResult | None = None  # its weights as the store keeps them, once trained
+    score: Future | None = None  # its gain check, of those weights
 
 
 class OnlineRiver:
@@ -333,7 +334,8 @@ class OnlineRiver:
                     self.pending.remove(p)
                     self.counts["finetunes_failed"] += 1
                     continue
-                p.score = self.checks.submit(gate_check, self.generic, result, p.sample_lr, p.sample_hr)
+                p.trained = replace(result, state=as_stored(result.state))  # the gain of what clients will play
+                p.score = self.checks.submit(gate_check, self.generic, p.trained, p.sample_lr, p.sample_hr)
             if p.score is None or not (wait or p.score.done()):
                 continue
             self.pending.remove(p)
@@ -342,7 +344,6 @@ class OnlineRiver:
             except Exception:  # noqa: BLE001 - as above
                 self.counts["checks_failed"] += 1
                 continue
-            result = p.future.result()
-            new.append(self.store.add(result.state, result.sr, p.keys, source_segments=[p.segment_id],
-                                      psnr_gain_db=model_db - generic_db, train_s=result.seconds))
+            new.append(self.store.add(p.trained.state, p.trained.sr, p.keys, source_segments=[p.segment_id],
+                                      psnr_gain_db=model_db - generic_db, train_s=p.trained.seconds))
         return new

@@ -53,9 +53,24 @@ class ModelInfo:
 
 
 def encode_weights(state: dict[str, torch.Tensor]) -> tuple[bytes, str]:
-    """A model's weights as they travel (safetensors) and their checksum (SHA-256, the HTTP ETag)."""
-    data = save({k: v.contiguous() for k, v in state.items()})
+    """A model's weights as they are stored and travel (safetensors, floating-point tensors in float16) and their
+    checksum (SHA-256, the HTTP ETag). float16 halves what prefetch sends (a 4 x 16 model: 94 -> 48 KB) and moved
+    PSNR-Y by under 0.001 dB (the game's generic model on six Freedoom segments); models train and run in float32
+    or bf16, converted as they load."""
+    wire = {}
+    for name, tensor in state.items():
+        if tensor.is_floating_point():
+            tensor = tensor.to(torch.float16)
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"weights: {name!r} does not fit float16 (non-finite after conversion)")
+        wire[name] = tensor.contiguous()
+    data = save(wire)
     return data, hashlib.sha256(data).hexdigest()
+
+
+def as_stored(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` at the precision the store keeps and serves it (what `encode_weights` writes)."""
+    return load(encode_weights(state)[0])
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -140,9 +140,7 @@ def generic_model(pairs_fn, key: dict, sr: SRConfig, cfg: TrainConfig, cache: st
                   progress: bool = True) -> TrainResult:
     """The generic model, trained once from scratch on `pairs_fn()` and cached under `cache` by `key` (describe
     the training data there: the cache must not outlive a change of it)."""
-    recipe = {"data": key, "sr": sr.to_dict(), "train": asdict(cfg), "version": 1}
-    digest = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
-    path = Path(cache) / f"generic-{digest}.safetensors"
+    path, recipe = generic_path(key, sr, cfg, cache), _recipe(key, sr, cfg)
     if path.exists():
         return load_generic(path)
     result = train(EDSR(sr), pairs_fn(), cfg, progress=progress, desc="generic SR model")
@@ -153,6 +151,16 @@ def generic_model(pairs_fn, key: dict, sr: SRConfig, cfg: TrainConfig, cache: st
                                                      "final_loss": result.final_loss, "patches": result.patches}))
     os.replace(tmp, path)
     return result
+
+
+def _recipe(key: dict, sr: SRConfig, cfg: TrainConfig) -> dict:
+    return {"data": key, "sr": sr.to_dict(), "train": asdict(cfg), "version": 1}
+
+
+def generic_path(key: dict, sr: SRConfig, cfg: TrainConfig, cache: str | os.PathLike) -> Path:
+    """Where `generic_model` caches the model of this recipe (its file name is the recipe's digest)."""
+    digest = hashlib.sha256(json.dumps(_recipe(key, sr, cfg), sort_keys=True).encode()).hexdigest()[:16]
+    return Path(cache) / f"generic-{digest}.safetensors"
 
 
 def generic_config(path: str | os.PathLike) -> SRConfig:

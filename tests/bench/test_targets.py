@@ -91,8 +91,11 @@ def test_river_client_and_stream_verdicts(tmp_path):
     stream = tmp_path / "river_stream.json"
     stream.write_text(json.dumps({"meta": {"command": "cmd"}, "rows": [], "stream": {
         "segments": 20, "http_5xx": 0, "server_ms_p99": 900.0, "lookup_ms_per_frame_p99": 25.0,
-        "prefetch_hit_rate": 0.9, "stalls": 2, "prefetch_bytes": 10, "video_bytes": 100}}))
+        "prefetch_hit_rate": 0.9, "stalls": 2, "prefetch_bytes": 10, "video_bytes": 100,
+        "delivered_psnr_db": 33.0, "offline_psnr_db": 33.5}}))
     lines, misses = targets.check_river_stream(stream)
-    assert [line[:4] for line in lines] == ["PASS", "PASS", "MISS", "PASS", "MISS", "PASS"]
+    assert [line[:4] for line in lines] == ["PASS", "PASS", "MISS", "PASS", "MISS", "PASS", "MISS"]
+    assert misses[2] == "river_stream: delivered PSNR-Y -0.50 dB from River offline on the same segments (target " \
+                        "within 0.3)"
     assert misses[1] == "river_stream: stalls 10% of segments (target <= 5%)"
     assert targets._checker(json.loads(client.read_text()))[0] is targets.check_river_client

@@ -58,7 +58,7 @@ def test_store_round_trip_reload_and_corruption(features, tmp_path):
     reopened = ModelStore(tmp_path)
     assert reopened.ids() == store.ids()
     assert np.array_equal(reopened.search(queries)[0], got_ids)
-    assert all(torch.equal(reopened.weights(1)[k], _state(0)[k]) for k in _state(0))
+    assert all(torch.equal(reopened.weights(1)[k], _state(0)[k].half()) for k in _state(0))  # stored as float16
     assert not list(tmp_path.rglob("*.tmp"))
 
     (tmp_path / "weights" / "2.safetensors").write_bytes(b"garbage")
@@ -154,3 +154,14 @@ def test_x4_models_round_trip_and_one_store_serves_one_scale(features, tmp_path)
     x2 = SRConfig(blocks=1, channels=4, scale=2)
     with pytest.raises(ValueError, match="holds x4 models and the generic model is x2"):
         OnlineRiver(reopened, TrainResult(EDSR(x2).state_dict(), x2, 0, 0.0, 0.0, 0), LocalTrainer())
+
+
+def test_weights_that_do_not_fit_float16_are_refused_by_name(tmp_path):
+    store = ModelStore(tmp_path)
+    state = _state(0)
+    name = next(iter(state))
+    state[name] = state[name] * 1e6
+    with pytest.raises(ValueError, match=name):
+        store.add(state, SRConfig(blocks=1, channels=4, scale=2), np.ones((2, DIM), np.float32),
+                  source_segments=["x"], psnr_gain_db=0.1, train_s=0.1)
+    assert store.ids() == [] and not list((tmp_path / "weights").glob("*"))
