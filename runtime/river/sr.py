@@ -8,6 +8,7 @@ Weights travel as safetensors (the store, the model endpoint); `SRConfig` is sto
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -49,7 +50,7 @@ class _Block(nn.Module):
         self.res_scale = res_scale
 
     def forward(self, x):
-        return x + self.body(x) * self.res_scale
+        return torch.add(x, self.body(x), alpha=self.res_scale)  # one pass over x (a separate mul was ~7% of SR)
 
 
 class EDSR(nn.Module):
@@ -66,9 +67,11 @@ class EDSR(nn.Module):
         nn.init.zeros_(self.tail[0].bias)
 
     def forward(self, x):
-        base = bicubic(x, self.cfg.scale)
+        """The residual and the bicubic base are added as pixel-shuffle phases (low resolution), then shuffled once:
+        the same sum as adding at high resolution, in a quarter of the passes at x2."""
         h = self.head(x)
-        return base + self.tail(h + self.body(h))
+        conv, shuffle = self.tail
+        return shuffle(conv(h + self.body(h)) + bicubic_phases(x, self.cfg.scale))
 
 
 def to_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -81,7 +84,31 @@ def to_frames(x: torch.Tensor) -> np.ndarray:
 
 
 def bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:
-    return F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+    """Bicubic upsampling, equal to `F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)`
+    to float rounding (tests check it)."""
+    return F.pixel_shuffle(bicubic_phases(x, scale), scale)
+
+
+def bicubic_phases(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """(N, 3, H, W) -> (N, 3 scale^2, H, W): bicubic upsampling by an integer factor as a fixed 5 x 5 convolution
+    per output phase, in pixel-shuffle channel order. On this CPU `F.interpolate` took 15-18 ms for one 360p
+    frame (~a third of the model's SR time), this 4-7 ms. Border pixels are replicated as `F.interpolate` clamps
+    its taps."""
+    w = _phase_weights(scale, x.dtype, x.device)
+    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), w, groups=x.shape[1])
+
+
+@functools.cache
+def _phase_weights(scale: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The bicubic filter of each phase, read off `F.interpolate`'s response to an impulse (so both agree by
+    construction): output pixel scale*i + a takes input pixels i-2..i+2 with weights f[a]."""
+    centre = 4
+    impulse = torch.zeros(1, 1, 1, 2 * centre + 1, dtype=torch.float64)
+    impulse[..., centre] = 1.0
+    y = F.interpolate(impulse, scale_factor=(1, scale), mode="bicubic", align_corners=False)[0, 0, 0]
+    f = torch.stack([torch.stack([y[scale * (centre - k) + a] for k in range(-2, 3)]) for a in range(scale)])
+    w = torch.einsum("ak,bl->abkl", f, f).reshape(scale * scale, 1, 5, 5).repeat(3, 1, 1, 1)
+    return w.to(dtype=dtype, device=device)
 
 
 @torch.inference_mode()

@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from runtime.river.sr import EDSR, SRConfig, psnr_y, ssim_y, to_tensor, upscale
+from runtime.river.sr import EDSR, SRConfig, bicubic, psnr_y, ssim_y, to_tensor, upscale
 from runtime.river.train import TrainConfig, edge_rich, finetune, generic_model, model_from_state, train
 
 
@@ -24,6 +25,14 @@ def test_metrics_match_scikit_image(pairs):
                         for a, b in zip(sr, hr, strict=True)])
     assert ssim_y(sr, hr, 2) == pytest.approx(ref_ssim, abs=1e-4)
     assert psnr_y(hr, hr, 2) == float("inf")
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4, 8])
+def test_bicubic_as_phase_convolutions_equals_torch_interpolate(scale):
+    x = torch.rand(2, 3, 17, 29, dtype=torch.float64)
+    ref = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+    assert torch.allclose(bicubic(x, scale), ref, atol=1e-12)  # borders included
+    assert torch.allclose(bicubic(x.float(), scale), ref.float(), atol=1e-5)
 
 
 @pytest.mark.parametrize("scale", [2, 4])
