@@ -38,7 +38,8 @@ bench: $(STAMP)  ## the committed simulator benchmarks (bench/results/) and the 
 TARGETS = $(PY) -m bench.targets bench/results/jct_*.json bench/results/river*.json $(wildcard bench/results/service_load.json)
 
 REAL := HF_HUB_OFFLINE=1 $(PY) -m bench.jct_real --model small --seeds 0 --kv-blocks 256
-bench-real: $(STAMP) models/small/config.json  ## the committed real-vLLM (CPU) benchmarks, ~25 min on 2 cores
+bench-real: $(STAMP) models/small/config.json  ## the committed real-vLLM (CPU) benchmarks, ~35 min on 2 cores
+	HF_HUB_OFFLINE=1 $(PY) -m bench.engine_settings --model models/small --out bench/results/engine_settings.json
 	$(PY) -m agentriver trace --mix infercept --jobs 24 --rate 0.25 --seed 0 --out build/traces/infercept24.parquet
 	$(PY) -m agentriver trace --mix infercept --jobs 96 --rate 2 --seed 1 --out build/traces/infercept96.parquet
 	$(REAL) --trace build/traces/infercept24.parquet --policies vllm,astraea --rate-scales 1,4 \

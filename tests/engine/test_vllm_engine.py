@@ -49,3 +49,5 @@ def test_version_and_config_checks(tmp_path):
         EngineConfig(model=str(tmp_path), kv_blocks=4, max_model_len=1024)
     with pytest.raises(ValueError, match="unknown scheduler plugin"):
         EngineConfig(model=str(tmp_path), plugin="lottery")
+    with pytest.raises(ValueError, match="reserved_cpus must be >= 0"):
+        EngineConfig(model=str(tmp_path), reserved_cpus=-1)
