@@ -2,9 +2,11 @@
 steers - every iteration of an unmodified vLLM engine.
 
 It runs inside vLLM's EngineCore process, so it is configured through environment variables, which the spawned
-process inherits. `StepLogScheduler` records the step log (what each iteration computed and how long it took),
-which `runtime.agents.costmodel.fit` turns into the simulator's cost model; `PolicyScheduler` adds the ordering
-of the waiting queue and the KV decisions at tool calls by a `runtime.agents` policy.
+process inherits. Jobs come from `JobHint`s (the Ray runtime) or, in the stock OpenAI server, from vLLM's own
+`session_id` (drop-in mode, sessions.py). `StepLogScheduler` records the step log (what each iteration computed
+and how long it took), which `runtime.agents.costmodel.fit` turns into the simulator's cost model;
+`PolicyScheduler` adds the ordering of the waiting queue and the KV decisions at tool calls by a `runtime.agents`
+policy.
 
 Override surface (all taken as `*args, **kwargs`, as signatures drift between vLLM releases): the public
 `schedule`, `update_from_output`, `add_request`, `finish_requests`, and two private hooks of vLLM's `Scheduler` -
@@ -41,6 +43,7 @@ from runtime.agents.policy import PolicyContext, SegmentStats, make_policy
 from runtime.agents.predictor import Predictor
 from runtime.engine.host_swap import HostSwapConnector
 from runtime.engine.job_hints import OUTCOME_KEY, JobHint, hint_of
+from runtime.engine.sessions import SessionHints, call_args
 
 SUPPORTED_VLLM = "0.32."
 STEP_LOG_ENV = "AGENTRIVER_STEP_LOG"  # JSONL file the plugin appends one StepRecord per iteration to
@@ -167,23 +170,34 @@ class PolicyScheduler(StepLogScheduler):
         self._pin_on_free: dict[str, tuple[Job, float | None]] = {}  # request id -> (job, pin expiry)
         self._pinned: dict[str, tuple[object, float | None]] = {}  # job id -> (finished request, expiry)
         self._asked: dict[str, str] = {}  # job id -> KV action its caller asked for at this segment's tool call
+        self._sessions = SessionHints()  # drop-in mode: jobs from the stock server's session ids (sessions.py)
         path = os.environ.get(KV_LOG_ENV)
         self._kv_log = open(path, "a", buffering=1) if path else None  # noqa: SIM115 - lives with the engine
 
     # ------------------------------------------------------------------------------------------ requests
     def add_request(self, request, *args, **kwargs):
-        hint = hint_of(request)
+        now = time.time()
+        hint = hint_of(request) or self._session_hint(request, now)
         if hint is not None:
             job = self._mirror(hint)
             if hint.kv_action:
                 self._asked[job.job_id] = hint.kv_action
-            now = time.time()
             if job.phase is Phase.TOOL:
                 self.life.tool_returned(job, now)
             else:
                 self.life.ready(job, now)
             self._live[request.request_id] = _Live(job, request)
         return super().add_request(request, *args, **kwargs)
+
+    def _session_hint(self, request, now: float) -> JobHint | None:
+        """Drop-in mode: the hint of a call the stock server sent with a `session_id` (None without one, and for a
+        call of a session whose previous call is still running here: that one is scheduled as a plain request)."""
+        session_id = getattr(request, "session_id", None)
+        if not session_id or any(live.job.job_id == session_id for live in self._live.values()):
+            return None
+        params = request.sampling_params
+        return self._sessions.hint(session_id, request.num_prompt_tokens, request.max_tokens or 1,
+                                   call_args(params.extra_args if params is not None else None), now)
 
     def finish_requests(self, request_ids, finished_status):
         if request_ids is None:
@@ -205,6 +219,9 @@ class PolicyScheduler(StepLogScheduler):
     def schedule(self, *args, **kwargs):
         now = time.time()
         self._expire_pins(now)
+        for session_id in self._sessions.expired(now, {live.job.job_id for live in self._live.values()}):
+            if session_id in self.jobs:
+                self._forget(self.jobs[session_id], "expired")
         self._reorder()
         out = super().schedule(*args, **kwargs)
         for new in out.scheduled_new_reqs:
@@ -262,6 +279,7 @@ class PolicyScheduler(StepLogScheduler):
         now = time.time()
         stats = SegmentStats(now - live.admitted_at, live.prefilled, request.num_output_tokens)
         decision = self.life.segment_done(job, now, stats, self._view(), self._asked.pop(job.job_id, ""))
+        self._sessions.ended(job.job_id, request.num_tokens, now)
         outcome = {"service_s": stats.service_s, "queued_s": live.queued_s, "prefill_tokens": live.prefilled}
         if decision is None:  # its last segment: nothing stays here
             self._forget(job, "job_done")
@@ -337,6 +355,7 @@ class PolicyScheduler(StepLogScheduler):
         if self._swap:
             self._swap.drop(job.job_id)
         self._asked.pop(job.job_id, None)
+        self._sessions.forget(job.job_id, job.arrival_s)
         self.jobs.pop(job.job_id, None)
         self.life.kv_kept(job, KVState.NONE, 0)
         self._log(job, "end", 0, cause)
