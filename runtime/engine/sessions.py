@@ -65,7 +65,13 @@ class SessionHints:
     """Per-session bookkeeping that turns a stock server's calls into `JobHint`s."""
 
     def __init__(self, idle_s: float | None = None):
-        self.idle_s = float(os.environ.get(SESSION_IDLE_ENV, DEFAULT_IDLE_S)) if idle_s is None else idle_s
+        if idle_s is None:
+            raw = os.environ.get(SESSION_IDLE_ENV, "")
+            try:
+                idle_s = float(raw) if raw else DEFAULT_IDLE_S
+            except ValueError:
+                raise ValueError(f"{SESSION_IDLE_ENV} must be a number of seconds, got {raw!r}") from None
+        self.idle_s = idle_s
         if self.idle_s <= 0:
             raise ValueError(f"{SESSION_IDLE_ENV} must be > 0 seconds, got {self.idle_s}")
         self._sessions: dict[str, _Session] = {}

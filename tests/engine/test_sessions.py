@@ -36,6 +36,16 @@ def test_silent_sessions_expire_unless_a_call_is_in_flight():
         SessionHints(idle_s=0)
 
 
+def test_the_idle_time_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv("AGENTRIVER_SESSION_IDLE_S", "7.5")
+    assert SessionHints().idle_s == 7.5
+    monkeypatch.setenv("AGENTRIVER_SESSION_IDLE_S", "soon")
+    with pytest.raises(ValueError, match="AGENTRIVER_SESSION_IDLE_S must be a number of seconds, got 'soon'"):
+        SessionHints()
+    monkeypatch.delenv("AGENTRIVER_SESSION_IDLE_S")
+    assert SessionHints().idle_s == 300.0
+
+
 def test_bad_xargs_are_ignored_field_by_field():
     assert call_args({"tool_category": "search", "last": 1, "kv_action": "preserve"}) == CallArgs("search", True,
                                                                                                "preserve")
