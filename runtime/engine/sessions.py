@@ -100,6 +100,9 @@ class SessionHints:
         if s is not None:
             s.held_tokens, s.seen_s = held_tokens, now
 
+    def __len__(self) -> int:
+        return len(self._sessions)
+
     def forget(self, session_id: str, arrival_s: float) -> None:
         """The scheduler dropped the job (ended, aborted, replaced): the session's next call starts a new one. Only
         the incarnation that arrived at `arrival_s`: a newer session of that id stays."""

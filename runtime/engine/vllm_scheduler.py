@@ -219,9 +219,10 @@ class PolicyScheduler(StepLogScheduler):
     def schedule(self, *args, **kwargs):
         now = time.time()
         self._expire_pins(now)
-        for session_id in self._sessions.expired(now, {live.job.job_id for live in self._live.values()}):
-            if session_id in self.jobs:
-                self._forget(self.jobs[session_id], "expired")
+        if self._sessions:  # drop-in sessions only: the Ray runtime's jobs are released by the cluster
+            for session_id in self._sessions.expired(now, {live.job.job_id for live in self._live.values()}):
+                if session_id in self.jobs:
+                    self._forget(self.jobs[session_id], "expired")
         self._reorder()
         out = super().schedule(*args, **kwargs)
         for new in out.scheduled_new_reqs:
