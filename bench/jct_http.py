@@ -60,14 +60,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def text_maker(model_dir: str):
+    """`text_of(job_id, seg, n)`: a segment's prompt as text of about `n` tokens of the model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    vocab = json.loads((Path(model_dir) / "config.json").read_text())["vocab_size"]
+
+    def text_of(job_id: str, seg: int, n: int) -> str:
+        """Random ids, re-tokenised until the count holds (or close: a few passes)."""
+        ids = prompt_ids(job_id, seg, n, vocab)
+        for _ in range(4):
+            text = tok.decode(ids, skip_special_tokens=True)
+            again = tok.encode(text, add_special_tokens=False)
+            if len(again) == n:
+                break
+            ids = again[:n]
+        return text
+
+    return text_of
+
+
 def turns_of(job: Job, text_of, tool_time_scale: float) -> list[Turn]:
     return [Turn(text_of(job.job_id, s.index, s.prompt_tokens), s.output_tokens, s.api_category,
                  s.api_time_s * tool_time_scale) for s in job.segments]
 
 
-async def replay_http(url: str, model: str, jobs: list[Job], text_of, tool_time_scale: float, desc: str
-                      ) -> tuple[list[AgentResult], list[float], int]:
-    """Every job as one session, arriving on schedule; returns results, JCTs and the count of failed calls."""
+async def replay_http(url: str, model: str, jobs: list[Job], text_of, tool_time_scale: float, desc: str,
+                      session_api: bool = True, on_call=None) -> tuple[list[AgentResult], list[float], int]:
+    """Every job as one session, arriving on schedule; returns results, JCTs and the count of failed calls.
+    `session_api`: as `run_agent`'s; `on_call(job_id, prompt_tokens, completion_tokens)` hears every finished call."""
     from openai import APIError, AsyncOpenAI
 
     client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=3600)
@@ -79,7 +101,8 @@ async def replay_http(url: str, model: str, jobs: list[Job], text_of, tool_time_
         await asyncio.sleep(max(0.0, job.arrival_s - (time.monotonic() - start)))
         try:
             res = await run_agent(client, model, job.job_id, turns_of(job, text_of, tool_time_scale),
-                                  ignore_eos=True)
+                                  ignore_eos=True, session_api=session_api,
+                                  on_call=on_call and (lambda p, c: on_call(job.job_id, p, c)))
         except APIError as e:
             errors += 1
             print(f"{job.job_id}: {e}", file=sys.stderr)
@@ -164,23 +187,8 @@ def markdown(data: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from transformers import AutoTokenizer
-
     table = read_trace(args.trace)
-    tok = AutoTokenizer.from_pretrained(args.model_dir)
-    vocab = json.loads((Path(args.model_dir) / "config.json").read_text())["vocab_size"]
-
-    def text_of(job_id: str, seg: int, n: int) -> str:
-        """Text of about `n` tokens: random ids, re-tokenised until the count holds (or close: a few passes)."""
-        ids = prompt_ids(job_id, seg, n, vocab)
-        for _ in range(4):
-            text = tok.decode(ids, skip_special_tokens=True)
-            again = tok.encode(text, add_special_tokens=False)
-            if len(again) == n:
-                break
-            ids = again[:n]
-        return text
-
+    text_of = text_maker(args.model_dir)
     # The chat template and re-tokenisation add a little: keep 20% of the context free.
     loads = {scale: fit_to_context(jobs_from_table(table, rate_scale=scale), int(args.max_model_len * 0.8))
              for scale in args.scale_list}

@@ -14,8 +14,10 @@ per-segment fine-tune reaches generic_game + 1.0 dB; river_client: the player at
 decode + SR p99 <= 50 ms; river_stream: server time per segment p99 <= 1 s, lookup + vote p99 <= 20 ms per frame,
 0 5xx, prefetch hit >= 0.85, stalls <= 5%, prefetch bytes <= 25% of video bytes; river_lookup: lookup + vote
 <= 5 ms per frame (p50) with >= 1,000 models. service_load (bench.service_load): 0 5xx, 0 hung requests and 0
-connection errors at every concurrency level, and a new session answered within 1 s after the sweep. It reports
-what it finds, wins and losses alike.
+connection errors at every concurrency level, and a new session answered within 1 s after the sweep.
+vs_vllm_server (bench.vs_vllm_server): under memory pressure the drop-in plugin and the Ray runtime <= 0.70x the
+average JCT of the stock server configured like ours, p99 not worse; without tools the plugin >= 0.97x its output
+tokens/s; the Ray runtime within 10% of the plugin. It reports what it finds, wins and losses alike.
 """
 
 from __future__ import annotations
@@ -170,6 +172,36 @@ def check_river_client(path: Path) -> tuple[list[str], list[str]]:
     return _verdicts(path, checks)
 
 
+def check_vs_vllm_server(path: Path) -> tuple[list[str], list[str]]:
+    """Under memory pressure (live contexts >= 2x the pool on (b)) the drop-in plugin (c) and the Ray runtime (d)
+    <= 0.70x the average JCT of the stock server configured like ours (b), p99 not worse; without tool calls
+    (c) >= 0.97x (b)'s output tokens/s; (d) within 10% of (c)'s average JCT everywhere."""
+    rows = json.loads(path.read_text())["rows"]
+    at = {(r["server"], r["pressure"], r["load"], r["tools"]): r for r in rows}
+    checks = []
+    for (server, pressure, load, tools), b in sorted(at.items(), key=lambda kv: kv[0][1:]):
+        if server != "stock_like_ours":
+            continue
+        where = f"pressure {pressure:g} (live {b['live_pressure']:.2f}x), load {load:g}"
+        c, d = at.get(("drop_in", pressure, load, tools)), at.get(("ray", pressure, load, tools))
+        if not tools:
+            if c:
+                ratio = c["tokens_per_s"] / b["tokens_per_s"]
+                checks.append((ratio >= 0.97, f"no tools, load {load:g}: drop-in output tokens/s = {ratio:.3f}x "
+                                              f"(b) (target >= 0.97)"))
+            continue
+        if b["live_pressure"] >= 2.0:
+            for name, r in (("drop-in (c)", c), ("Ray runtime (d)", d)):
+                if r:
+                    avg, p99 = r["avg_jct_s"] / b["avg_jct_s"], r["p99_jct_s"] / b["p99_jct_s"]
+                    checks.append((avg <= 0.70, f"{where}: {name} avg JCT = {avg:.3f}x (b) (target <= 0.70)"))
+                    checks.append((p99 <= 1.0, f"{where}: {name} p99 JCT = {p99:.3f}x (b) (target <= 1.0)"))
+        if c and d:
+            over = d["avg_jct_s"] / c["avg_jct_s"]
+            checks.append((over <= 1.10, f"{where}: Ray runtime avg JCT = {over:.3f}x drop-in (target <= 1.10)"))
+    return _verdicts(path, checks)
+
+
 def check_service_load(path: Path) -> tuple[list[str], list[str]]:
     data = json.loads(path.read_text())
     checks = [(r["http_5xx"] == 0 and r["hung"] == 0 and r["connection_errors"] == 0,
@@ -195,6 +227,8 @@ def _checker(data: dict):
         return check_river_stream, "[delivered PSNR, server time]({stem}.png)"
     if "decision_cost" in data:
         return check_cluster, "[average JCT per arrangement]({stem}.png)"
+    if "comparison" in data:
+        return check_vs_vllm_server, "[average JCT vs KV pressure, no-tool throughput]({stem}.png)"
     if "summary" in data:
         return check, "[JCT vs load]({stem}_jct_vs_load.png), [CDF]({stem}_cdf.png)"
     if "rows" in data:
@@ -215,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
            "`make bench-real` (real vLLM on this machine's CPU, the `small` model); `jct_http_*` and `jct_cluster`",
            "from `make bench-http` (the served agent API on real vLLM; cluster arrangements in the simulator);",
            "`river*` from `make bench-river` (River on real Freedoom video); `service_load` from `make bench-load`",
-           "(the served API under a concurrency sweep). Each table's first line is its exact",
+           "(the served API under a concurrency sweep); `vs_vllm_server` from `make bench-vs-vllm` (vLLM's own",
+           "server against the drop-in plugin and the Ray runtime). Each table's first line is its exact",
            "command.",
            "This page is written by `python -m bench.targets` from the JSON files.", ""]
     all_misses = []

@@ -1,7 +1,9 @@
 """An agent as the service sees one: a chain of chat calls in one session, with a tool call between them.
 
-Used by the demo (`make run`) and the HTTP benchmark. Each turn appends the tool's output as a `tool` message
-and the model's answer as an `assistant` message, so the context grows as a real agent's does.
+Used by the demo (`make run`) and the HTTP benchmarks. Each turn appends the tool's output as a `tool` message
+and the model's answer as an `assistant` message, so the context grows as a real agent's does. Every call says
+what it is twice: in this service's fields (`tool_category`) and in `vllm_xargs` (`tool_category`, `last`), which is
+what the drop-in plugin inside vLLM's own server reads; each server ignores the other's. So one client drives both.
 """
 
 from __future__ import annotations
@@ -29,16 +31,23 @@ class AgentResult:
 
 
 async def run_agent(client, model: str, session_id: str, turns: list[Turn], stream: bool = False,
-                    ignore_eos: bool = False) -> AgentResult:
+                    ignore_eos: bool = False, session_api: bool = True, on_call=None) -> AgentResult:
     """Run every turn through `client` (an `openai.AsyncOpenAI`), then close the session. `ignore_eos`: every
-    answer has exactly its turn's max_tokens (trace replays)."""
+    answer has exactly its turn's max_tokens (trace replays). `session_api`: the server has this service's
+    /v1/sessions endpoints (False for vLLM's own server: the last call's `last` flag ends the session there, and
+    the result's view is empty). `on_call(prompt_tokens, completion_tokens)` hears each finished call's usage."""
     start = time.monotonic()
     messages: list[dict] = []
     tokens = 0
     for i, turn in enumerate(turns):
         messages.append({"role": "user" if i == 0 else "tool", "content": turn.prompt,
                          **({"tool_call_id": f"call-{i - 1}"} if i else {})})
-        extra = {"session_id": session_id, "tool_category": turn.tool_category, "ignore_eos": ignore_eos}
+        xargs = {"tool_category": turn.tool_category} if turn.tool_category else {}
+        if i == len(turns) - 1:
+            xargs["last"] = 1
+        extra = {"session_id": session_id, "tool_category": turn.tool_category, "ignore_eos": ignore_eos,
+                 "vllm_xargs": xargs}
+        usage = None
         if stream:
             parts = []
             async for chunk in await client.chat.completions.create(model=model, messages=messages,
@@ -47,13 +56,17 @@ async def run_agent(client, model: str, session_id: str, turns: list[Turn], stre
                 if chunk.choices and chunk.choices[0].delta.content:
                     parts.append(chunk.choices[0].delta.content)
                 if chunk.usage is not None:
-                    tokens += chunk.usage.completion_tokens
+                    usage = chunk.usage
             answer = "".join(parts)
         else:
             out = await client.chat.completions.create(model=model, messages=messages, max_tokens=turn.max_tokens,
                                                        extra_body=extra)
             answer = out.choices[0].message.content or ""
-            tokens += out.usage.completion_tokens
+            usage = out.usage
+        if usage is not None:
+            tokens += usage.completion_tokens
+            if on_call is not None:
+                on_call(usage.prompt_tokens, usage.completion_tokens)
         reply: dict = {"role": "assistant", "content": answer}
         if turn.tool_category:  # the agent decided to call the tool (our random-weight models cannot say so)
             reply["tool_calls"] = [{"id": f"call-{i}", "type": "function",
@@ -62,6 +75,8 @@ async def run_agent(client, model: str, session_id: str, turns: list[Turn], stre
         if turn.tool_category:
             await asyncio.sleep(turn.tool_s)
     jct = time.monotonic() - start
+    if not session_api:
+        return AgentResult(session_id, jct, len(turns), tokens, {})
     view = (await client.get(f"/sessions/{session_id}", cast_to=object))
     await client.post(f"/sessions/{session_id}/close", cast_to=object)
     return AgentResult(session_id, jct, len(turns), tokens, view)

@@ -2,67 +2,35 @@
 `openai` client: the scheduler plugin and the host-swap connector are its only additions, and job identity comes
 from vLLM's own `session_id`."""
 
+import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 from openai import OpenAI
 
-ROOT = Path(__file__).parents[2]
+from bench.stock_server import StockServer, running
+
 WORDS = " ".join(f"item{i}" for i in range(80))  # a prompt of several KV blocks: prefix reuse is whole blocks
+POOL_TOKENS = 2048 + 128  # max_model_len and a few blocks more
 
 
-def drop_in_command(model: Path, port: int) -> list[str]:
-    """The README's drop-in command line (module form: the `vllm` console script does not start with the CPU
-    build), on the test's model and port."""
-    connector = {"kv_connector": "HostSwapConnector", "kv_connector_module_path": "runtime.engine.host_swap",
-                 "kv_role": "kv_both", "kv_connector_extra_config": {"host_blocks": 64}}
-    return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
-            "--served-model-name", "tiny", "--port", str(port), "--max-model-len", "1024", "--block-size", "32",
-            "--enforce-eager", "--scheduler-cls", "runtime.engine.vllm_scheduler.PolicyScheduler",
-            "--kv-transfer-config", json.dumps(connector)]
+def words(name: str, tokens: int) -> str:
+    """About `tokens` tokens of the tiny model's tokenizer, starting with `name` (no prefix shared with others)."""
+    return " ".join(f"{name}{i}" for i in range(int(tokens / 3.4)))
 
 
 @pytest.fixture(scope="module")
 def server(tiny_model, tmp_path_factory):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    """The README's drop-in command line (module form), on the test's model, with a 2-s session idle time and a KV
+    pool of one full-length request."""
     kv_log = tmp_path_factory.mktemp("drop_in") / "kv.jsonl"
-    env = {**os.environ, "AGENTRIVER_POLICY": "astraea", "AGENTRIVER_KV_LOG": str(kv_log),
-           "AGENTRIVER_SESSION_IDLE_S": "2", "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
-           "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
-    log = kv_log.with_name("server.log")
-    with open(log, "w") as out:
-        proc = subprocess.Popen(drop_in_command(tiny_model, port), env=env, cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"the stock server exited: {log.read_text()[-3000:]}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail("the stock server did not start in 300 s")
+    stock = StockServer(str(tiny_model), "drop_in", served_model_name="tiny", max_model_len=2048,
+                        kv_pool_tokens=POOL_TOKENS, host_swap_blocks=128,
+                        env={"AGENTRIVER_KV_LOG": str(kv_log), "AGENTRIVER_SESSION_IDLE_S": "2"})
+    with running(stock, kv_log.with_name("server.log"), start_timeout_s=300) as url:
         yield {"url": url, "kv_log": kv_log}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def events(kv_log: Path, job: str) -> list[dict]:
@@ -100,4 +68,47 @@ def test_a_silent_session_expires_and_plain_requests_stay_plain(server):
     log = events(server["kv_log"], "quiet")
     assert log[-1]["event"] == "end" and log[-1]["cause"] == "expired" and log[-1]["holdings"]["jobs"] == 0
     jobs = {e["job"] for e in map(json.loads, server["kv_log"].read_text().splitlines())}
-    assert jobs <= {"agent-1", "quiet"}  # the request without a session made no job
+    assert jobs <= {"agent-1", "quiet", "early", "resumed"}  # the request without a session made no job
+
+
+def test_under_memory_pressure_the_policy_serves_a_resumed_session_before_a_new_one(server):
+    """Astraea ranks a session already in flight before one that has not started (it holds KV and history). A
+    plain request fills the KV pool; while it runs, a new session's first call arrives, then a running session's
+    second call; each needs over half the pool, so they run one after the other. vLLM's FCFS would serve the
+    earlier arrival first (tests/engine/test_vllm_scheduler.py checks that order on the same queue)."""
+    from openai import AsyncOpenAI
+
+    client = AsyncOpenAI(base_url=server["url"] + "/v1", api_key="unused")
+    big = POOL_TOKENS * 0.53
+    done: list[str] = []
+
+    async def call(session: str, messages: list[dict], xargs: dict, max_tokens: int = 8):
+        r = await client.chat.completions.create(model="tiny", messages=messages, max_tokens=max_tokens,
+                                                 extra_body={"session_id": session, "vllm_xargs": xargs,
+                                                             "ignore_eos": True})
+        done.append(session)
+        return r
+
+    async def scenario() -> bool:
+        first = [{"role": "user", "content": "resumed: plan"}]
+        r = await call("resumed", first, {"tool_category": "search"})
+        resumed = [*first, {"role": "assistant", "content": r.choices[0].message.content},
+                   {"role": "user", "content": words("tool", big)}]  # a large tool result
+        blocker = await client.completions.create(model="tiny", prompt=words("fill", big), max_tokens=850,
+                                                  stream=True, extra_body={"ignore_eos": True})
+        async for _ in blocker:  # its prompt is in the pool: the rest queue behind it
+            break
+        early = asyncio.create_task(call("early", [{"role": "user", "content": words("early", big)}], {"last": 1}))
+        await asyncio.sleep(0.3)
+        late = asyncio.create_task(call("resumed", resumed, {"last": 1}))
+        await asyncio.sleep(0.05)
+        queued_while_blocked = len(done) == 1  # only the first call of "resumed" had finished
+        async for _ in blocker:
+            pass
+        await asyncio.gather(early, late)
+        return queued_while_blocked
+
+    assert asyncio.run(scenario()), "set-up: the plain request finished before both calls were queued"
+    assert done == ["resumed", "resumed", "early"]
+    log = events(server["kv_log"], "resumed")
+    assert [e["event"] for e in log if e["event"] in ("resume", "end")] == ["resume", "end"]
