@@ -41,7 +41,7 @@ from runtime.river.online import GateConfig, OnlineRiver
 from runtime.river.prefetch import PrefetchTracker
 from runtime.river.sr import SRConfig, psnr_y, ssim_y, upscale
 from runtime.river.store import ModelStore
-from runtime.river.train import TrainConfig, TrainResult, finetune, generic_model, model_from_state
+from runtime.river.train import TrainConfig, TrainResult, finetune, generic_model, generic_path, model_from_state
 
 METHODS = ("bicubic", "generic_other", "generic_game", "per_video", "online", "per_segment", "river")
 TRAIN_MAPS = {"freedoom2": "MAP10,MAP11", "freedoom1": "E3M1,E3M2"}
@@ -49,10 +49,24 @@ TRAIN_MAPS = {"freedoom2": "MAP10,MAP11", "freedoom1": "E3M1,E3M2"}
 TARGETS = (("generic_other", 1.81), ("generic_game", 1.0), ("online", 0.5), ("per_segment", -0.3))
 
 
+def generic_config(steps: int) -> TrainConfig:
+    """How every generic model (game or photographs) trains: `steps` steps, cosine schedule."""
+    return TrainConfig(steps=steps, schedule="cosine")
+
+
 def generic_game(train_index: Path, sr: SRConfig, cfg: TrainConfig, cache: Path) -> TrainResult:
     """One model for the whole game, trained on other maps' segments (cached)."""
     return generic_model(lambda: [(p.lr, p.hr) for p in load_pairs(train_index)], game_key(train_index), sr, cfg,
                          cache, progress=False)
+
+
+def game_model(train_cfg: GameplayConfig, sr: SRConfig, crf: int, steps: int, cache: Path
+               ) -> tuple[TrainResult, Path]:
+    """The game's generic model as every River benchmark builds it: `train_cfg`'s gameplay streamed at `crf`, then
+    `generic_config(steps)`; dataset and model cached under `cache`. Returns the model and its file."""
+    index = build_dataset(train_cfg, scale=sr.scale, crf=crf, root=cache / "datasets", progress=False)
+    cfg = generic_config(steps)
+    return generic_game(index, sr, cfg, cache / "models"), generic_path(game_key(index), sr, cfg, cache / "models")
 
 
 def game_key(train_index: Path) -> dict:
@@ -304,11 +318,8 @@ def summarize(runs: list[dict]) -> dict:
 
 def run(args) -> dict:
     cache, sr = Path(args.cache), args.sr
-    train_index = build_dataset(args.train_cfg, scale=sr.scale, crf=args.crf, root=cache / "datasets",
-                                progress=False)
-    generic_cfg = TrainConfig(steps=args.generic_steps, schedule="cosine")
-    game = generic_game(train_index, sr, generic_cfg, cache / "models")
-    other = generic_other(sr, args.crf, generic_cfg, cache / "models")
+    game, _ = game_model(args.train_cfg, sr, args.crf, args.generic_steps, cache)
+    other = generic_other(sr, args.crf, generic_config(args.generic_steps), cache / "models")
     args.gate = GateConfig()
     runs = [run_seed(args, seed, game, other) for seed in args.seed_list]
     return {**summarize(runs), "runs": runs, "generic_train_s": {"game": game.seconds, "other": other.seconds}}

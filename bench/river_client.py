@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from bench.output import command_line, save_figure, write_results
-from bench.river import gameplay_arguments, gameplay_configs, generic_game
+from bench.river import game_model, gameplay_arguments, gameplay_configs
 from runtime.river.client import ModelCache, Player, StoreModels, StreamSegment
 from runtime.river.dataset import build_dataset, load_pairs, load_streams
 from runtime.river.enhance import Enhancer
@@ -136,15 +136,13 @@ def run(a) -> dict:
     sr = SRConfig()
     index = build_dataset(a.eval_cfg, scale=sr.scale, crf=a.crf, root=cache / "datasets")
     pairs, videos = load_pairs(index)[:a.segments], load_streams(index)
-    train_index = build_dataset(a.train_cfg, scale=sr.scale, crf=a.crf, root=cache / "datasets")
     gt = [0, len(pairs[0].lr) // 2]
     lr_size = (pairs[0].lr.shape[2], pairs[0].lr.shape[1])
     segments = [StreamSegment(p.segment_id, videos[p.segment_id], 0, p.hr[gt], gt) for p in pairs]
-    generic_cfg = TrainConfig(steps=a.generic_steps, schedule="cosine")
     results, sizes = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         store = ModelStore(Path(tmp) / "store")  # empty: every segment plays model 0
-        game = generic_game(train_index, sr, generic_cfg, cache / "models")
+        game, _ = game_model(a.train_cfg, sr, a.crf, a.generic_steps, cache)
         for runtime in a.runtime_list:
             if runtime == "onnxruntime":
                 try:

@@ -28,7 +28,7 @@ import torch
 from tqdm import tqdm
 
 from bench.output import command_line, save_figure, write_results
-from bench.river import gameplay_arguments, gameplay_configs, generic_game, generic_other
+from bench.river import game_model, gameplay_arguments, gameplay_configs, generic_config, generic_other
 from runtime.river.dataset import build_dataset, load_pairs
 from runtime.river.degrade import check_scale
 from runtime.river.gameplay import HEIGHT, WIDTH
@@ -146,10 +146,8 @@ def _measure(st: Setting, args) -> dict:
     cache = Path(args.cache)
     pairs = load_pairs(build_dataset(args.eval_cfg, scale=st.scale, crf=st.crf, root=cache / "datasets",
                                      progress=False))[: args.segments]
-    train_index = build_dataset(args.train_cfg, scale=st.scale, crf=st.crf, root=cache / "datasets", progress=False)
-    generic_cfg = TrainConfig(steps=args.generic_steps, schedule="cosine")
-    game = generic_game(train_index, st.sr, generic_cfg, cache / "models")
-    other = generic_other(st.sr, st.crf, generic_cfg, cache / "models")
+    game, _ = game_model(args.train_cfg, st.sr, st.crf, args.generic_steps, cache)
+    other = generic_other(st.sr, st.crf, generic_config(args.generic_steps), cache / "models")
     game_net, other_net = model_from_state(game.state, st.sr), model_from_state(other.state, st.sr)
     threshold = 0.0 if st.selection == "uniform" else TrainConfig().edge_threshold
     rows = []

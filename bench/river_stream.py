@@ -238,16 +238,12 @@ def plot(data: dict, stem: Path) -> None:
 
 def default_generic(a) -> Path:
     """bench.river's generic game model (its training maps and budget): the one River's defaults were chosen with."""
-    from bench.river import TRAIN_MAPS, game_key, generic_game, train_gameplay
-    from runtime.river.dataset import build_dataset
+    from bench.river import TRAIN_MAPS, game_model, train_gameplay
+    from runtime.river.dataset import DEFAULT_CRF
     from runtime.river.sr import SRConfig
-    from runtime.river.train import TrainConfig, generic_path
 
-    sr, cfg, cache = SRConfig(), TrainConfig(steps=a.generic_steps, schedule="cosine"), Path(a.cache)
-    index = build_dataset(train_gameplay(a.wad, TRAIN_MAPS[a.wad].split(","), 2.0, 8.75), scale=sr.scale,
-                          root=cache / "datasets", progress=False)
-    generic_game(index, sr, cfg, cache / "models")
-    return generic_path(game_key(index), sr, cfg, cache / "models")
+    train = train_gameplay(a.wad, TRAIN_MAPS[a.wad].split(","), 2.0, 8.75)
+    return game_model(train, SRConfig(), DEFAULT_CRF, a.generic_steps, Path(a.cache))[1]
 
 
 def offline_river(sessions: list[tuple], counts: list[int], river: dict, a) -> dict[int, dict[tuple, float]]:

@@ -29,6 +29,7 @@ RECORDING = pa.schema([
     ("segment_id", pa.string()), ("wad", pa.string()), ("map", pa.string()), ("index", pa.int32()),
     ("start_frame", pa.int32()), ("frame_count", pa.int32()), ("fps", pa.float64()), ("hr_path", pa.string()),
 ])
+DEFAULT_CRF = 28  # the stream's H.264 quality (bench.river_headroom: CRF 23-35 change the content gain little)
 SCHEMA = pa.schema([*RECORDING, ("scale", pa.int32()), ("crf", pa.int32()), ("lr_path", pa.string()),
                     ("lr_bytes", pa.int64())])
 
@@ -55,7 +56,7 @@ def recording_key(cfg: GameplayConfig) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def build_dataset(cfg: GameplayConfig, *, scale: int, crf: int = 28,
+def build_dataset(cfg: GameplayConfig, *, scale: int, crf: int = DEFAULT_CRF,
                   root: str | os.PathLike = "build/river/datasets", progress: bool = True) -> Path:
     """Record `cfg`'s gameplay (or reuse the recording) and stream it at 1/`scale` of its size and `crf` (or reuse
     that stream); returns the stream's index path."""

@@ -90,11 +90,11 @@ def bicubic(x: torch.Tensor, scale: int) -> torch.Tensor:
 
 
 def bicubic_phases(x: torch.Tensor, scale: int) -> torch.Tensor:
-    """(N, 3, H, W) -> (N, 3 scale^2, H, W): bicubic upsampling by an integer factor as a fixed 5 x 5 convolution
+    """(N, C, H, W) -> (N, C scale^2, H, W): bicubic upsampling by an integer factor as a fixed 5 x 5 convolution
     per output phase, in pixel-shuffle channel order. On this CPU `F.interpolate` took 15-18 ms for one 360p
     frame (~a third of the model's SR time), this 4-7 ms. Border pixels are replicated as `F.interpolate` clamps
     its taps."""
-    w = _phase_weights(scale, x.dtype, x.device)
+    w = _phase_weights(scale, x.dtype, x.device).repeat(x.shape[1], 1, 1, 1)
     return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="replicate"), w, groups=x.shape[1])
 
 
@@ -107,7 +107,7 @@ def _phase_weights(scale: int, dtype: torch.dtype, device: torch.device) -> torc
     impulse[..., centre] = 1.0
     y = F.interpolate(impulse, scale_factor=(1, scale), mode="bicubic", align_corners=False)[0, 0, 0]
     f = torch.stack([torch.stack([y[scale * (centre - k) + a] for k in range(-2, 3)]) for a in range(scale)])
-    w = torch.einsum("ak,bl->abkl", f, f).reshape(scale * scale, 1, 5, 5).repeat(3, 1, 1, 1)
+    w = torch.einsum("ak,bl->abkl", f, f).reshape(scale * scale, 1, 5, 5)
     return w.to(dtype=dtype, device=device)
 
 

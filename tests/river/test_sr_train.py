@@ -27,9 +27,9 @@ def test_metrics_match_scikit_image(pairs):
     assert psnr_y(hr, hr, 2) == float("inf")
 
 
-@pytest.mark.parametrize("scale", [2, 3, 4, 8])
-def test_bicubic_as_phase_convolutions_equals_torch_interpolate(scale):
-    x = torch.rand(2, 3, 17, 29, dtype=torch.float64)
+@pytest.mark.parametrize(("scale", "channels"), [(2, 3), (3, 3), (4, 3), (8, 3), (2, 1), (2, 5)])
+def test_bicubic_as_phase_convolutions_equals_torch_interpolate(scale, channels):
+    x = torch.rand(2, channels, 17, 29, dtype=torch.float64)
     ref = F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
     assert torch.allclose(bicubic(x, scale), ref, atol=1e-12)  # borders included
     assert torch.allclose(bicubic(x.float(), scale), ref.float(), atol=1e-5)
