@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 EXTRAS  ?= dev,cpu
 
-.PHONY: install run serve test bench bench-real bench-http bench-river bench-river-headroom bench-load lint model clean
+.PHONY: install run serve test bench bench-real bench-http bench-vs-vllm bench-river bench-river-headroom bench-load lint model clean
 
 $(STAMP):
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -35,7 +35,8 @@ bench: $(STAMP)  ## the committed simulator benchmarks (bench/results/) and the 
 	$(TARGETS)
 
 # every committed result checked against its targets (bench/results/README.md); globbed when the recipe runs
-TARGETS = $(PY) -m bench.targets bench/results/jct_*.json bench/results/river*.json $(wildcard bench/results/service_load.json)
+TARGETS = $(PY) -m bench.targets bench/results/jct_*.json bench/results/river*.json \
+	$(wildcard bench/results/service_load.json bench/results/vs_vllm_server.json)
 
 REAL := HF_HUB_OFFLINE=1 $(PY) -m bench.jct_real --model small --seeds 0 --kv-blocks 256
 bench-real: $(STAMP) models/small/config.json  ## the committed real-vLLM (CPU) benchmarks, ~35 min on 2 cores
@@ -55,6 +56,12 @@ bench-http: $(STAMP) models/small/config.json  ## the agent service benchmarks: 
 		--out bench/results/jct_http_infercept.json
 	$(PY) -m bench.jct_cluster --mixes swe,infercept --engines 8,64 --jobs-per-engine 60 --seeds 0 \
 		--out bench/results/jct_cluster.json
+	$(TARGETS)
+
+bench-vs-vllm: $(STAMP) models/small/config.json  ## vLLM's own server vs the drop-in plugin and the Ray runtime, ~45 min
+	$(PY) -m agentriver trace --mix infercept --jobs 12 --rate 1 --seed 2 --out build/traces/infercept12.parquet
+	HF_HUB_OFFLINE=1 $(PY) -m bench.vs_vllm_server --trace build/traces/infercept12.parquet --model small \
+		--pressures 0.5,2,4 --loads 1,4 --notool-load 4 --tool-time-scale 0.1 --out bench/results/vs_vllm_server.json
 	$(TARGETS)
 
 bench-load: $(STAMP) models/small/config.json  ## the served API under a concurrency sweep to 4x its queue bound, ~4 min

@@ -91,6 +91,9 @@ def parse_args(argv):
     p.add_argument("--tokens", type=int, default=64, help="generated tokens per request")
     p.add_argument("--repeats", type=int, default=3, help="timed batches per configuration")
     p.add_argument("--max-model-len", type=int, default=1024)
+    p.add_argument("--eager", action="store_true",
+                   help="every configuration in eager mode (a quick look at core placement; step times then differ "
+                        "from the stock server's)")
     p.add_argument("--out", default="engine_settings.json")
     a = p.parse_args(argv)
     a.config_list = [c.strip() for c in a.configs.split(",") if c.strip()]
@@ -106,6 +109,8 @@ def parse_args(argv):
 
 def run_config(name: str, a) -> dict:
     engine = {k: v for k, v in CONFIGS[name].items() if k != "env"}
+    if a.eager:
+        engine["enforce_eager"] = True
     spec = {"engine": engine, "model": a.model, "max_model_len": a.max_model_len, "requests": a.requests,
             "prompt": a.prompt, "tokens": a.tokens, "repeats": a.repeats}
     env = {k: v for k, v in os.environ.items() if k != RESERVED}
@@ -162,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         configs[name] = run_config(name, a)
         print(f"{name}: {configs[name]['step_ms']:.1f} ms per step", file=sys.stderr)
     data = {"meta": {"command": command_line("bench.engine_settings", argv), "model": a.model,
-                     "requests": a.requests, "prompt": a.prompt, "tokens": a.tokens, "repeats": a.repeats},
+                     "requests": a.requests, "prompt": a.prompt, "tokens": a.tokens, "repeats": a.repeats,
+                     "eager": a.eager},
             "configs": configs}
     print(write_results(a.out, data, markdown, plot))
     return 0
