@@ -111,8 +111,9 @@ async def replay_http(url: str, model: str, jobs: list[Job], text_of, tool_time_
             bar.update(1)
         return res, time.monotonic() - start - job.arrival_s
 
-    with tqdm(total=len(jobs), desc=desc, unit="job", file=sys.stderr) as bar:
-        done = await asyncio.gather(*(one(j, bar) for j in jobs))
+    async with client:  # closed on this event loop (asyncio.run closes it afterwards)
+        with tqdm(total=len(jobs), desc=desc, unit="job", file=sys.stderr) as bar:
+            done = await asyncio.gather(*(one(j, bar) for j in jobs))
     results = [r for r, _ in done if r is not None]
     jcts = [t for r, t in done if r is not None]
     return results, jcts, errors

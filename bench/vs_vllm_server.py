@@ -17,8 +17,9 @@ one session whose calls carry `session_id` and `vllm_xargs`.
 Memory pressure: the KV pool holds (sum of the trace's final job contexts) / pressure tokens, so pressure 4 is a
 pool 4x oversubscribed if every session were live at once. Each row also reports the measured peak of the live
 sessions' contexts (the servers' own usage counts, a session live from its arrival to its last answer) over the
-pool. Load: the trace's arrival rate scaled. No tools: the trace's first segments as one-call sessions at
---notool-load on the roomiest pool, for output tokens/s. The first JSON/Markdown line is the exact command.
+pool. Load: the trace's arrival rate scaled. No tools: every segment of the trace as a one-call session arriving
+with its job, at --notool-load on the roomiest pool, for output tokens/s. The Markdown's first line is the exact
+command.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--loads", default="1,4", help="arrival-rate scales of the trace")
     p.add_argument("--notool-load", type=float, default=4.0, help="rate scale of the no-tool run (0: none)")
     p.add_argument("--tool-time-scale", type=float, default=0.1)
-    p.add_argument("--max-model-len", type=int, default=2048)
+    p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--max-num-seqs", type=int, default=32)
     p.add_argument("--host-swap-blocks", type=int, default=4096)
     p.add_argument("--logs", default="build/vs_vllm_server", help="server logs and KV logs")
@@ -84,11 +85,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def trace_jobs(table, scale: float, tag: str, max_model_len: int, single: bool = False) -> list[Job]:
     """The trace at `scale`, job ids tagged so that one server's runs never share prompts (its prefix cache)."""
-    jobs = jobs_from_table(table, rate_scale=scale)
-    if single:
-        jobs = [Job(j.job_id, j.arrival_s, (replace(j.segments[0], api_category="", api_time_s=0.0),)) for j in jobs]
     # The chat template and re-tokenisation add a little: keep 20% of the context free (as bench.jct_http).
-    jobs = fit_to_context(jobs, int(max_model_len * 0.8))
+    jobs = fit_to_context(jobs_from_table(table, rate_scale=scale), int(max_model_len * 0.8))
+    if single:  # every segment alone, arriving with its job: the same prompts and outputs, no tool calls
+        jobs = [Job(f"{j.job_id}-s{s.index}", j.arrival_s, (replace(s, index=0, api_category="", api_time_s=0.0),))
+                for j in jobs for s in j.segments]
     return [Job(f"{j.job_id}-{tag}", j.arrival_s, j.segments) for j in jobs]
 
 
@@ -185,34 +186,34 @@ def reused_tokens(kv_log: Path, tag: str) -> int:
                if e["event"] == "resume" and e["job"].endswith(tag))
 
 
-def run(args, table, text_of) -> list[dict]:
+def run(args, table, text_of, server: str) -> list[dict]:
+    """Every pressure, load and the no-tool run on `server`."""
     all_jobs = trace_jobs(table, 1.0, "x", args.max_model_len)
     total = context_tokens(all_jobs)
     min_pool = args.max_model_len + 128  # one full-length request in any block size, with vLLM's null block
     pools = {pr: max(min_pool, int(total / pr)) for pr in args.pressure_list}
     rows = []
-    for server in args.server_list:
-        for pressure, pool in pools.items():
-            logs = Path(args.logs) / f"{server}-p{pressure:g}"
-            logs.mkdir(parents=True, exist_ok=True)
-            print(f"{LABELS[server]}: KV pool {pool} tokens (pressure {pressure:g})", file=sys.stderr, flush=True)
-            with serving(server, args, pool, logs) as (url, model, session_api):
-                points = [(load, False) for load in args.load_list]
-                if args.notool_load and pressure == args.pressure_list[0]:
-                    points.append((args.notool_load, True))
-                for load, single in points:
-                    tag = f"l{load:g}{'n' if single else ''}"
-                    jobs = trace_jobs(table, load, tag, args.max_model_len, single)
-                    desc = f"{server} p{pressure:g} {'no tools' if single else 'load'} {load:g}"
-                    row = {"server": server, "pressure": pressure, "kv_pool_tokens": pool, "load": load,
-                           "tools": not single, "context_tokens": context_tokens(jobs),
-                           **run_point(url, model, session_api, jobs, text_of, args, desc)}
-                    row["live_pressure"] = row["peak_live_context_tokens"] / pool
-                    row["reused_tokens"] = reused_tokens(logs / "kv.jsonl", tag) if server == "drop_in" else None
-                    print(f"  {desc}: avg JCT {row['avg_jct_s']:.2f} s, p99 {row['p99_jct_s']:.2f} s, "
-                          f"{row['tokens_per_s']:.1f} tok/s, live pressure {row['live_pressure']:.2f}, "
-                          f"{row['http_errors']} errors", file=sys.stderr, flush=True)
-                    rows.append(row)
+    for pressure, pool in pools.items():
+        logs = Path(args.logs) / f"{server}-p{pressure:g}"
+        logs.mkdir(parents=True, exist_ok=True)
+        print(f"{LABELS[server]}: KV pool {pool} tokens (pressure {pressure:g})", file=sys.stderr, flush=True)
+        with serving(server, args, pool, logs) as (url, model, session_api):
+            points = [(load, False) for load in args.load_list]
+            if args.notool_load and pressure == args.pressure_list[0]:
+                points.append((args.notool_load, True))
+            for load, single in points:
+                tag = f"l{load:g}{'n' if single else ''}"
+                jobs = trace_jobs(table, load, tag, args.max_model_len, single)
+                desc = f"{server} p{pressure:g} {'no tools' if single else 'load'} {load:g}"
+                row = {"server": server, "pressure": pressure, "kv_pool_tokens": pool, "load": load,
+                       "tools": not single, "context_tokens": context_tokens(jobs),
+                       **run_point(url, model, session_api, jobs, text_of, args, desc)}
+                row["live_pressure"] = row["peak_live_context_tokens"] / pool
+                row["reused_tokens"] = reused_tokens(logs / "kv.jsonl", tag) if server == "drop_in" else None
+                print(f"  {desc}: avg JCT {row['avg_jct_s']:.2f} s, p99 {row['p99_jct_s']:.2f} s, "
+                      f"{row['tokens_per_s']:.1f} tok/s, live pressure {row['live_pressure']:.2f}, "
+                      f"{row['http_errors']} errors", file=sys.stderr, flush=True)
+                rows.append(row)
     return rows
 
 
@@ -246,7 +247,7 @@ def markdown(data: dict) -> str:
                      f"{r['server']} | {r['jobs']} | " + " | ".join(fmt(r)) + " |")
     notool = [r for r in rows if not r["tools"]]
     if notool:
-        lines += ["", "## No tool calls (each job's first segment, one call)", "",
+        lines += ["", "## No tool calls (every segment alone, one call each)", "",
                   "| load | server | jobs | output tok/s | tok/s / (b) | avg JCT (s) | p99 (s) |",
                   "|---|---|---|---|---|---|---|"]
         for r in sorted(notool, key=lambda r: order[r["server"]]):
@@ -286,11 +287,14 @@ def plot(data: dict, stem: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     table = read_trace(args.trace)
-    rows = run(args, table, text_maker(args.model_dir))
+    text_of = text_maker(args.model_dir)
     data = {"meta": {"command": command_line("bench.vs_vllm_server", argv), "trace": args.trace, "model": args.model,
                      "tool_time_scale": args.tool_time_scale, "max_model_len": args.max_model_len,
-                     "max_num_seqs": args.max_num_seqs}, "comparison": True, "rows": rows}
-    print(write_results(args.out, data, markdown, plot))
+                     "max_num_seqs": args.max_num_seqs}, "comparison": True, "rows": []}
+    for server in args.server_list:  # results are written after each server: a long sweep keeps what it measured
+        data["rows"] += run(args, table, text_of, server)
+        md = write_results(args.out, data, markdown, plot)
+    print(md)
     return 0
 
 
