@@ -11,8 +11,6 @@ died are lost; their content is simply missed again and retrained.
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import numpy as np
 import ray
 
@@ -44,8 +42,8 @@ class ModelStoreActor:
         self.collect()
         decision = self.river.process(segment_id, lr, hr, hr_index, game)
         self.lookups["hit" if decision.model_id == decision.voted_id and decision.voted_id > 0 else "miss"] += 1
-        self.prefetch.use(session, game, decision.model_id, self.river.last_features)
-        return asdict(decision)
+        self.prefetch.use(session, game, decision.model_id, decision.features)
+        return decision.answer()
 
     def collect(self, wait: bool = False) -> list[int]:
         """Finished checks and fine-tunes join the store; each new model is offered to the sessions playing

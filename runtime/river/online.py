@@ -21,7 +21,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Protocol
 
 import numpy as np
@@ -164,6 +164,13 @@ class Decision:
     finetune_scheduled: bool  # a fine-tune of this segment was submitted before answering
     lookup_ms: float  # features + search + vote
     gate_ms: float  # time the answer spent on the gate (a queued check: only submitting it)
+    # The segment's lookup features: what prefetching matches later models against. Not part of the answer a
+    # client gets (`answer()`).
+    features: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32), repr=False, compare=False)
+
+    def answer(self) -> dict:
+        """The decision as the HTTP API returns it: every field but the features."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "features"}
 
 
 @dataclass
@@ -210,7 +217,6 @@ class OnlineRiver:
         self.counts = {"checks": 0, "checks_skipped": 0, "checks_failed": 0, "finetunes_deferred": 0,
                        "finetunes_failed": 0}
         self.overlays: dict[str, OverlayMask] = {}
-        self.last_features = np.zeros((0, 0), np.float32)  # the latest segment's lookup features
 
     # ------------------------------------------------------------------------------------------ lookup
     def model(self, model_id: int) -> EDSR:
@@ -248,13 +254,12 @@ class OnlineRiver:
         overlay = self.overlays.setdefault(game, OverlayMask())
         overlay.update(lr)
         found = lookup(self.store, lr, overlay.positions())
-        self.last_features = found.features  # what prefetching matches new models against
         t0 = time.perf_counter()
         gate, scheduled = self._check(segment_id, found, paired, hr)
         scheduled = segment_id in self._apply_checks() or scheduled
         use, gain = self._choice(found.model_id)
         return Decision(segment_id, use, found.model_id, found.vote_share, gain, gate, scheduled, found.ms,
-                        (time.perf_counter() - t0) * 1e3)
+                        (time.perf_counter() - t0) * 1e3, found.features)
 
     def _check(self, segment_id: str, found: Lookup, paired: np.ndarray, hr: np.ndarray) -> tuple[str, bool]:
         """Submit the segment's quality check unless `max_checks` are in flight. With no model voted there is

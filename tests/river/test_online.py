@@ -37,6 +37,9 @@ def test_miss_finetune_then_reuse(pairs, tmp_path):
         assert (reuse.voted_id, reuse.model_id, reuse.vote_share) == (1, 1, 1.0)
         assert reuse.gain_db == pytest.approx(info.psnr_gain_db) and not reuse.finetune_scheduled
         assert reuse.lookup_ms > 0 and reuse.gate_ms > 0
+        # the segment's features travel with its decision (for prefetching), not in the answer a client gets
+        assert reuse.features.shape[0] > 0 and "features" not in reuse.answer()
+        assert reuse.answer()["model_id"] == 1
         for lr, hr, msg in ((seg.lr, seg.lr, "x2 ground truth of lr"), (seg.lr, seg.hr[:3], "x2 ground truth"),
                             (seg.lr[:0], seg.hr[:0], "lr is empty"), (seg.lr, seg.hr * 1.0, "hr must be uint8")):
             with pytest.raises(ValueError, match=msg):
