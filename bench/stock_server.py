@@ -13,16 +13,19 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import httpx
 
+from runtime.engine.host_swap import CONNECTOR_NAME, MODULE_PATH
+from runtime.engine.vllm_engine import PLUGINS, RESERVED_CPUS_ENV, EngineConfig
+from runtime.engine.vllm_scheduler import POLICY_ENV
+
 ROOT = Path(__file__).parents[1]
-PLUGIN = "runtime.engine.vllm_scheduler.PolicyScheduler"
 MODES = ("stock", "stock_like_ours", "drop_in")
 STOCK_BLOCK_SIZE = 128  # vLLM's CPU platform default when no --block-size is given
-OUR_BLOCK_SIZE = 32  # runtime.engine.vllm_engine.EngineConfig's
+OURS = {f.name: f.default for f in fields(EngineConfig)}  # this runtime's engine settings, where they are defined
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class StockServer:
 
     @property
     def block_size(self) -> int:
-        return STOCK_BLOCK_SIZE if self.mode == "stock" else OUR_BLOCK_SIZE
+        return STOCK_BLOCK_SIZE if self.mode == "stock" else OURS["block_size"]
 
     @property
     def kv_blocks(self) -> int | None:
@@ -66,21 +69,22 @@ class StockServer:
         if self.kv_blocks is not None:
             cmd += ["--num-gpu-blocks-override", str(self.kv_blocks)]
         if self.mode != "stock":
-            cmd += ["--enforce-eager", "--block-size", str(OUR_BLOCK_SIZE), "--max-num-batched-tokens", "2048"]
+            cmd += ["--enforce-eager", "--block-size", str(OURS["block_size"]),
+                    "--max-num-batched-tokens", str(OURS["max_num_batched_tokens"])]
         if self.mode == "drop_in":
-            connector = {"kv_connector": "HostSwapConnector", "kv_connector_module_path": "runtime.engine.host_swap",
+            connector = {"kv_connector": CONNECTOR_NAME, "kv_connector_module_path": MODULE_PATH,
                          "kv_role": "kv_both", "kv_connector_extra_config": {"host_blocks": self.host_swap_blocks}}
-            cmd += ["--scheduler-cls", PLUGIN, "--kv-transfer-config", json.dumps(connector)]
+            cmd += ["--scheduler-cls", PLUGINS["policy"], "--kv-transfer-config", json.dumps(connector)]
         return cmd
 
     def environment(self) -> dict[str, str]:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1", **self.env}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": str(OURS["kv_cache_gib"]), **self.env}
         if self.mode == "stock":
-            env.pop("VLLM_CPU_NUM_OF_RESERVED_CPU", None)
-        else:  # as runtime.engine.vllm_engine.EngineConfig(reserved_cpus=0) sets it
-            env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+            env.pop(RESERVED_CPUS_ENV, None)
+        else:  # as runtime.engine.vllm_engine.EngineConfig sets it
+            env[RESERVED_CPUS_ENV] = str(OURS["reserved_cpus"])
         if self.mode == "drop_in":
-            env["AGENTRIVER_POLICY"] = self.policy
+            env[POLICY_ENV] = self.policy
         return env
 
 

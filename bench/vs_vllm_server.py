@@ -38,7 +38,7 @@ import numpy as np
 
 from bench.jct_http import kv_decisions, replay_http, text_maker
 from bench.output import command_line, save_figure, write_results
-from bench.stock_server import StockServer, free_port, running
+from bench.stock_server import OURS, StockServer, free_port, running
 from runtime.agents.job import Job
 from runtime.agents.metrics import jct_summary
 from runtime.agents.trace import jobs_from_table, read_trace
@@ -130,7 +130,7 @@ def serving(server: str, args, pool_tokens: int, logs: Path):
         from deployments.launch import start, stop
         from runtime.serving.config import ServeSettings
 
-        blocks = -(-pool_tokens // 32) + 1
+        blocks = -(-pool_tokens // OURS["block_size"]) + 1  # plus vLLM's null block, as StockServer.kv_blocks
         settings = ServeSettings(model=args.model_dir, policy="astraea", max_queue=100_000,
                                  engine={"kv_blocks": blocks, "max_model_len": args.max_model_len,
                                          "max_num_seqs": args.max_num_seqs,

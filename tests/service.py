@@ -2,19 +2,13 @@
 the vLLM engines takes about a minute)."""
 
 import contextlib
-import socket
 
 import ray
 from ray import serve
 
 from actors.global_scheduler import SCHEDULER_NAME
+from bench.stock_server import free_port
 from deployments.app import AgentIngress
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def deploy(settings: dict, env: dict | None = None) -> None:

@@ -1,7 +1,6 @@
 """`ray job submit --working-dir .` on a local cluster: the README's cluster path, through Ray's own
 JobSubmissionClient (the dashboard's job server), with this repository uploaded as the job's working directory."""
 
-import socket
 import sys
 import time
 from pathlib import Path
@@ -9,17 +8,13 @@ from pathlib import Path
 import ray
 from ray.job_submission import JobStatus, JobSubmissionClient
 
+from bench.stock_server import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_submit_a_benchmark_job(tmp_path):
-    port = _free_port()
+    port = free_port()
     ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=port,
              log_to_driver=False)
     try:

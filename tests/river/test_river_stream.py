@@ -2,15 +2,13 @@
 service."""
 
 import json
-import socket
 
 from bench import river_stream
+from bench.stock_server import free_port
 
 
 def test_sessions_stream_through_the_service(tiny_model, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = tmp_path / "rs.json"
     assert river_stream.main(["--sessions", "1,2", "--maps", "MAP01,freedoom1:E1M1", "--segments", "2",
                               "--model", str(tiny_model), "--root", str(tmp_path / "river"), "--port", str(port),
