@@ -36,7 +36,7 @@ from bench.jct_sim import plot
 from runtime.agents.costmodel import DeploymentProfile, fit, kv_bytes_per_token
 from runtime.agents.job import Job
 from runtime.agents.metrics import jct_summary
-from runtime.agents.policy import POLICIES
+from runtime.agents.policy import check_servable
 from runtime.agents.sim import simulate
 from runtime.agents.trace import jobs_from_table, read_trace
 from runtime.engine.replay import fit_to_context, replay
@@ -67,9 +67,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--logs", default=None, help="step and KV logs directory (default build/jct_real_logs/OUT-STEM)")
     args = p.parse_args(argv)
     args.policy_list = [x for x in args.policies.split(",") if x]
-    bad = [x for x in args.policy_list if x != "vllm" and x not in POLICIES]
-    if bad:
-        p.error(f"--policies: unknown {bad}; choose vllm or one of {', '.join(POLICIES)}")
+    for name in args.policy_list:
+        try:
+            check_servable(name, ("vllm",))
+        except ValueError as e:
+            p.error(f"--policies: {e}")
     try:
         args.scale_list = [float(x) for x in args.rate_scales.split(",") if x]
         args.seed_list = [int(x) for x in args.seeds.split(",") if x]

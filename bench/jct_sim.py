@@ -25,7 +25,7 @@ import pyarrow as pa
 from tqdm import tqdm
 
 from runtime.agents.costmodel import PROFILES, get_profile
-from runtime.agents.metrics import summarize
+from runtime.agents.metrics import alone_s, summarize
 from runtime.agents.policy import POLICIES, make_config
 from runtime.agents.predictor import OUTPUT_ESTIMATORS
 from runtime.agents.sim import PLACEMENTS, simulate
@@ -116,18 +116,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 _TABLES: dict[int, pa.Table] = {}
 
 
-def _run(args: argparse.Namespace, spec: RunSpec) -> tuple[dict, list[float]]:
-    table = _TABLES.get(spec.seed)
+def _table(args: argparse.Namespace, seed: int) -> pa.Table:
+    table = _TABLES.get(seed)
     if table is None:
-        table = read_trace(args.trace) if args.trace else generate(args.mix, args.jobs, args.rate, spec.seed)
-        _TABLES[spec.seed] = table
+        table = read_trace(args.trace) if args.trace else generate(args.mix, args.jobs, args.rate, seed)
+        _TABLES[seed] = table
+    return table
+
+
+def _profile(args: argparse.Namespace):
     profile = get_profile(args.model)
-    if args.kv_tokens:
-        profile = profile.with_kv_tokens(args.kv_tokens)
-    jobs = jobs_from_table(table, rate_scale=spec.load)
-    result = simulate(jobs, profile, spec.policy, engines=args.engines, placement=args.placement,
+    return profile.with_kv_tokens(args.kv_tokens) if args.kv_tokens else profile
+
+
+def _run(args: argparse.Namespace, spec: RunSpec, alone: dict[str, float]) -> tuple[dict, list[float]]:
+    jobs = jobs_from_table(_table(args, spec.seed), rate_scale=spec.load)
+    result = simulate(jobs, _profile(args), spec.policy, engines=args.engines, placement=args.placement,
                       output_estimator=spec.estimator, policy_config=args.overrides.get(spec.policy))
-    row = summarize(result, load=spec.load, seed=spec.seed)
+    row = summarize(result, load=spec.load, seed=spec.seed, alone=alone)
     row.update(estimator=spec.estimator, model=args.model, engines=args.engines, placement=args.placement,
                workload=args.trace or args.mix, policy_config=args.overrides.get(spec.policy, {}))
     return row, [j.jct_s for j in result.jobs]
@@ -138,8 +144,9 @@ def run_sweep(args: argparse.Namespace) -> tuple[list[dict], dict]:
              for e in args.estimators for p in args.policy_list]
     rows, cdfs = [], {}
     heavy = max(args.scale_list)
+    alone = {seed: alone_s(jobs_from_table(_table(args, seed)), _profile(args)) for seed in args.seed_list}
     with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
-        futures = [(spec, pool.submit(_run, args, spec)) for spec in specs]
+        futures = [(spec, pool.submit(_run, args, spec, alone[spec.seed])) for spec in specs]
         for spec, fut in tqdm(futures, desc="jct_sim", unit="run", file=sys.stderr):
             row, jcts = fut.result()
             rows.append(row)
@@ -156,7 +163,8 @@ def aggregate(rows: list[dict]) -> list[dict]:
     out = []
     for (pol, est, load), rs in groups.items():
         agg = {"policy": pol, "estimator": est, "load": load, "seeds": len(rs)}
-        for k in ("avg_jct_s", "p99_jct_s", "kv_waste_frac", "recompute_frac", "throughput_jobs_s"):
+        for k in ("avg_jct_s", "p99_jct_s", "avg_excess_s", "p99_excess_s", "kv_waste_frac", "recompute_frac",
+                  "throughput_jobs_s"):
             agg[k] = float(np.mean([r[k] for r in rs]))
         for k in ("preserve", "swap", "discard", "preemptions"):
             agg[k] = float(np.mean([r[k] for r in rs]))
@@ -173,14 +181,18 @@ def aggregate(rows: list[dict]) -> list[dict]:
 
 def markdown(agg: list[dict], command: str) -> str:
     lines = [f"Command: `{command}`", "",
-             "| estimator | load | policy | avg JCT (s) | p99 JCT (s) | avg / fcfs | p99 / fcfs | KV waste "
-             "| recompute | preserve | swap | discard | preempt |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Excess = JCT minus the job's time alone on an idle engine (its tool time and its compute at batch 1): "
+             "the part a scheduler controls. `sjf` and `clairvoyant` are bounds that read the trace's future "
+             "(segment lengths; whole jobs and tool times), not policies a server can run.", "",
+             "| estimator | load | policy | avg JCT (s) | p99 JCT (s) | avg excess (s) | p99 excess (s) | avg / fcfs "
+             "| p99 / fcfs | KV waste | recompute | preserve | swap | discard | preempt |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in agg:
         ratio = f"{a['avg_vs_fcfs']:.3f}" if a["avg_vs_fcfs"] is not None else "-"
         pr = f"{a['p99_vs_fcfs']:.3f}" if a["p99_vs_fcfs"] is not None else "-"
         lines.append(f"| {a['estimator']} | {a['load']:g} | {a['policy']} | {a['avg_jct_s']:.2f} | "
-                     f"{a['p99_jct_s']:.2f} | {ratio} | {pr} | {a['kv_waste_frac']:.3f} | "
+                     f"{a['p99_jct_s']:.2f} | {a['avg_excess_s']:.2f} | {a['p99_excess_s']:.2f} | {ratio} | {pr} | "
+                     f"{a['kv_waste_frac']:.3f} | "
                      f"{a['recompute_frac']:.3f} | {a['preserve']:.0f} | {a['swap']:.0f} | {a['discard']:.0f} | "
                      f"{a['preemptions']:.0f} |")
     return "\n".join(lines) + "\n"

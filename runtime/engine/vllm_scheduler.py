@@ -39,7 +39,7 @@ from runtime.agents.costmodel import (
 from runtime.agents.job import Forecast, Job, KVState, Phase, Segment
 from runtime.agents.kv import KVAction, MemoryView, blocks_for
 from runtime.agents.lifecycle import Lifecycle
-from runtime.agents.policy import PolicyContext, SegmentStats, make_policy
+from runtime.agents.policy import PolicyContext, SegmentStats, check_servable, make_policy
 from runtime.agents.predictor import Predictor
 from runtime.engine.host_swap import HostSwapConnector
 from runtime.engine.job_hints import OUTCOME_KEY, JobHint, hint_of
@@ -163,7 +163,12 @@ class PolicyScheduler(StepLogScheduler):
         profile = engine_profile(self.vllm_config, self.cache_config.num_gpu_blocks,
                                  self._swap.host_blocks if self._swap else 0, step_cost())
         self.predictor = Predictor(profile.cost, output_estimator="online", max_len=profile.max_model_len)
-        self.policy = make_policy(os.environ.get(POLICY_ENV, "astraea"), PolicyContext(self.predictor, profile))
+        name = os.environ.get(POLICY_ENV, "astraea")
+        try:
+            check_servable(name)
+        except ValueError as e:
+            raise ValueError(f"{POLICY_ENV}: {e}") from None
+        self.policy = make_policy(name, PolicyContext(self.predictor, profile))
         self.life = Lifecycle(self.policy, self.predictor)
         self.jobs: dict[str, Job] = {}
         self._live: dict[str, _Live] = {}  # request id -> its job's segment in this engine

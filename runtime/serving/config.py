@@ -9,7 +9,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from runtime.agents.policy import POLICIES
+from runtime.agents.policy import check_servable
 
 VLLM_BASELINE = "vllm"  # policy name for unmodified vLLM engines behind a FCFS global queue (the baseline)
 API_KEY_ENV = "AGENTRIVER_API_KEY"  # when set where the ingress runs, every /v1 call needs this bearer token
@@ -87,8 +87,7 @@ class ServeSettings(BaseModel):
     @field_validator("policy")
     @classmethod
     def _policy(cls, v: str) -> str:
-        if v not in POLICIES and v != VLLM_BASELINE:
-            raise ValueError(f"unknown policy {v!r}; choose one of {VLLM_BASELINE}, {', '.join(POLICIES)}")
+        check_servable(v, (VLLM_BASELINE,))
         return v
 
     @model_validator(mode="after")

@@ -5,7 +5,14 @@ import pytest
 from runtime.agents.costmodel import LLAMA3_8B_H100
 from runtime.agents.job import Job, KVState, Phase, Segment
 from runtime.agents.kv import KVAction, MemoryView
-from runtime.agents.policy import POLICIES, AstraeaConfig, PolicyContext, SegmentStats, make_policy
+from runtime.agents.policy import (
+    POLICIES,
+    AstraeaConfig,
+    PolicyContext,
+    SegmentStats,
+    check_servable,
+    make_policy,
+)
 from runtime.agents.policy.astraea import Astraea
 from runtime.agents.policy.continuum import Continuum, ContinuumConfig
 from runtime.agents.predictor import Predictor
@@ -36,9 +43,38 @@ def view(used=0, batch=10_000):
 
 
 def test_registry_and_unknown_policy(ctx):
-    assert list(POLICIES) == ["fcfs", "sjf", "plas", "infercept", "continuum", "astraea"]
+    assert list(POLICIES) == ["fcfs", "sjf", "plas", "infercept", "continuum", "astraea", "clairvoyant"]
     with pytest.raises(ValueError, match="unknown policy 'lifo'"):
         make_policy("lifo", ctx)
+
+
+def test_the_clairvoyant_bound_cannot_be_served():
+    check_servable("astraea")
+    check_servable("vllm", ("vllm",))
+    with pytest.raises(ValueError, match="'clairvoyant' is a bound that reads jobs' future segments"):
+        check_servable("clairvoyant")
+    with pytest.raises(ValueError, match="unknown policy 'lifo'; choose one of vllm, fcfs"):
+        check_servable("lifo", ("vllm",))
+
+
+def test_clairvoyant_orders_by_the_true_remaining_work_of_the_whole_job(ctx):
+    """A job whose current segment is short but whose later segments are long goes after a job that is nearly
+    done; the decision at a tool call uses the call's true duration."""
+    p = make_policy("clairvoyant", ctx)
+    many = job("many", outputs=(10, 400, 400))  # short now, long later
+    one = job("one", outputs=(200,))  # longer now, nothing after
+    assert names(p.order([many, one], 0.0)) == ["one", "many"]
+    assert names(make_policy("sjf", ctx).order([many, one], 0.0)) == ["many", "one"]  # the segment alone
+    assert p.growth_tokens(one) == 200
+    one.seg_generated = 150
+    assert p.growth_tokens(one) == 50 and p.remaining_work_s(one) < p.remaining_work_s(many)
+    short_call = job("short_call", outputs=(10, 10), times=(0.001, 0.0))
+    long_call = job("long_call", outputs=(10, 10), times=(3600.0, 0.0))
+    for j in (short_call, long_call):
+        j.kv_tokens = 4000
+    tight = view(used=950)  # above the watermark: the waste comparison decides
+    assert p.on_tool_call(short_call, 0.0, tight).action is KVAction.PRESERVE
+    assert p.on_tool_call(long_call, 0.0, tight).action is not KVAction.PRESERVE
 
 
 def test_fcfs_serves_segments_in_submission_order_preempted_first(ctx):
@@ -178,3 +214,14 @@ def test_config_overrides_are_typed_and_checked(ctx):
         make_config("fcfs", {"a": "1"})
     with pytest.raises(ValueError, match="high_watermark must be in"):
         make_config("astraea", {"high_watermark": "1.5"})
+
+
+def test_the_service_refuses_a_bound_by_name(tmp_path):
+    from pydantic import ValidationError
+
+    from runtime.serving.config import ServeSettings
+
+    (tmp_path / "config.json").write_text("{}")
+    assert ServeSettings(model=str(tmp_path), policy="vllm").policy == "vllm"
+    with pytest.raises(ValidationError, match="'clairvoyant' is a bound"):
+        ServeSettings(model=str(tmp_path), policy="clairvoyant")

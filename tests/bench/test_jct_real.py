@@ -38,7 +38,8 @@ def test_real_replay_writes_rows_for_each_policy_and_load(tiny_model, tool_trace
 def test_bad_arguments(tmp_path, capsys):
     (tmp_path / "tiny").mkdir()
     (tmp_path / "tiny" / "config.json").write_text("{}")
-    for argv, msg in ((["--trace", "x", "--policies", "vllm,lottery"], "unknown ['lottery']"),
+    for argv, msg in ((["--trace", "x", "--policies", "vllm,lottery"], "--policies: unknown policy 'lottery'"),
+                      (["--trace", "x", "--policies", "clairvoyant"], "'clairvoyant' is a bound"),
                       (["--trace", "x", "--rate-scales", "0"], "scales > 0"),
                       (["--trace", "x", "--model", str(tmp_path)], "run `make model`"),
                       (["--trace", "x", "--model", str(tmp_path / "tiny")], "--kv-blocks is needed")):

@@ -22,6 +22,9 @@ def test_sweep_writes_rows_table_and_plots(tmp_path):
         assert row["jobs"] == 30 and row["avg_jct_s"] > 0
         assert row["p50_jct_s"] <= row["p90_jct_s"] <= row["p99_jct_s"]
         assert row["policy_config"] == ({"high_watermark": "0.8"} if row["policy"] == "astraea" else {})
+        # the excess over each job's time alone is what the policy controls: part of the JCT, never below zero
+        # on average (a job cannot finish sooner among others than alone on an idle engine)
+        assert 0 <= row["avg_excess_s"] < row["avg_jct_s"] and row["p99_excess_s"] <= row["p99_jct_s"]
     fcfs = [a for a in data["summary"] if a["policy"] == "fcfs"]
     assert all(a["avg_vs_fcfs"] == pytest.approx(1.0) for a in fcfs)
     assert "| astraea |" in out.with_suffix(".md").read_text()
