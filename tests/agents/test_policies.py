@@ -43,7 +43,8 @@ def view(used=0, batch=10_000):
 
 
 def test_registry_and_unknown_policy(ctx):
-    assert list(POLICIES) == ["fcfs", "sjf", "plas", "infercept", "continuum", "astraea", "clairvoyant"]
+    assert list(POLICIES) == ["fcfs", "sjf", "plas", "infercept", "continuum", "lamps", "astraea",
+                             "clairvoyant"]
     with pytest.raises(ValueError, match="unknown policy 'lifo'"):
         make_policy("lifo", ctx)
 
@@ -225,3 +226,21 @@ def test_the_service_refuses_a_bound_by_name(tmp_path):
     assert ServeSettings(model=str(tmp_path), policy="vllm").policy == "vllm"
     with pytest.raises(ValidationError, match="'clairvoyant' is a bound"):
         ServeSettings(model=str(tmp_path), policy="clairvoyant")
+
+
+def test_lamps_ranks_by_the_memory_a_request_holds_over_time_including_its_call(ctx):
+    """Equal segments; the one whose tool call is long holds its context through the call unless LAMPS predicts it
+    is given up: it ranks behind the one whose call is short. A request waiting past the starvation bound goes
+    first."""
+    p = make_policy("lamps", ctx)
+    for cat, seconds in (("slow", 5.0), ("fast", 0.005)):
+        p.pred.observe_api(cat, seconds)
+    slow = job("slow", outputs=(50, 10), cats=("slow", ""), prompt=3000)
+    fast = job("fast", outputs=(50, 10), cats=("fast", ""), prompt=3000)
+    alone = job("alone", outputs=(50,), prompt=3000)  # no call after it
+    assert names(p.order([slow, fast, alone], 1.0)) == ["alone", "fast", "slow"]
+    assert p.memory_time(slow) > p.memory_time(fast) > p.memory_time(alone) > 0
+    slow.ready_since = -100.0  # waited past starvation_s (30 s)
+    assert names(p.order([fast, alone, slow], 1.0))[0] == "slow"
+    with pytest.raises(ValueError, match="starvation_s must be > 0"):
+        make_policy("lamps", ctx, {"starvation_s": 0})

@@ -8,15 +8,17 @@ from runtime.agents.policy.clairvoyant import Clairvoyant
 from runtime.agents.policy.continuum import Continuum, ContinuumConfig
 from runtime.agents.policy.fcfs import Fcfs
 from runtime.agents.policy.infercept import InferCept
+from runtime.agents.policy.lamps import Lamps, LampsConfig
 from runtime.agents.policy.plas import Plas, PlasConfig
 from runtime.agents.policy.sjf import Sjf
 
 POLICIES: dict[str, type[Policy]] = {
-    p.name: p for p in (Fcfs, Sjf, Plas, InferCept, Continuum, Astraea, Clairvoyant)}
+    p.name: p for p in (Fcfs, Sjf, Plas, InferCept, Continuum, Lamps, Astraea, Clairvoyant)}
 # Bounds that read a job's future segments, which only the simulator knows: reported next to the policies in
 # the simulator's tables, never served (a real engine sees one segment of a job at a time).
 SIMULATION_ONLY = ("clairvoyant",)
-CONFIGS: dict[str, type] = {"astraea": AstraeaConfig, "plas": PlasConfig, "continuum": ContinuumConfig}
+CONFIGS: dict[str, type] = {"astraea": AstraeaConfig, "plas": PlasConfig, "continuum": ContinuumConfig,
+                            "lamps": LampsConfig}
 
 
 def make_config(name: str, overrides: dict[str, str | float | int | bool] | None):

@@ -1,0 +1,79 @@
+"""LAMPS (arXiv 2410.18248; NeurIPS'25 as MARS): requests ranked by the memory they hold over time.
+
+Size-based order (SJF) misleads when requests call APIs: a short request that keeps a long context through a
+long call holds more memory than a longer one that gives it up. LAMPS therefore predicts, before scheduling, how a
+request's KV will be handled during its API call (the option of least memory waste, InferCept's formula) and
+ranks requests by the memory x time of their whole life with that handling, smallest first; requests that wait too
+long are served first (starvation prevention).
+
+Here a "request" is a job's current segment and the tool call that follows it (a job's next segment is ranked
+when it becomes ready). Its score, in token-seconds, is
+  prefill:  context x predicted prefill time of what is not cached,
+  decode:   n x (context + n / 2) x decode time per token, for its n predicted output tokens,
+  the call: (context + n) x the time the KV is held for it under the handling that holds it least: the predicted
+            API time if preserved, two transfers if swapped, the recompute if discarded (the memory re-occupied
+            while it is recomputed).
+Simplifications, each because the paper's input does not exist here: output lengths come from the shared
+predictor (LAMPS runs OPT-125m on the prompt, and traces carry no prompts); API times are per category, as in
+LAMPS; its selective score update (re-ranking only some requests per step) is a speed optimisation the simulator
+does not need (scores are cached per job state); the ranking predicts the handling by the request's own memory
+(the batch it will share memory with is not known when it is ranked), while the decision at the call itself is
+InferCept's min-waste on live memory, as LAMPS decides it.
+"""
+
+from dataclasses import dataclass
+
+from runtime.agents.kv import KVDecision, infercept_waste
+from runtime.agents.policy.base import Policy, PolicyContext
+
+
+@dataclass(frozen=True)
+class LampsConfig:
+    starvation_s: float = 30.0  # a segment ready this long goes before every ranked one, oldest first
+
+    def __post_init__(self):
+        if self.starvation_s <= 0:
+            raise ValueError(f"starvation_s must be > 0, got {self.starvation_s}")
+
+
+class Lamps(Policy):
+    name = "lamps"
+    packs = True
+    evicts_for_admission = True
+
+    def __init__(self, ctx: PolicyContext, config: LampsConfig | None = None):
+        super().__init__(ctx)
+        self.cfg = config or LampsConfig()
+
+    def memory_time(self, job) -> float:
+        """Predicted token-seconds of KV the job's current segment and its tool call hold (the ranking score)."""
+        return self.per_state(job, "lamps_memory_time", self._memory_time)
+
+    def _memory_time(self, job) -> float:
+        context = job.resume_tokens
+        n = max(self.pred.output_tokens(job) - job.seg_generated, 0.0)
+        score = context * self.pred.prefill_s(self.pred.uncached_tokens(job))
+        score += n * (context + n / 2) * self.pred.decode_s_per_token
+        if not job.is_last_segment:
+            held = int(context + n)
+            score += held * min(self.pred.api_s(job.current.api_category), 2 * self.profile.swap_s(held),
+                                self.pred.recompute_s(held))
+        return score
+
+    def key(self, job, now):
+        starving = now - job.ready_since >= self.cfg.starvation_s
+        return (not starving, job.ready_since if starving else self.memory_time(job), job.arrival_s)
+
+    def growth_tokens(self, job):
+        return max(int(round(self.pred.output_tokens(job))) - job.seg_generated, 0)
+
+    def _waste(self, job, t_int, view):
+        return infercept_waste(t_int, job.kv_tokens, view.batch_tokens, self.pred.recompute_s(job.kv_tokens),
+                               self.swap_s(job, view), self.profile.kv_bytes_per_token)
+
+    def on_tool_call(self, job, now, view):
+        t_int = self.pred.api_s(job.current.api_category)
+        return KVDecision(self._waste(job, t_int, view).best(self.swap_ok(job, view)))
+
+    def evict_candidates(self, idle, now, view, forced):
+        return self.rank_by_waste(idle, now, view, forced, self._waste)
