@@ -131,7 +131,7 @@ class SimulatedEngine:
                 self.life.kv_kept(job, KVState.ACTIVE, job.kv_tokens)
                 self._start(job, t, job.resume_tokens - job.kv_tokens)
             elif kind == _TTL and job.phase is Phase.TOOL and job.kv is KVState.PRESERVED and tag == job.seg - 1:
-                self._evict(job, KVAction.DISCARD)  # the pin of this tool call expired
+                self._evict(job, self.policy.on_pin_expired(job, t, self.view()))  # this call's pin expired
 
     def _enqueue(self, job: Job) -> None:
         self.ready.append(job)

@@ -339,7 +339,8 @@ class PolicyScheduler(StepLogScheduler):
     def _expire_pins(self, now: float) -> None:
         for job_id, (_, expiry) in list(self._pinned.items()):
             if expiry is not None and now >= expiry:
-                self._release(self.jobs[job_id], KVAction.DISCARD, "ttl")
+                job = self.jobs[job_id]
+                self._release(job, self.policy.on_pin_expired(job, now, self._view()), "ttl")
 
     def _release(self, job: Job, action: KVAction, cause: str) -> int:
         """Give up a pinned job's blocks (swap or discard); returns how many blocks that frees."""

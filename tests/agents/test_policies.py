@@ -117,7 +117,7 @@ def test_infercept_orders_by_job_arrival_and_minimises_waste(ctx):
 
 
 def test_continuum_pins_for_a_ttl_learned_from_the_tool_cdf(ctx):
-    p = Continuum(ctx, ContinuumConfig(min_samples=5))
+    p = Continuum(ctx, ContinuumConfig(min_samples=5, offload=False))
     j = job("j", outputs=(10, 10), cats=("search", ""), times=(0.5, 0.0))
     j.kv_tokens = 4000
     assert p.on_tool_call(j, 0.0, view()).action is KVAction.DISCARD  # no samples yet: no pin
@@ -131,6 +131,23 @@ def test_continuum_pins_for_a_ttl_learned_from_the_tool_cdf(ctx):
     pinned, plain, pre = job("pinned", arrival=5.0), job("plain", arrival=1.0), job("pre", arrival=9.0)
     pinned.kv, pre.preempted = KVState.PRESERVED, True
     assert names(p.order([plain, pinned, pre], 10.0)) == ["pre", "pinned", "plain"]
+
+
+def test_continuum_offloads_what_it_does_not_pin_where_the_host_has_room(ctx):
+    p = Continuum(ctx)  # no samples: no pin
+    j = job("j", outputs=(10, 10), cats=("search", ""), times=(0.5, 0.0))
+    j.kv_tokens = 4000
+    roomy = view()
+    full = MemoryView(gpu_blocks=1000, gpu_used_blocks=0, cpu_free_blocks=10, block_size=16, batch_tokens=0,
+                      link_backlog_s=0.0)
+    assert p.on_tool_call(j, 0.0, roomy).action is KVAction.SWAP
+    assert p.on_tool_call(j, 0.0, full).action is KVAction.DISCARD  # 250 blocks do not fit in 10
+    assert p.on_pin_expired(j, 0.0, roomy) is KVAction.SWAP
+    j.kv, j.phase = KVState.PRESERVED, Phase.TOOL
+    assert p.evict_candidates([j], 0.0, roomy, forced=True) == [(j, KVAction.SWAP)]
+    assert p.evict_candidates([j], 0.0, roomy, forced=False) == []
+    plain = Continuum(ctx, ContinuumConfig(offload=False))
+    assert plain.on_pin_expired(j, 0.0, roomy) is KVAction.DISCARD
 
 
 def test_astraea_demotes_compute_heavy_and_promotes_io_bound(ctx):

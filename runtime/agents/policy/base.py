@@ -71,6 +71,11 @@ class Policy:
     def on_tool_call(self, job: Job, now: float, view: MemoryView) -> KVDecision:
         return KVDecision(KVAction.DISCARD)
 
+    def on_pin_expired(self, job: Job, now: float, view: MemoryView) -> KVAction:
+        """A PRESERVE decision's TTL ran out while the tool still runs: what becomes of the KV (SWAP falls back to
+        DISCARD where the host tier has no room)."""
+        return KVAction.DISCARD
+
     def evict_candidates(self, idle: list[Job], now: float, view: MemoryView, forced: bool
                          ) -> list[tuple[Job, KVAction]]:
         """Idle KV to give up, most worth giving up first. `forced`: a running segment needs the memory."""
