@@ -1,0 +1,181 @@
+"""Are our peers faithful? Each peer against its own paper's baseline, on a trace shaped like its own paper's
+workload, next to the headline it published.
+
+    python -m bench.peers --jobs 400 --seeds 0 --out bench/results/peers.json
+
+Each check runs the peer and its baseline in the simulator (8B/H100 profile) over a load sweep and measures what
+the paper's headline measures:
+- `load`: the highest load at which the average JCT stays within `--latency-factor` x the jobs' mean time alone
+  (their tool time and compute on an idle engine), peer over baseline, interpolated in the sweep ("x more load at
+  equal latency");
+- `latency`: the baseline's average JCT over the peer's, the largest over the sweep's loads at which the baseline
+  still finishes within `--latency-factor` x 4 of alone time ("x lower delay"; past that both are queues that
+  only grow).
+A check is "far off" when our figure is outside the published range by more than 1.5x either way. Published
+figures are quoted in `shared/papers/astraea.md` (GPU testbeds with real tool calls; ours are simulated), so only
+an order-of-magnitude disagreement says something about the peer's implementation or our workloads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from bench.output import command_line, save_figure, write_results
+from runtime.agents.costmodel import get_profile
+from runtime.agents.metrics import alone_s
+from runtime.agents.sim import simulate
+from runtime.agents.trace import generate, jobs_from_table
+
+LOADS = (0.5, 1, 2, 3, 4, 6, 8, 12, 16)
+
+
+@dataclass(frozen=True)
+class Check:
+    peer: str
+    baseline: str
+    mix: str
+    rate: float  # jobs/s at load 1
+    measure: str  # "load" or "latency"
+    published: str
+    low: float  # the published range of the measure (peer over baseline)
+    high: float
+
+
+CHECKS = (
+    Check("infercept", "fcfs", "infercept", 5.0, "load", "InferCept: 1.6-2x throughput of vLLM", 1.6, 2.0),
+    Check("plas", "fcfs", "sharegpt", 5.0, "load", "Autellix: 4-15x throughput of vLLM at equal latency", 4, 15),
+    Check("plas", "fcfs", "bfcl", 2.5, "load", "Autellix: 4-15x throughput of vLLM at equal latency", 4, 15),
+    Check("continuum", "fcfs", "swe", 0.5, "latency", "Continuum: 1.12-3.66x lower delay", 1.12, 3.66),
+    Check("continuum", "fcfs", "bfcl", 2.5, "latency", "Continuum: 1.12-3.66x lower delay", 1.12, 3.66),
+    Check("lamps", "infercept", "infercept", 5.0, "latency", "LAMPS: 27-85% lower latency than InferCept",
+          1 / (1 - 0.27), 1 / (1 - 0.85)),
+)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.peers", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--jobs", type=int, default=400, help="jobs per generated trace")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--loads", default=",".join(map(str, LOADS)), help="rate scales swept")
+    p.add_argument("--latency-factor", type=float, default=1.5,
+                   help="equal latency: average JCT = this x the jobs' mean time alone")
+    p.add_argument("--model", default="llama3-8b-h100")
+    p.add_argument("--out", default="peers.json")
+    args = p.parse_args(argv)
+    try:
+        args.seed_list = [int(s) for s in args.seeds.split(",") if s]
+        args.load_list = sorted(float(x) for x in args.loads.split(",") if x)
+    except ValueError:
+        p.error("--seeds takes integers and --loads numbers, comma-separated")
+    if not args.seed_list or not args.load_list or min(args.load_list) <= 0:
+        p.error("--seeds and --loads must name at least one value; loads must be > 0")
+    if args.jobs < 1 or args.latency_factor <= 1:
+        p.error("--jobs must be >= 1 and --latency-factor > 1")
+    return args
+
+
+def load_at(loads: list[float], jcts: list[float], limit: float) -> float:
+    """The load at which the average JCT reaches `limit`, linear between swept loads; the largest load swept
+    when it never does (a lower bound), 0 when even the lightest exceeds it."""
+    if jcts[0] > limit:
+        return 0.0
+    for (l0, j0), (l1, j1) in zip(zip(loads, jcts, strict=True), zip(loads[1:], jcts[1:], strict=True),
+                                  strict=False):
+        if j1 > limit:
+            return l0 + (l1 - l0) * (limit - j0) / (j1 - j0)
+    return loads[-1]
+
+
+def run_check(c: Check, args, bar) -> dict:
+    profile = get_profile(args.model)
+    curves = {c.peer: [], c.baseline: []}
+    alone_mean = []
+    for seed in args.seed_list:
+        table = generate(c.mix, args.jobs, c.rate, seed)
+        alone_mean.append(float(np.mean(list(alone_s(jobs_from_table(table), profile).values()))))
+        for policy in curves:
+            row = []
+            for load in args.load_list:
+                res = simulate(jobs_from_table(table, rate_scale=load), profile, policy)
+                row.append(float(np.mean([j.jct_s for j in res.jobs])))
+                bar.update(1)
+            curves[policy].append(row)
+    avg = {p: np.mean(rows, axis=0).tolist() for p, rows in curves.items()}
+    alone = float(np.mean(alone_mean))
+    limit = args.latency_factor * alone
+    if c.measure == "load":
+        peer_load, base_load = (load_at(args.load_list, avg[p], limit) for p in (c.peer, c.baseline))
+        detail = f"load at {limit:.1f} s: {c.peer} {peer_load:.2f}, {c.baseline} {base_load:.2f}"
+        if base_load >= args.load_list[-1] or base_load == 0:
+            ours = float("nan")  # the baseline never crossed the limit (or crossed it at once): no ratio
+            detail += " (the baseline's latency never crossed the limit inside the sweep: widen --loads)"
+        else:
+            ours = peer_load / base_load
+            if peer_load >= args.load_list[-1]:
+                detail += f" ({c.peer} never reached it: a lower bound)"
+    else:
+        usable = [i for i, j in enumerate(avg[c.baseline]) if j <= 4 * limit] or [0]
+        ratios = [avg[c.baseline][i] / avg[c.peer][i] for i in usable]
+        best = int(np.argmax(ratios))
+        ours = ratios[best]
+        detail = f"at load {args.load_list[usable[best]]:g}: {c.baseline} {avg[c.baseline][usable[best]]:.1f} s, " \
+                 f"{c.peer} {avg[c.peer][usable[best]]:.1f} s"
+    far = bool(ours < c.low / 1.5 or ours > c.high * 1.5)  # nan (no ratio) is never far off
+    return {**asdict(c), "ours": ours, "far_off": far, "detail": detail, "alone_s": alone, "limit_s": limit,
+            "loads": args.load_list, "avg_jct_s": avg}
+
+
+def markdown(data: dict) -> str:
+    lines = [f"Command: `{data['meta']['command']}`", "",
+             f"Simulator, {data['meta']['model']} profile, {data['meta']['jobs']} jobs per trace, seeds "
+             f"{data['meta']['seeds']}; equal latency = {data['meta']['latency_factor']} x the jobs' mean time alone.",
+             "", "| peer | baseline | workload | measure | published | ours | far off | detail |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in data["checks"]:
+        lines.append(f"| {r['peer']} | {r['baseline']} | {r['mix']} | {r['measure']} | {r['published']} | "
+                     f"{_ratio(r['ours'])} | {'yes' if r['far_off'] else 'no'} | {r['detail']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _ratio(x: float) -> str:
+    return "-" if np.isnan(x) else f"{x:.2f}x"
+
+
+def plot(data: dict, stem) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    checks = data["checks"]
+    fig, axes = plt.subplots(1, len(checks), figsize=(3.6 * len(checks), 3.4), squeeze=False)
+    for ax, r in zip(axes[0], checks, strict=True):
+        for policy, jcts in r["avg_jct_s"].items():
+            ax.plot(r["loads"], jcts, marker=".", label=policy)
+        ax.axhline(r["limit_s"], color="#999", ls="--", lw=1, label="equal latency")
+        ax.set(xscale="log", yscale="log", xlabel="load (rate scale)", title=f"{r['peer']} on {r['mix']}")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("average JCT (s)")
+    save_figure(fig, stem)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    runs = len(CHECKS) * 2 * len(args.seed_list) * len(args.load_list)
+    with tqdm(total=runs, desc="peers", unit="run", file=sys.stderr) as bar:
+        checks = [run_check(c, args, bar) for c in CHECKS]
+    data = {"checks": checks, "meta": {"command": command_line("bench.peers", argv), "model": args.model,
+                                       "jobs": args.jobs, "seeds": args.seed_list,
+                                       "latency_factor": args.latency_factor}}
+    print(write_results(args.out, data, markdown, plot))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
