@@ -23,8 +23,8 @@ InferCept's min-waste on live memory, as LAMPS decides it.
 
 from dataclasses import dataclass
 
-from runtime.agents.kv import KVDecision, infercept_waste
-from runtime.agents.policy.base import Policy, PolicyContext
+from runtime.agents.policy.base import PolicyContext
+from runtime.agents.policy.infercept import InferCept
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,9 @@ class LampsConfig:
             raise ValueError(f"starvation_s must be > 0, got {self.starvation_s}")
 
 
-class Lamps(Policy):
+class Lamps(InferCept):
+    """InferCept's KV decisions (min-waste at the call, most wasteful pins given up first), LAMPS's order."""
+
     name = "lamps"
     packs = True
     evicts_for_admission = True
@@ -66,14 +68,3 @@ class Lamps(Policy):
 
     def growth_tokens(self, job):
         return max(int(round(self.pred.output_tokens(job))) - job.seg_generated, 0)
-
-    def _waste(self, job, t_int, view):
-        return infercept_waste(t_int, job.kv_tokens, view.batch_tokens, self.pred.recompute_s(job.kv_tokens),
-                               self.swap_s(job, view), self.profile.kv_bytes_per_token)
-
-    def on_tool_call(self, job, now, view):
-        t_int = self.pred.api_s(job.current.api_category)
-        return KVDecision(self._waste(job, t_int, view).best(self.swap_ok(job, view)))
-
-    def evict_candidates(self, idle, now, view, forced):
-        return self.rank_by_waste(idle, now, view, forced, self._waste)
