@@ -4,7 +4,8 @@
 
 jct_sim files (oracle estimator rows): the reference load is the lightest load at which fcfs's average JCT is 3-5x
 its light-load value (else the load closest to that window); there it checks astraea avg <= 0.70x fcfs and p99 <=
-fcfs p99; at every load it checks that astraea beats every other policy except the sjf oracle.
+fcfs p99; at every load it checks that astraea beats every peer (not the sjf and clairvoyant bounds). peers
+(bench.peers): each peer within 1.5x of its own paper's headline.
 jct_real files (real vLLM): at the heaviest load astraea avg <= 0.80x unmodified vllm and p99 not worse; every
 row's simulated average JCT within 15% of the measured one; on a run without tool calls (--single-segment),
 astraea's output tokens/s >= 0.97x vllm's at every load (and fcfs through the plugin, which isolates its
@@ -26,7 +27,7 @@ import json
 import sys
 from pathlib import Path
 
-OTHERS = ("fcfs", "plas", "infercept", "continuum")
+OTHERS = ("fcfs", "plas", "infercept", "continuum", "lamps")  # the peers; sjf and clairvoyant are bounds
 
 
 def check(path: Path) -> tuple[list[str], list[str]]:
@@ -213,12 +214,23 @@ def check_service_load(path: Path) -> tuple[list[str], list[str]]:
     return _verdicts(path, checks)
 
 
+def check_peers(path: Path) -> tuple[list[str], list[str]]:
+    """bench.peers: each peer within 1.5x of its published headline (a fidelity check, not a goal of ours)."""
+    from bench.peers import _ratio
+
+    checks = [(not c["far_off"], f"{c['peer']} vs {c['baseline']} on {c['mix']} ({c['measure']}): {_ratio(c['ours'])} "
+                                 f"(published {c['published']})") for c in json.loads(path.read_text())["checks"]]
+    return _verdicts(path, checks)
+
+
 def _verdicts(path: Path, checks: list[tuple[bool, str]]) -> tuple[list[str], list[str]]:
     return ([("PASS " if ok else "MISS ") + text for ok, text in checks],
             [f"{path.stem}: {text}" for ok, text in checks if not ok])
 
 
 def _checker(data: dict):
+    if "checks" in data:
+        return check_peers, "[average JCT vs load, peer and baseline]({stem}.png)"
     if "levels" in data:
         return check_service_load, "[throughput and added latency vs clients]({stem}.png)"
     if "runtimes" in data:
@@ -250,7 +262,8 @@ def main(argv: list[str] | None = None) -> int:
            "from `make bench-http` (the served agent API on real vLLM; cluster arrangements in the simulator);",
            "`river*` from `make bench-river` (River on real Freedoom video); `service_load` from `make bench-load`",
            "(the served API under a concurrency sweep); `vs_vllm_server` from `make bench-vs-vllm` (vLLM's own",
-           "server against the drop-in plugin and the Ray runtime). Each table's first line is its exact",
+           "server against the drop-in plugin and the Ray runtime); `peers` from `make bench` (each peer against",
+           "its own paper's baseline and headline, in the simulator). Each table's first line is its exact",
            "command.",
            "This page is written by `python -m bench.targets` from the JSON files.", ""]
     all_misses = []

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from bench import peers
+from bench import peers, targets
 
 
 def test_load_at_equal_latency_interpolates_inside_the_sweep():
@@ -27,6 +27,8 @@ def test_tiny_run_writes_every_check(tmp_path):
     md = out.with_suffix(".md").read_text()
     assert "| lamps | infercept | infercept | latency |" in md
     assert out.with_suffix(".png").stat().st_size > 1000
+    lines, misses = targets.check_peers(out)  # one verdict per check; the far-off ones are misses
+    assert len(lines) == len(peers.CHECKS) and len(misses) == sum(c["far_off"] for c in data["checks"])
 
 
 def test_bad_arguments(capsys):
