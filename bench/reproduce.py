@@ -7,7 +7,7 @@ import sys
 
 from bench import jct_sim
 
-ALL = "fcfs,sjf,plas,infercept,continuum,astraea"
+ALL = "fcfs,sjf,plas,infercept,continuum,lamps,astraea,clairvoyant"
 COMMANDS = {
     "infercept": f"--mix infercept --jobs 1000 --rate 5 --policies {ALL} --rate-scales 0.5,1,2,4,8 --seeds 0,1,2 "
                  "--output-estimator oracle,online --out bench/results/jct_sim_infercept.json",
