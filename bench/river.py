@@ -13,8 +13,13 @@ over every `--eval-every`-th frame of each segment):
 - `online` (LiveNAS): one model fine-tuned continuously on the live stream, an update on the newest segments at a
   time, each usable only once its measured training time has passed in stream time;
 - `per_segment`: each segment's own fine-tune applied to itself with no delay (the upper bound);
-- `river`: lookup + vote + quality gate + fine-tune on a miss + reuse (`runtime.river.online`).
-River and `online` train on one trainer (one at a time, in stream time: segment i arrives at i x segment length).
+- `river_first`: lookup + vote + quality gate + fine-tune on a miss + reuse (`runtime.river.online`), as the
+  first session a service ever streams: its store starts empty;
+- `river`: the same on the store that `--earlier` other playthroughs of the same maps left behind (streamed
+  through River before, their fine-tunes finished): a service's steady state, and the paper's setting, whose
+  lookup table is built offline from the game's video. The training those sessions did is reported apart.
+River, River's earlier sessions and `online` each train on one trainer (one at a time, in stream time: segment i
+arrives at i x segment length).
 Every seed records another playthrough of the maps and trains with another seed; the generic models are shared.
 Writes the JSON, a Markdown table (every figure as mean +- std over seeds, and the targets) and plots.
 """
@@ -43,7 +48,10 @@ from runtime.river.sr import SRConfig, psnr_y, ssim_y, upscale
 from runtime.river.store import ModelStore
 from runtime.river.train import TrainConfig, TrainResult, finetune, generic_model, generic_path, model_from_state
 
-METHODS = ("bicubic", "generic_other", "generic_game", "per_video", "online", "per_segment", "river")
+METHODS = ("bicubic", "generic_other", "generic_game", "per_video", "online", "per_segment", "river_first", "river")
+# the playthrough seeds of River's earlier sessions: EARLIER_SEED * k + seed for the k-th (k >= 1), never an
+# evaluated seed's recording
+EARLIER_SEED = 1000
 TRAIN_MAPS = {"freedoom2": "MAP10,MAP11", "freedoom1": "E3M1,E3M2"}
 # (method, baseline, margin dB): river must reach baseline + margin (issue 14's targets)
 TARGETS = (("generic_other", 1.81), ("generic_game", 1.0), ("online", 0.5), ("per_segment", -0.3))
@@ -127,6 +135,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--video-steps", type=int, default=None, help="per_video's budget (default: 8 x --steps)")
     p.add_argument("--generic-steps", type=int, default=3000)
     p.add_argument("--online-window", type=int, default=2, help="segments an online update trains on")
+    p.add_argument("--earlier", type=int, default=1,
+                   help="other playthroughs of the maps streamed through River before `river`'s session (>= 1)")
     p.add_argument("--eval-every", type=int, default=3, help="evaluate every n-th frame")
     p.add_argument("--quick", action="store_true", help="4 short segments, one seed, tiny budgets (CI)")
     p.add_argument("--cache", default="build/river")
@@ -137,8 +147,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.model = "2x8"
     args.video_steps = args.video_steps or 8 * args.steps
     gameplay_configs(p, args)
-    if args.eval_every < 1 or args.steps < 1 or args.online_window < 1:
-        p.error("--eval-every, --steps and --online-window must be >= 1")
+    for name in ("eval_every", "steps", "online_window", "earlier"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     try:
         args.seed_list = [int(s) for s in args.seeds.split(",") if s]
         blocks, channels = (int(v) for v in args.model.split("x"))
@@ -234,12 +245,56 @@ def score(model, pair: Pair, every: int) -> tuple[float, float]:
     return psnr_y(sr, hi, pair.scale), ssim_y(sr, hi, pair.scale)
 
 
+def eval_pairs(args, seed: int) -> list[Pair]:
+    """The evaluated maps played with `seed`: `--segments` segments in stream order."""
+    cfg = replace(args.eval_cfg, seed=seed)
+    return load_pairs(build_dataset(cfg, scale=args.sr.scale, crf=args.crf, root=Path(args.cache) / "datasets",
+                                    progress=False))[: args.segments]
+
+
+def earlier_sessions(args, seed: int, game: TrainResult, store_dir: str) -> dict:
+    """Streams `--earlier` other playthroughs of the evaluated maps through River into the store at `store_dir`,
+    each fine-tune finished before the next segment: the store a service holds after earlier players of these
+    maps. Returns what they trained and stored."""
+    trainer = StreamClockTrainer()
+    river = OnlineRiver(ModelStore(store_dir), game, trainer, gate=args.gate,
+                        finetune=replace(args.finetune, seed=seed))
+    for k in range(1, args.earlier + 1):
+        for pair in tqdm(eval_pairs(args, EARLIER_SEED * k + seed), desc=f"seed {seed}: earlier session {k}",
+                         unit="segment", file=sys.stderr):
+            river.process(pair.segment_id, pair.lr, pair.hr)
+            river.collect(wait=True)
+    return {"finetunes": trainer.count, "train_s": trainer.total_s, "models": len(river.store)}
+
+
+class RiverSession:
+    """One session streamed through River in stream time, on its own trainer and a store at `store_dir`."""
+
+    def __init__(self, args, seed: int, game: TrainResult, store_dir: str):
+        self.trainer = StreamClockTrainer()
+        self.river = OnlineRiver(ModelStore(store_dir), game, self.trainer, gate=args.gate,
+                                 finetune=replace(args.finetune, seed=seed))
+        self.wad = args.wad
+        self.decisions: list[dict] = []
+        self.lookup_ms: list[float] = []
+        self.prefetch = PrefetchTracker(k=3)
+
+    def model_at(self, now: float, pair: Pair):
+        """The model the segment arriving at `now` is played with."""
+        self.trainer.now = now
+        self.river.collect()
+        d = self.river.process(pair.segment_id, pair.lr, pair.hr)
+        self.decisions.append({"segment": pair.segment_id, "model": d.model_id, "voted": d.voted_id,
+                               "gain_db": d.gain_db, "finetune": d.finetune_scheduled})
+        self.lookup_ms.append(d.lookup_ms / len(pair.lr))
+        self.prefetch.use("session", self.wad, d.model_id)
+        return self.river.model(d.model_id)
+
+
 def run_seed(args, seed: int, game: TrainResult, other: TrainResult) -> dict:
     """Every method on one playthrough; per method: PSNR/SSIM per segment, training seconds, fine-tunes."""
-    cache, sr = Path(args.cache), args.sr
-    cfg = replace(args.eval_cfg, seed=seed)
-    pairs = load_pairs(build_dataset(cfg, scale=sr.scale, crf=args.crf, root=cache / "datasets",
-                                     progress=False))[: args.segments]
+    sr = args.sr
+    pairs = eval_pairs(args, seed)
     ft = replace(args.finetune, seed=seed)
     res = {m: {"psnr": [], "ssim": [], "train_s": 0.0, "finetunes": 0, "cum_train_s": []} for m in METHODS}
 
@@ -254,11 +309,9 @@ def run_seed(args, seed: int, game: TrainResult, other: TrainResult) -> dict:
     res["per_video"].update(train_s=video.seconds, finetunes=1)
     video_net = model_from_state(video.state, sr)
     live = LiveTraining(game, ft, args.online_window)
-    trainer = StreamClockTrainer()
-    lookup_ms, decisions = [], []
-    prefetch = PrefetchTracker(k=3)
-    with tempfile.TemporaryDirectory() as store_dir:
-        river = OnlineRiver(ModelStore(store_dir), game, trainer, gate=args.gate, finetune=ft)
+    with tempfile.TemporaryDirectory() as empty, tempfile.TemporaryDirectory() as warm:
+        earlier = earlier_sessions(args, seed, game, warm)
+        rivers = {"river_first": RiverSession(args, seed, game, empty), "river": RiverSession(args, seed, game, warm)}
         for i, pair in enumerate(tqdm(pairs, desc=f"seed {seed}", unit="segment", file=sys.stderr)):
             now = i * args.segment_s
             record("bicubic", None, pair)
@@ -271,19 +324,17 @@ def run_seed(args, seed: int, game: TrainResult, other: TrainResult) -> dict:
             res["per_segment"]["train_s"] += own.seconds
             res["per_segment"]["finetunes"] += 1
             record("per_segment", model_from_state(own.state, sr), pair)
-            trainer.now = now
-            river.collect()
-            d = river.process(pair.segment_id, pair.lr, pair.hr)
-            decisions.append({"segment": pair.segment_id, "model": d.model_id, "voted": d.voted_id,
-                              "gain_db": d.gain_db, "finetune": d.finetune_scheduled})
-            lookup_ms.append(d.lookup_ms / len(pair.lr))
-            prefetch.use("session", args.wad, d.model_id)
-            res["river"]["train_s"], res["river"]["finetunes"] = trainer.total_s, trainer.count
-            record("river", river.model(d.model_id), pair)
-        store_size = len(river.store)
-    return {"seed": seed, "segments": [p.segment_id for p in pairs], "methods": res, "river_decisions": decisions,
-            "river_store_models": store_size, "lookup_ms_p50": float(np.median(lookup_ms)),
-            "prefetch_hit_top3": prefetch.hit_rate}
+            for name, session in rivers.items():
+                model = session.model_at(now, pair)
+                res[name].update(train_s=session.trainer.total_s, finetunes=session.trainer.count)
+                record(name, model, pair)
+        stored = {name: len(session.river.store) for name, session in rivers.items()}
+    first, river = rivers["river_first"], rivers["river"]
+    return {"seed": seed, "segments": [p.segment_id for p in pairs], "methods": res,
+            "river_decisions": river.decisions, "river_first_decisions": first.decisions, "earlier": earlier,
+            "river_store_models": stored["river"], "river_first_store_models": stored["river_first"],
+            "lookup_ms_p50": float(np.median(river.lookup_ms)), "prefetch_hit_top3": river.prefetch.hit_rate,
+            "river_first_prefetch_hit_top3": first.prefetch.hit_rate}
 
 
 def _spread(values) -> dict:
@@ -312,7 +363,11 @@ def summarize(runs: list[dict]) -> dict:
     targets.append({"baseline": "per_segment training s", "max_ratio": 0.5, "ratio": ratio,
                     "met": ratio["mean"] + ratio["std"] <= 0.5})
     targets.append({"baseline": "prefetch top-3 hit", "min": 0.8, "hit": hit, "met": hit["mean"] - hit["std"] >= 0.8})
-    return {"methods": methods, "targets": targets,
+    first = [np.mean(r["methods"]["river_first"]["psnr"]) for r in runs]
+    first_margins = {base: _spread(np.subtract(first, [np.mean(r["methods"][base]["psnr"]) for r in runs]))
+                     for base, _ in TARGETS}
+    earlier = {k: _spread([r["earlier"][k] for r in runs]) for k in ("finetunes", "train_s", "models")}
+    return {"methods": methods, "targets": targets, "river_first_margins_db": first_margins, "earlier": earlier,
             "lookup_ms_p50": _spread([r["lookup_ms_p50"] for r in runs])}
 
 
@@ -352,9 +407,16 @@ def markdown(data: dict) -> str:
     for m, r in data["methods"].items():
         lines.append(f"| {m} | {_pm(r['psnr_db'], '.3f')} | {_pm(r['ssim'], '.4f')} | {_pm(r['finetunes'], '.1f')} "
                      f"| {_pm(r['train_s'], '.1f')} |")
+    e = data["earlier"]
     lines += ["", f"River's lookup + vote: {_pm(data['lookup_ms_p50'])} ms per frame (p50).", "",
+              f"`river` starts from the store that {meta['earlier']} earlier session(s) of the same maps left "
+              f"(other playthroughs): they fine-tuned {_pm(e['finetunes'], '.1f')} times in "
+              f"{_pm(e['train_s'], '.0f')} s and stored {_pm(e['models'], '.1f')} models; that training is not "
+              "in `river`'s training seconds. `river_first` starts from an empty store.", "",
               "| target (met only beyond the seeds' spread) | met |", "|---|---|"]
     lines += [f"| {text} | {'yes' if met else 'no'} |" for met, text in target_verdicts(data)]
+    lines += ["", "| river_first (empty store) minus | dB |", "|---|---|"]
+    lines += [f"| {base} | {_pm(d)} |" for base, d in data["river_first_margins_db"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -367,7 +429,7 @@ def plot(data: dict, stem: Path) -> None:
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4.2))
     means = [data["methods"][m]["psnr_db"]["mean"] for m in METHODS]
     stds = [data["methods"][m]["psnr_db"]["std"] for m in METHODS]
-    a.bar(METHODS, means, yerr=stds, capsize=3, color=["#999"] * 3 + ["#69c"] * 3 + ["#d62"])
+    a.bar(METHODS, means, yerr=stds, capsize=3, color=["#999"] * 3 + ["#69c"] * 3 + ["#e96", "#d62"])
     a.set_ylim(min(means) - 0.5, max(means) + 0.5)
     a.set(ylabel="PSNR-Y (dB), mean over seeds", title="quality")
     a.tick_params(axis="x", rotation=30)
@@ -386,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     data = run(args)
     data["meta"] = {"command": command_line("bench.river", argv), "gameplay": asdict(args.eval_cfg),
                     "seeds": args.seed_list, "sr": args.sr.to_dict(), "finetune_steps": args.steps,
-                    "video_steps": args.video_steps, "generic_steps": args.generic_steps,
+                    "video_steps": args.video_steps, "generic_steps": args.generic_steps, "earlier": args.earlier,
                     "gate": asdict(args.gate), "eval_every": args.eval_every, "crf": args.crf}
     print(write_results(args.out, data, markdown, plot))
     return 0

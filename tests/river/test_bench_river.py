@@ -24,11 +24,16 @@ def test_quick_run_writes_every_method(tmp_path):
     for untrained in ("bicubic", "generic_other", "generic_game"):
         assert run["methods"][untrained]["train_s"] == 0
     assert run["methods"]["online"]["finetunes"] >= 1 and run["methods"]["online"]["train_s"] > 0
-    assert 0 <= run["methods"]["river"]["finetunes"] <= 4 and run["lookup_ms_p50"] > 0
-    assert 0 <= run["prefetch_hit_top3"] <= 1 and len(run["river_decisions"]) == 4
+    for name in ("river_first", "river"):
+        assert 0 <= run["methods"][name]["finetunes"] <= 4 and len(run[f"{name}_decisions"]) == 4
+    assert run["lookup_ms_p50"] > 0 and 0 <= run["prefetch_hit_top3"] <= 1
+    # the earlier session trained where the empty store missed; `river` starts from what it stored
+    assert run["earlier"]["finetunes"] >= 1 and run["earlier"]["train_s"] > 0
+    assert run["earlier"]["models"] >= 1 and run["river_decisions"][0]["voted"] > 0
+    assert run["river_first_decisions"][0]["voted"] == -1
     assert {t["baseline"] for t in data["targets"]} >= {"generic_other", "generic_game", "online", "per_segment"}
     md = out.with_suffix(".md").read_text()
-    assert "| river |" in md and "| river >= generic_game +1.00 dB: measured" in md
+    assert "| river |" in md and "| river >= generic_game +1.00 dB: measured" in md and "| river_first |" in md
     assert out.with_suffix(".png").stat().st_size > 1000
 
 
@@ -67,6 +72,7 @@ def test_bad_arguments(capsys):
                       (["--wad", "doom2"], "wad must be one of"),
                       (["--wad", "freedoom1", "--maps", "MAP01"], "not a freedoom1 map"),
                       (["--segments", "0"], ">= 1"), (["--seeds", "a"], "--seeds takes"),
+                      (["--earlier", "0"], "--earlier must be >= 1"),
                       (["--scale", "3"], "x3 does not divide the frame size 1280x720"),
                       (["--scale", "9"], "scale must be an integer in 2..8"),
                       (["--model", "0x16"], "blocks must be >= 1")):
