@@ -23,12 +23,12 @@ def test_tiny_run_writes_every_check(tmp_path):
     for c in data["checks"]:
         assert set(c["avg_jct_s"]) == {c["peer"], c["baseline"]} and c["limit_s"] > c["alone_s"] > 0
         assert all(len(v) == 2 and min(v) > 0 for v in c["avg_jct_s"].values())
-        assert math.isnan(c["ours"]) or c["ours"] > 0
+        assert (math.isnan(c["ours"]) and c["far_off"] is None) or (c["ours"] > 0 and c["far_off"] in (True, False))
     md = out.with_suffix(".md").read_text()
     assert "| lamps | infercept | infercept | latency |" in md
     assert out.with_suffix(".png").stat().st_size > 1000
     lines, misses = targets.check_peers(out)  # one verdict per check; the far-off ones are misses
-    assert len(lines) == len(peers.CHECKS) and len(misses) == sum(c["far_off"] for c in data["checks"])
+    assert len(lines) == len(peers.CHECKS) and len(misses) == sum(c["far_off"] is not False for c in data["checks"])
 
 
 def test_bad_arguments(capsys):
