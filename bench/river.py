@@ -17,7 +17,8 @@ over every `--eval-every`-th frame of each segment):
   first session a service ever streams: its store starts empty;
 - `river`: the same on the store that `--earlier` other playthroughs of the same maps left behind (streamed
   through River before, their fine-tunes finished): a service's steady state, and the paper's setting, whose
-  lookup table is built offline from the game's video. The training those sessions did is reported apart.
+  lookup table is built offline from the game's video. The training those sessions did is reported apart; the
+  model transitions the service's prefetcher learned from them stay learned, as they would in the service.
 River, River's earlier sessions and `online` each train on one trainer (one at a time, in stream time: segment i
 arrives at i x segment length).
 Every seed records another playthrough of the maps and trains with another seed; the generic models are shared.
@@ -43,7 +44,7 @@ from runtime.river.degrade import check_scale
 from runtime.river.gameplay import HEIGHT, WIDTH, GameplayConfig
 from runtime.river.natural import IMAGES, natural_pairs
 from runtime.river.online import GateConfig, OnlineRiver
-from runtime.river.prefetch import PrefetchTracker
+from runtime.river.prefetch import PrefetchTracker, TransitionModel
 from runtime.river.sr import SRConfig, psnr_y, ssim_y, upscale
 from runtime.river.store import ModelStore
 from runtime.river.train import TrainConfig, TrainResult, finetune, generic_model, generic_path, model_from_state
@@ -252,42 +253,55 @@ def eval_pairs(args, seed: int) -> list[Pair]:
                                     progress=False))[: args.segments]
 
 
-def earlier_sessions(args, seed: int, game: TrainResult, store_dir: str) -> dict:
+def earlier_sessions(args, seed: int, game: TrainResult, store_dir: str) -> tuple[dict, TransitionModel]:
     """Streams `--earlier` other playthroughs of the evaluated maps through River into the store at `store_dir`,
     each fine-tune finished before the next segment: the store a service holds after earlier players of these
-    maps. Returns what they trained and stored."""
-    trainer = StreamClockTrainer()
-    river = OnlineRiver(ModelStore(store_dir), game, trainer, gate=args.gate,
-                        finetune=replace(args.finetune, seed=seed))
+    maps, and the model transitions its prefetcher learned from them. Returns what they trained and stored, and
+    those transitions."""
+    session = RiverSession(args, seed, game, store_dir)
     for k in range(1, args.earlier + 1):
         for pair in tqdm(eval_pairs(args, EARLIER_SEED * k + seed), desc=f"seed {seed}: earlier session {k}",
                          unit="segment", file=sys.stderr):
-            river.process(pair.segment_id, pair.lr, pair.hr)
-            river.collect(wait=True)
-    return {"finetunes": trainer.count, "train_s": trainer.total_s, "models": len(river.store)}
+            session.play(f"earlier {k}", pair)
+            session.collect(wait=True)
+    trained = {"finetunes": session.trainer.count, "train_s": session.trainer.total_s,
+               "models": len(session.river.store), "segments_prefetch_learned": session.prefetch.lookups}
+    return trained, session.prefetch.model
 
 
 class RiverSession:
-    """One session streamed through River in stream time, on its own trainer and a store at `store_dir`."""
+    """Sessions streamed through River in stream time, on its own trainer and a store at `store_dir`, with the
+    service's prefetcher (`ModelStoreActor`'s calls): each segment's model is recorded with its content, each new
+    model offered to the sessions whose content it matches. `transitions`: what the service learned before."""
 
-    def __init__(self, args, seed: int, game: TrainResult, store_dir: str):
+    def __init__(self, args, seed: int, game: TrainResult, store_dir: str,
+                 transitions: TransitionModel | None = None):
         self.trainer = StreamClockTrainer()
         self.river = OnlineRiver(ModelStore(store_dir), game, self.trainer, gate=args.gate,
                                  finetune=replace(args.finetune, seed=seed))
         self.wad = args.wad
         self.decisions: list[dict] = []
         self.lookup_ms: list[float] = []
-        self.prefetch = PrefetchTracker(k=3)
+        self.prefetch = PrefetchTracker(k=3, model=transitions or TransitionModel())
+
+    def collect(self, wait: bool = False) -> None:
+        for model_id in self.river.collect(wait):
+            self.prefetch.offer(model_id, self.river.store.info(model_id).keys, self.river.gate.same_content)
+
+    def play(self, session: str, pair: Pair):
+        """Choose the model for the segment and record it; returns the decision."""
+        d = self.river.process(pair.segment_id, pair.lr, pair.hr)
+        self.prefetch.use(session, self.wad, d.model_id, d.features)
+        return d
 
     def model_at(self, now: float, pair: Pair):
-        """The model the segment arriving at `now` is played with."""
+        """The model the evaluated session's segment arriving at `now` is played with."""
         self.trainer.now = now
-        self.river.collect()
-        d = self.river.process(pair.segment_id, pair.lr, pair.hr)
+        self.collect()
+        d = self.play("evaluated", pair)
         self.decisions.append({"segment": pair.segment_id, "model": d.model_id, "voted": d.voted_id,
                                "gain_db": d.gain_db, "finetune": d.finetune_scheduled})
         self.lookup_ms.append(d.lookup_ms / len(pair.lr))
-        self.prefetch.use("session", self.wad, d.model_id)
         return self.river.model(d.model_id)
 
 
@@ -310,8 +324,9 @@ def run_seed(args, seed: int, game: TrainResult, other: TrainResult) -> dict:
     video_net = model_from_state(video.state, sr)
     live = LiveTraining(game, ft, args.online_window)
     with tempfile.TemporaryDirectory() as empty, tempfile.TemporaryDirectory() as warm:
-        earlier = earlier_sessions(args, seed, game, warm)
-        rivers = {"river_first": RiverSession(args, seed, game, empty), "river": RiverSession(args, seed, game, warm)}
+        earlier, transitions = earlier_sessions(args, seed, game, warm)
+        rivers = {"river_first": RiverSession(args, seed, game, empty),
+                  "river": RiverSession(args, seed, game, warm, transitions)}
         for i, pair in enumerate(tqdm(pairs, desc=f"seed {seed}", unit="segment", file=sys.stderr)):
             now = i * args.segment_s
             record("bicubic", None, pair)
