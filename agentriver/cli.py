@@ -136,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--session", help="the session to ask /river/v1/prefetch about")
     r.add_argument("--game", help="the session's game (a new session is sent the game's most used models)")
     r.add_argument("--model-id", type=int, default=0, help="the model for a single video file (default generic)")
-    r.add_argument("--runtime", default="compiled", choices=["fp32", "bf16", "compiled"])
+    r.add_argument("--runtime", default="auto", choices=["auto", "fp32", "bf16", "compiled"],
+                   help="SR runtime; auto: torch-compiled bf16 where the CPU has bf16 instructions, else fp32")
     r.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
     r.add_argument("--out", help="write the enhanced video here (H.264)")
     r.add_argument("--json", help="write the per-segment report here")

@@ -166,8 +166,10 @@ def river_player(url: str, root: Path, pairs: list, videos: dict[str, bytes], mo
                 for p, m in zip(pairs, models, strict=True)]
     directory = write_stream(root / "stream-player-2", segments)
     source = HttpModels(url, os.environ.get("AGENTRIVER_API_KEY"))
-    print(f"\nRiver's player: {directory} (the first frames compile the SR model, ~35 s, not timed)")
-    player = Player(source, Enhancer("compiled"), session="player-2", game="freedoom2")
+    enhancer = Enhancer()
+    print(f"\nRiver's player: {directory}, SR runtime {enhancer.runtime} (the first segment warms it up, "
+          "compiling the model in ~35 s where the runtime is compiled; not timed)")
+    player = Player(source, enhancer, session="player-2", game="freedoom2")
     player.play(segments[:1])  # warm-up
     report = player.play(segments)
     source.close()

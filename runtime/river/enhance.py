@@ -12,6 +12,9 @@ The runtimes here are bf16 in channels-last layout (AMX tiles), eager or compile
 frames' PSNR-Y unchanged to 0.01 dB (bench.river_client's fp32 and bf16 rows). One module per SR shape:
 switching models copies weights into it in place, so a compiled module is compiled once per shape, not once per
 model (inductor's `freezing`, which bakes weights in, measured 31 vs 32 ms here and would compile every model).
+Without bf16 in hardware (an AMD EPYC with AVX2 only) bf16 is emulated: the compiled bf16 runtime took ~2 s per
+720p frame there. So the default, `auto`, is the compiled bf16 runtime only where the CPU reports bf16
+instructions (AVX512-BF16, AMX-BF16, ARM BF16/SVE-BF16) and fp32 elsewhere.
 """
 
 from __future__ import annotations
@@ -24,19 +27,33 @@ import torch
 
 from runtime.river.sr import EDSR, SRConfig
 
-RUNTIMES = ("fp32", "bf16", "compiled")
+RUNTIMES = ("auto", "fp32", "bf16", "compiled")
+BF16_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")  # torch.cpu.get_capabilities() keys
 log = logging.getLogger(__name__)
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 in hardware (else torch emulates it, slower than fp32)."""
+    caps = torch.cpu.get_capabilities()
+    return any(caps.get(name, False) for name in BF16_FEATURES)
+
+
+def resolve_runtime(runtime: str) -> str:
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime: must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
+    if runtime == "auto":
+        return "compiled" if native_bf16() else "fp32"
+    return runtime
 
 
 class Enhancer:
     """SR of single frames with the model `load` last set. `runtime`: fp32 (eager, the reference), bf16 (eager,
-    channels-last) or compiled (bf16 through torch.compile's inductor; ~35 s to compile a shape the first time,
-    cached on disk after; falls back to bf16 eager, with a warning, where no C++ compiler is available)."""
+    channels-last), compiled (bf16 through torch.compile's inductor; ~35 s to compile a shape the first time,
+    cached on disk after; falls back to bf16 eager, with a warning, where no C++ compiler is available) or auto
+    (compiled where the CPU has bf16 instructions, else fp32; `runtime` then says which)."""
 
-    def __init__(self, runtime: str = "compiled", threads: int | None = None):
-        if runtime not in RUNTIMES:
-            raise ValueError(f"runtime: must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
-        self.runtime = runtime
+    def __init__(self, runtime: str = "auto", threads: int | None = None):
+        self.runtime = resolve_runtime(runtime)
         if threads is not None:
             torch.set_num_threads(threads)
         self._modules: dict[SRConfig, torch.nn.Module] = {}
