@@ -32,7 +32,7 @@ test: $(STAMP)  ## the whole suite
 
 bench: $(STAMP)  ## the committed simulator benchmarks (bench/results/) and the target check
 	$(PY) -m bench.reproduce
-	$(PY) -m bench.peers --jobs 400 --seeds 0 --out bench/results/peers.json
+	$(PY) -m bench.peers --jobs 1000 --seeds 0 --out bench/results/peers.json
 	$(TARGETS)
 
 # every committed result checked against its targets (bench/results/README.md); globbed when the recipe runs
