@@ -47,8 +47,8 @@ class Check:
     loads: tuple[float, ...]  # rate scales swept: dense around where the baseline crosses the latency limit
 
 
-# Where each baseline crosses 1.5x alone time was found with 1,000-job traces (seed 0): fcfs at load ~2.2 on the
-# infercept mix (rate 5), ~0.2 on sharegpt (rate 5), ~4.1 on bfcl (rate 2.5).
+# Each sweep was placed by a coarse 1,000-job sweep (seed 0) of where the baseline crosses the limit; where it
+# crosses in the committed run is in bench/results/peers.md.
 CHECKS = (
     Check("infercept", "fcfs", "infercept", 5.0, "load", "InferCept: 1.6-2x throughput of vLLM", 1.6, 2.0,
           (1, 1.5, 2, 2.5, 3, 4, 6, 8, 12, 16, 24, 32)),
