@@ -44,15 +44,50 @@ class AstraeaConfig:
             raise ValueError(f"high_watermark must be in (0, 1], got {self.high_watermark}")
 
 
-class Astraea(Policy):
-    name = "astraea"
+class AstraeaKV(Policy):
+    """Astraea's KV manager without its queues: at a tool call, preserve below the high watermark, else the
+    option of least waste; under pressure, give up first the pins whose keeping wastes most; admission reserves
+    the segment's expected output. Separate so that the clairvoyant bound can feed it true durations and order
+    jobs its own way."""
+
     packs = True
     evicts_for_admission = True
 
-    def __init__(self, ctx: PolicyContext, config: AstraeaConfig | None = None):
+    def __init__(self, ctx: PolicyContext, high_watermark: float):
         super().__init__(ctx)
+        self.kv = WatermarkKVManager(high_watermark)
+
+    def tool_s(self, job) -> float:
+        """How long the tool call `job` is entering will take (predicted by its category)."""
+        return self.pred.api_s(job.current.api_category)
+
+    def expected_output_tokens(self, job) -> float:
+        return self.pred.output_tokens(job)
+
+    def growth_tokens(self, job):
+        # Memory-fit packing counts the expected output, so a packed batch does not preempt itself later.
+        return max(int(round(self.expected_output_tokens(job))) - job.seg_generated, 0)
+
+    def _waste(self, job, t_api, view):
+        return astraea_waste(t_api, job.kv_tokens, view.batch_tokens, self.pred.recompute_s(job.kv_tokens),
+                             self.swap_s(job, view), self.profile.kv_bytes_per_token)
+
+    def on_tool_call(self, job, now, view):
+        action = self.kv.decide(view, t_api=self.tool_s(job), c_self=job.kv_tokens,
+                                t_recompute=self.pred.recompute_s(job.kv_tokens), t_swap=self.swap_s(job, view),
+                                bytes_per_token=self.profile.kv_bytes_per_token)
+        return KVDecision(action)
+
+    def evict_candidates(self, idle, now, view, forced):
+        return self.rank_by_waste(idle, now, view, forced, self._waste)
+
+
+class Astraea(AstraeaKV):
+    name = "astraea"
+
+    def __init__(self, ctx: PolicyContext, config: AstraeaConfig | None = None):
         self.cfg = config or AstraeaConfig()
-        self.kv = WatermarkKVManager(self.cfg.high_watermark)
+        super().__init__(ctx, self.cfg.high_watermark)
         self._prefill_weight = ctx.profile.cost.token_s / max(self.pred.decode_s_per_token, 1e-12)
 
     # ------------------------------------------------------------------------------ queues
@@ -101,21 +136,3 @@ class Astraea(Policy):
     @staticmethod
     def _not_started(job) -> bool:
         return job.seg == 0 and job.seg_generated == 0 and not job.preempted
-
-    def growth_tokens(self, job):
-        # Memory-fit packing counts the predicted output, so a packed batch does not preempt itself later.
-        return max(int(round(self.pred.output_tokens(job))) - job.seg_generated, 0)
-
-    # ------------------------------------------------------------------------------ KV manager
-    def _waste(self, job, t_api, view):
-        return astraea_waste(t_api, job.kv_tokens, view.batch_tokens, self.pred.recompute_s(job.kv_tokens),
-                             self.swap_s(job, view), self.profile.kv_bytes_per_token)
-
-    def on_tool_call(self, job, now, view):
-        action = self.kv.decide(view, t_api=self.pred.api_s(job.current.api_category), c_self=job.kv_tokens,
-                                t_recompute=self.pred.recompute_s(job.kv_tokens), t_swap=self.swap_s(job, view),
-                                bytes_per_token=self.profile.kv_bytes_per_token)
-        return KVDecision(action)
-
-    def evict_candidates(self, idle, now, view, forced):
-        return self.rank_by_waste(idle, now, view, forced, self._waste)
