@@ -76,6 +76,13 @@ def test_clairvoyant_orders_by_the_true_remaining_work_of_the_whole_job(ctx):
     tight = view(used=950)  # above the watermark: the waste comparison decides
     assert p.on_tool_call(short_call, 0.0, tight).action is KVAction.PRESERVE
     assert p.on_tool_call(long_call, 0.0, tight).action is not KVAction.PRESERVE
+    # the bound with parts of its knowledge taken away: without the segment count it sees no more than the
+    # predictor's expected count (1 with no finished jobs yet); without true KV inputs, both calls look alike
+    partial = make_policy("clairvoyant", ctx, {"true_count": False, "true_kv": False})
+    many, one = job("many", outputs=(10, 400, 400)), job("one", outputs=(200,))
+    assert names(partial.order([many, one], 0.0)) == ["many", "one"]
+    assert (partial.on_tool_call(short_call, 0.0, tight).action
+            is partial.on_tool_call(long_call, 0.0, tight).action)
 
 
 def test_fcfs_serves_segments_in_submission_order_preempted_first(ctx):

@@ -4,7 +4,7 @@ import dataclasses
 
 from runtime.agents.policy.astraea import Astraea, AstraeaConfig
 from runtime.agents.policy.base import Policy, PolicyContext, SegmentStats
-from runtime.agents.policy.clairvoyant import Clairvoyant
+from runtime.agents.policy.clairvoyant import Clairvoyant, ClairvoyantConfig
 from runtime.agents.policy.continuum import Continuum, ContinuumConfig
 from runtime.agents.policy.fcfs import Fcfs
 from runtime.agents.policy.infercept import InferCept
@@ -18,7 +18,7 @@ POLICIES: dict[str, type[Policy]] = {
 # the simulator's tables, never served (a real engine sees one segment of a job at a time).
 SIMULATION_ONLY = ("clairvoyant",)
 CONFIGS: dict[str, type] = {"astraea": AstraeaConfig, "plas": PlasConfig, "continuum": ContinuumConfig,
-                            "lamps": LampsConfig}
+                            "lamps": LampsConfig, "clairvoyant": ClairvoyantConfig}
 
 
 def make_config(name: str, overrides: dict[str, str | float | int | bool] | None):

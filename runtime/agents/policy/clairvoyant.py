@@ -7,18 +7,31 @@ decisions are Astraea's (`AstraeaKV`) fed with the true duration of the tool cal
 running segment instead of predictions. Where the simulator's tables report it, it marks how far a policy is
 from what knowledge of the future would allow; it is not an optimum (batching, memory and the KV fates of
 concurrent jobs make the exact optimum intractable), so a real policy may occasionally beat it.
+
+`ClairvoyantConfig` takes parts of that knowledge away, to tell which part of the bound's lead is reachable: with
+`true_count` off the bound knows how long a job's later segments are but not how many remain (the predictor's
+expected count, as Astraea has it); with `true_kv` off its KV decisions use the predictions Astraea uses.
 """
+
+from dataclasses import dataclass
 
 from runtime.agents.job import Job, KVState, Phase
 from runtime.agents.policy.astraea import AstraeaConfig, AstraeaKV
 from runtime.agents.policy.base import PolicyContext
 
 
+@dataclass(frozen=True)
+class ClairvoyantConfig:
+    true_count: bool = True  # knows how many segments each job has left (else: the predictor's expectation)
+    true_kv: bool = True  # KV decisions from true tool durations and outputs (else: Astraea's predictions)
+
+
 class Clairvoyant(AstraeaKV):
     name = "clairvoyant"
 
-    def __init__(self, ctx: PolicyContext):
+    def __init__(self, ctx: PolicyContext, config: ClairvoyantConfig | None = None):
         super().__init__(ctx, AstraeaConfig().high_watermark)
+        self.cfg = config or ClairvoyantConfig()
 
     def remaining_work_s(self, job: Job) -> float:
         """True compute the job still needs: the rest of this segment (prefill of what is not cached, its remaining
@@ -29,20 +42,24 @@ class Clairvoyant(AstraeaKV):
         dps = self.pred.decode_s_per_token
         left = job.current.output_tokens - job.seg_generated
         work = self.pred.prefill_s(self.pred.uncached_tokens(job)) + left * dps
-        for seg in job.segments[job.seg + 1:]:
-            work += self.pred.prefill_s(seg.prompt_tokens) + seg.output_tokens * dps
-        return work
+        later = [self.pred.prefill_s(seg.prompt_tokens) + seg.output_tokens * dps for seg in job.segments[job.seg + 1:]]
+        if self.cfg.true_count:
+            return work + sum(later)
+        mean = sum(later) / len(later) if later else 0.0
+        return work + (self.pred.remaining_segments(job) - 1) * mean
 
     def key(self, job, now):
         return (self.remaining_work_s(job), job.arrival_s)
 
     def tool_s(self, job) -> float:
-        return job.current.api_time_s
+        return job.current.api_time_s if self.cfg.true_kv else super().tool_s(job)
 
     def expected_output_tokens(self, job) -> float:
-        return job.current.output_tokens
+        return job.current.output_tokens if self.cfg.true_kv else super().expected_output_tokens(job)
 
     def remaining_api_s(self, job, now):
+        if not self.cfg.true_kv:
+            return super().remaining_api_s(job, now)
         if job.kv is KVState.PRESERVED and job.phase is Phase.TOOL:
             return max(job.segments[job.seg - 1].api_time_s - (now - job.tool_started_s), 0.0)
         return 0.0
