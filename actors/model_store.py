@@ -16,7 +16,7 @@ import ray
 
 from actors.river_tasks import RayGate, RayTrainer
 from runtime.river.online import GENERIC, GateConfig, OnlineRiver
-from runtime.river.prefetch import PrefetchTracker
+from runtime.river.sessions import RiverSessions
 from runtime.river.store import ModelStore, encode_weights
 from runtime.river.train import TrainConfig, load_generic
 
@@ -31,7 +31,8 @@ class ModelStoreActor:
         self.trainer = RayTrainer(max_finetunes, num_cpus=finetune_cpus)
         self.river = OnlineRiver(self.store, load_generic(generic_path), self.trainer, gate=GateConfig(**(gate or {})),
                                  finetune=TrainConfig(**(finetune or {})), checks=RayGate(gate_cpus))
-        self.prefetch = PrefetchTracker()
+        self.sessions = RiverSessions(self.river)
+        self.prefetch = self.sessions.prefetch
         self._generic: tuple[bytes, str] | None = None  # the generic model's weight bytes and checksum
         self.lookups = {"hit": 0, "miss": 0}
 
@@ -40,18 +41,14 @@ class ModelStoreActor:
         """Choose the model for one segment of `session` (playing `game`); finished fine-tunes join the store
         first, so a segment sees every model trained so far."""
         self.collect()
-        decision = self.river.process(segment_id, lr, hr, hr_index, game)
+        decision = self.sessions.process(session, game, segment_id, lr, hr, hr_index)
         self.lookups["hit" if decision.model_id == decision.voted_id and decision.voted_id > 0 else "miss"] += 1
-        self.prefetch.use(session, game, decision.model_id, decision.features)
         return decision.answer()
 
     def collect(self, wait: bool = False) -> list[int]:
         """Finished checks and fine-tunes join the store; each new model is offered to the sessions playing
         content like its own (prefetch)."""
-        new = self.river.collect(wait)
-        for model_id in new:
-            self.prefetch.offer(model_id, self.store.info(model_id).keys, self.river.gate.same_content)
-        return new
+        return self.sessions.collect(wait)
 
     def ids(self) -> list[int]:
         self.collect()

@@ -45,6 +45,7 @@ from runtime.river.gameplay import HEIGHT, WIDTH, GameplayConfig
 from runtime.river.natural import IMAGES, natural_pairs
 from runtime.river.online import GateConfig, OnlineRiver
 from runtime.river.prefetch import PrefetchTracker, TransitionModel
+from runtime.river.sessions import RiverSessions
 from runtime.river.sr import SRConfig, psnr_y, ssim_y, upscale
 from runtime.river.store import ModelStore
 from runtime.river.train import TrainConfig, TrainResult, finetune, generic_model, generic_path, model_from_state
@@ -265,7 +266,7 @@ def earlier_sessions(args, seed: int, game: TrainResult, store_dir: str) -> tupl
             session.play(f"earlier {k}", pair)
             session.collect(wait=True)
     trained = {"finetunes": session.trainer.count, "train_s": session.trainer.total_s,
-               "models": len(session.river.store), "segments_prefetch_learned": session.prefetch.lookups}
+               "models": len(session.river.store), "transitions_learned": session.prefetch.lookups}
     return trained, session.prefetch.model
 
 
@@ -283,16 +284,14 @@ class RiverSession:
         self.decisions: list[dict] = []
         self.lookup_ms: list[float] = []
         self.prefetch = PrefetchTracker(k=3, model=transitions or TransitionModel())
+        self.sessions = RiverSessions(self.river, self.prefetch)
 
     def collect(self, wait: bool = False) -> None:
-        for model_id in self.river.collect(wait):
-            self.prefetch.offer(model_id, self.river.store.info(model_id).keys, self.river.gate.same_content)
+        self.sessions.collect(wait)
 
     def play(self, session: str, pair: Pair):
         """Choose the model for the segment and record it; returns the decision."""
-        d = self.river.process(pair.segment_id, pair.lr, pair.hr)
-        self.prefetch.use(session, self.wad, d.model_id, d.features)
-        return d
+        return self.sessions.process(session, self.wad, pair.segment_id, pair.lr, pair.hr)
 
     def model_at(self, now: float, pair: Pair):
         """The model the evaluated session's segment arriving at `now` is played with."""
@@ -300,7 +299,7 @@ class RiverSession:
         self.collect()
         d = self.play("evaluated", pair)
         self.decisions.append({"segment": pair.segment_id, "model": d.model_id, "voted": d.voted_id,
-                               "gain_db": d.gain_db, "finetune": d.finetune_scheduled})
+                               "vote_share": d.vote_share, "gain_db": d.gain_db, "finetune": d.finetune_scheduled})
         self.lookup_ms.append(d.lookup_ms / len(pair.lr))
         return self.river.model(d.model_id)
 
@@ -349,6 +348,7 @@ def run_seed(args, seed: int, game: TrainResult, other: TrainResult) -> dict:
             "river_decisions": river.decisions, "river_first_decisions": first.decisions, "earlier": earlier,
             "river_store_models": stored["river"], "river_first_store_models": stored["river_first"],
             "lookup_ms_p50": float(np.median(river.lookup_ms)), "prefetch_hit_top3": river.prefetch.hit_rate,
+            "river_model_switches": int(np.count_nonzero(np.diff([d["model"] for d in river.decisions]))),
             "river_first_prefetch_hit_top3": first.prefetch.hit_rate}
 
 
@@ -383,7 +383,8 @@ def summarize(runs: list[dict]) -> dict:
                      for base, _ in TARGETS}
     earlier = {k: _spread([r["earlier"][k] for r in runs]) for k in ("finetunes", "train_s", "models")}
     return {"methods": methods, "targets": targets, "river_first_margins_db": first_margins, "earlier": earlier,
-            "lookup_ms_p50": _spread([r["lookup_ms_p50"] for r in runs])}
+            "lookup_ms_p50": _spread([r["lookup_ms_p50"] for r in runs]),
+            "river_model_switches": _spread([r["river_model_switches"] for r in runs])}
 
 
 def run(args) -> dict:
@@ -423,7 +424,9 @@ def markdown(data: dict) -> str:
         lines.append(f"| {m} | {_pm(r['psnr_db'], '.3f')} | {_pm(r['ssim'], '.4f')} | {_pm(r['finetunes'], '.1f')} "
                      f"| {_pm(r['train_s'], '.1f')} |")
     e = data["earlier"]
-    lines += ["", f"River's lookup + vote: {_pm(data['lookup_ms_p50'])} ms per frame (p50).", "",
+    lines += ["", f"River's lookup + vote: {_pm(data['lookup_ms_p50'])} ms per frame (p50); `river`'s player "
+              f"switched models {_pm(data['river_model_switches'], '.1f')} times in "
+              f"{len(data['runs'][0]['segments']) - 1} segment boundaries.", "",
               f"`river` starts from the store that {meta['earlier']} earlier session(s) of the same maps left "
               f"(other playthroughs): they fine-tuned {_pm(e['finetunes'], '.1f')} times in "
               f"{_pm(e['train_s'], '.0f')} s and stored {_pm(e['models'], '.1f')} models; that training is not "

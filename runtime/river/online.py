@@ -2,7 +2,8 @@
 
 Per frame, every edge-rich patch outside the game's overlay (HUD; learned by `OverlayMask` from the stream) finds
 its nearest key (one FAISS search for the whole segment); the frame votes for the model most of its patches
-found, and the segment uses the model most frames voted for (clients should not switch models within a segment).
+found, and the segment uses the model most frames voted for (clients should not switch models within a segment), or the
+model the session already plays if its frames voted for it nearly as much (nor between segments, for nothing).
 The game server has the 720p frames, so the quality gate measures the chosen model's PSNR gain over the generic
 model (which every client has) on a few sampled frames. The gate is off the segment's path: it runs on a
 `GateRunner` (a Ray worker in the service, a bounded number of checks at once; a check that finds them all busy
@@ -53,6 +54,18 @@ class Lookup:
     vote_share: float  # share of frames that voted for it
     ms: float  # features + search + vote
     features: np.ndarray  # the segment's patch features (they key a fine-tune of it)
+    frame_votes: dict[int, int] = field(default_factory=dict)  # model id -> frames that voted for it
+
+    def keeping(self, current: int | None, share: float) -> Lookup:
+        """This lookup with `current` (the model the client holds) as its choice when at least `share` times as
+        many frames voted for it as for the winner: frame votes between near-equal models are noise, and a switch
+        costs the client a download."""
+        if current is None or current == self.model_id or not self.frame_votes:
+            return self
+        votes, best = self.frame_votes.get(current, 0), self.frame_votes[self.model_id]
+        if votes == 0 or votes < share * best:
+            return self
+        return replace(self, model_id=current, vote_share=self.vote_share * votes / best)
 
 
 def lookup(store: ModelStore, lr: np.ndarray, overlay: np.ndarray | None = None,
@@ -73,7 +86,8 @@ def lookup(store: ModelStore, lr: np.ndarray, overlay: np.ndarray | None = None,
         return Lookup(-1, 0.0, (time.perf_counter() - t0) * 1e3, features)
     values, counts = np.unique(votes, return_counts=True)
     best = int(np.argmax(counts))
-    return Lookup(int(values[best]), float(counts[best] / len(lr)), (time.perf_counter() - t0) * 1e3, features)
+    return Lookup(int(values[best]), float(counts[best] / len(lr)), (time.perf_counter() - t0) * 1e3, features,
+                  dict(zip(values.tolist(), counts.tolist(), strict=True)))
 
 
 class GateRunner(Protocol):
@@ -140,8 +154,15 @@ class GateConfig:
     # later and is trained then).
     max_checks: int = 4
     max_finetunes: int = 4
+    # A session keeps the model it holds while its segment's frames vote for it at least this share of the
+    # winner's votes (1.0: only on a tie). Stored models of one game are near-equal on most of its content (on
+    # bench.river's sessions a player switched among 5-7 models almost every segment, each within ~0.2 dB of
+    # the others), so the winner of a split vote is not measurably better; the gate still checks the kept model.
+    keep_current_votes: float = 0.5
 
     def __post_init__(self) -> None:
+        if not 0 < self.keep_current_votes <= 1:
+            raise ValueError(f"GateConfig: keep_current_votes must be in (0, 1], got {self.keep_current_votes}")
         if self.sample_frames < 1 or self.keys_per_model < 1 or not 0 < self.same_content <= 1:
             raise ValueError("GateConfig: sample_frames >= 1, keys_per_model >= 1, same_content in (0, 1]")
         if self.max_checks < 1 or self.max_finetunes < 1:
@@ -231,9 +252,10 @@ class OnlineRiver:
 
     # ------------------------------------------------------------------------------------------ segments
     def process(self, segment_id: str, lr: np.ndarray, hr: np.ndarray, hr_index: list[int] | None = None,
-                game: str = "game") -> Decision:
+                game: str = "game", current: int | None = None) -> Decision:
         """Choose the model for one segment of `game`. `hr`: the server's ground truth, of every frame of `lr`, or
-        of the frames `hr_index` names (a game server sends a few sampled frames)."""
+        of the frames `hr_index` names (a game server sends a few sampled frames). `current`: the model the
+        session's client plays now, kept if enough frames vote for it (`GateConfig.keep_current_votes`)."""
         check_frames(lr, "lr")
         check_frames(hr, "hr")
         scale = self.scale
@@ -253,7 +275,7 @@ class OnlineRiver:
             paired = lr[list(hr_index)]
         overlay = self.overlays.setdefault(game, OverlayMask())
         overlay.update(lr)
-        found = lookup(self.store, lr, overlay.positions())
+        found = lookup(self.store, lr, overlay.positions()).keeping(current, self.gate.keep_current_votes)
         t0 = time.perf_counter()
         gate, scheduled = self._check(segment_id, found, paired, hr)
         scheduled = segment_id in self._apply_checks() or scheduled

@@ -90,6 +90,10 @@ class PrefetchTracker:
     def knows(self, session: str) -> bool:
         return session in self._last
 
+    def current(self, session: str) -> int | None:
+        """The model the session played last (None before its first segment)."""
+        return self._last.get(session)
+
     def popular(self, game: str) -> list[int]:
         """The game's most used models, for a session that has not played yet (its first segment's model)."""
         counts = self.model.popular_in.get(game, Counter())

@@ -30,7 +30,7 @@ def test_quick_run_writes_every_method(tmp_path):
     # the earlier session trained where the empty store missed; `river` starts from what it stored
     assert run["earlier"]["finetunes"] >= 1 and run["earlier"]["train_s"] > 0
     assert run["earlier"]["models"] >= 1 and run["river_decisions"][0]["voted"] > 0
-    assert run["earlier"]["segments_prefetch_learned"] == 3  # the prefetcher kept its transitions (4 segments)
+    assert run["earlier"]["transitions_learned"] == 3  # the prefetcher kept its transitions (4 segments)
     assert run["river_first_decisions"][0]["voted"] == -1
     assert {t["baseline"] for t in data["targets"]} >= {"generic_other", "generic_game", "online", "per_segment"}
     md = out.with_suffix(".md").read_text()

@@ -3,10 +3,12 @@
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
 from runtime.river.features import kmeans_keys
 from runtime.river.online import GENERIC, GateConfig, LocalTrainer, OnlineRiver, lookup
+from runtime.river.sessions import RiverSessions
 from runtime.river.sr import EDSR, SRConfig
 from runtime.river.store import ModelStore
 from runtime.river.train import TrainConfig, TrainResult
@@ -129,3 +131,40 @@ def test_finetunes_beyond_the_bound_are_deferred(pairs, tmp_path):
         assert river.collect(wait=True) == [1]
     finally:
         trainer.shutdown()
+
+
+def test_a_session_keeps_its_model_while_its_frames_still_vote_for_it(pairs, tmp_path):
+    """Two stored models, one of MAP01's content and one of MAP02's; a segment whose frames are two thirds MAP01
+    and one third MAP02 is split 6:3 by the vote. A new session gets the winner; a session already playing the
+    MAP02 model keeps it (3 >= 0.5 x 6). With 8 frames of MAP01 and 1 of MAP02 it switches."""
+    generic = bicubic_generic()
+    store = ModelStore(tmp_path)
+    for p in (pairs[0], pairs[3]):
+        store.add(generic.state, generic.sr, kmeans_keys(lookup(store, p.lr).features, 16),
+                  source_segments=[p.segment_id], psnr_gain_db=1.0, train_s=1.0)
+
+    def mixed(k):
+        return (np.concatenate([pairs[0].lr[:k], pairs[3].lr[:9 - k]]),
+                np.concatenate([pairs[0].hr[:k], pairs[3].hr[:9 - k]]))
+
+    split = lookup(store, mixed(6)[0])
+    assert (split.model_id, split.frame_votes) == (1, {1: 6, 2: 3})
+    kept = split.keeping(2, 0.5)
+    assert (kept.model_id, kept.vote_share) == (2, pytest.approx(3 / 9))
+    assert split.keeping(2, 0.6).model_id == 1 and split.keeping(None, 0.5) is split
+
+    trainer, gate = LocalTrainer(), HeldGate()  # held checks: answers use the recorded gains
+    sessions = RiverSessions(OnlineRiver(store, generic, trainer, checks=gate, gate=GateConfig(max_checks=16)))
+    try:
+        assert sessions.process("b", "freedoom2", "b-0", pairs[3].lr, pairs[3].hr).model_id == 2
+        for k, new_session, holder in ((6, 1, 2), (8, 1, 1)):
+            lr, hr = mixed(k)
+            assert sessions.process(f"a{k}", "freedoom2", f"a-{k}", lr, hr).model_id == new_session
+            assert sessions.process("b", "freedoom2", f"b-{k}", lr, hr).model_id == holder
+        assert sessions.prefetch.current("b") == 1 and sessions.prefetch.current("nobody") is None
+        assert sessions.prefetch.lookups == 2 and sessions.prefetch.hits >= 1  # b kept model 2 once: a hit
+    finally:
+        gate.release.set()
+        trainer.shutdown()
+    with pytest.raises(ValueError, match="keep_current_votes"):
+        GateConfig(keep_current_votes=0)
