@@ -56,7 +56,7 @@ def test_river_verdicts(tmp_path):
         psnr = {"bicubic": 33.0, "generic_other": 34.0, "generic_game": 35.0, "per_video": 35.5, "online": 35.2,
                 "per_segment": 35.6, "river_first": 35.1, "river": river_psnr}
         train = {"per_segment": 100.0, "river": 40.0, "online": 50.0, "per_video": 10.0}
-        return {"seed": seed, "prefetch_hit_top3": 0.85, "lookup_ms_p50": 2.0,
+        return {"seed": seed, "prefetch_hit_top3": 0.85, "lookup_ms_p50": 2.0, "river_model_switches": 2,
                 "earlier": {"finetunes": 3, "train_s": 45.0, "models": 3}, "methods": {
             m: {"psnr": [p, p], "ssim": [0.9, 0.9], "train_s": train.get(m, 0.0), "finetunes": 1}
             for m, p in psnr.items()}}
