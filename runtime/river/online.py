@@ -2,8 +2,8 @@
 
 Per frame, every edge-rich patch outside the game's overlay (HUD; learned by `OverlayMask` from the stream) finds
 its nearest key (one FAISS search for the whole segment); the frame votes for the model most of its patches
-found, and the segment uses the model most frames voted for (clients should not switch models within a segment), or the
-model the session already plays if its frames voted for it nearly as much (nor between segments, for nothing).
+found, and the segment uses the model most frames voted for (clients should not switch models within a segment),
+or the model the session already plays if its frames gave it nearly as many votes (`Lookup.keeping`).
 The game server has the 720p frames, so the quality gate measures the chosen model's PSNR gain over the generic
 model (which every client has) on a few sampled frames. The gate is off the segment's path: it runs on a
 `GateRunner` (a Ray worker in the service, a bounded number of checks at once; a check that finds them all busy
@@ -176,7 +176,7 @@ class GateConfig:
 class Decision:
     segment_id: str
     model_id: int  # what the client uses for this segment (GENERIC = the generic model)
-    voted_id: int  # what the lookup found (-1: empty store)
+    voted_id: int  # what the lookup chose, the session's kept model included (-1: empty store); the gate checks it
     vote_share: float  # share of frames that voted for it
     gain_db: float  # the model in use's latest measured PSNR gain over the generic model
     # this segment's check: "done" (verdict applied before answering), "queued", "skipped" (all busy) or
