@@ -1,11 +1,12 @@
-"""`ModelStoreActor`: River's model store as one named actor, the store directory's single writer.
+"""`ModelStoreActor`: River's model store as one named actor, the store's single writer.
 
 It runs the online path (`runtime.river.online.OnlineRiver`: lookup, quality gate, fine-tune on a miss) with the
 gate's checks and the fine-tunes as Ray tasks (`RayGate`, `RayTrainer`, at most `max_finetunes` fine-tunes at a
 time), so a segment's call does only the lookup; a fine-tune for content already being
 trained is not started twice (the online path's same-content check). Actor calls run one at a time, so every
-reader sees a consistent store. The store is files (Parquet metadata + safetensors weights, written by atomic
-renames): a restarted actor (Ray `max_restarts`) reloads every model. Fine-tunes still running when the actor
+reader sees a consistent store. The store is files (Parquet metadata + safetensors weights, each written whole)
+at `store_uri`, a local path or shared storage such as S3: a restarted actor (Ray `max_restarts`) reloads every
+model, on any node that reaches that storage. Fine-tunes still running when the actor
 died are lost; their content is simply missed again and retrained.
 """
 
@@ -25,9 +26,9 @@ STORE_NAME = "agentriver-model-store"
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class ModelStoreActor:
-    def __init__(self, root: str, generic_path: str, max_finetunes: int = 2, gate: dict | None = None,
+    def __init__(self, store_uri: str, generic_path: str, max_finetunes: int = 2, gate: dict | None = None,
                  finetune: dict | None = None, finetune_cpus: float = 1.0, gate_cpus: float = 0.0):
-        self.store = ModelStore(root)
+        self.store = ModelStore(store_uri)
         self.trainer = RayTrainer(max_finetunes, num_cpus=finetune_cpus)
         self.river = OnlineRiver(self.store, load_generic(generic_path), self.trainer, gate=GateConfig(**(gate or {})),
                                  finetune=TrainConfig(**(finetune or {})), checks=RayGate(gate_cpus))
@@ -81,4 +82,4 @@ class ModelStoreActor:
         return {"models": len(self.store), "problems": dict(self.store.problems), "lookups": dict(self.lookups),
                 "finetunes": {**self.trainer.counts(), "pending_in_store": len(self.river.pending)},
                 "gate": {**self.river.counts, "in_flight": len(self.river.checking)},
-                "prefetch_hit_rate": self.prefetch.hit_rate}
+                "prefetch_hit_rate": self.prefetch.hit_rate, "node": ray.get_runtime_context().get_node_id()}

@@ -62,7 +62,7 @@ def _bench_sim(rest: list[str]) -> int:
 
 
 def _river_play(args: argparse.Namespace) -> int:
-    """Play a stream with SR, models from the service (`--server`) or a store directory (`--store`)."""
+    """Play a stream with SR, models from the service (`--server`) or a River store (`--store`: a path or URI)."""
     import json
     import os
 
@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("river-play", help="River's player: decode a stream, super-resolve every frame, report fps")
     r.add_argument("stream", help="a stream directory (manifest.json + H.264 segments) or one H.264 file")
     r.add_argument("--server", help="the service's URL (models and prefetch from /river/v1)")
-    r.add_argument("--store", help="a River store directory (instead of --server)")
+    r.add_argument("--store", help="a River store: a path or a URI such as s3://bucket/prefix (instead of --server)")
     r.add_argument("--generic", help="the generic model's safetensors (with --store)")
     r.add_argument("--session", help="the session to ask /river/v1/prefetch about")
     r.add_argument("--game", help="the session's game (a new session is sent the game's most used models)")

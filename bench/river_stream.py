@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
 
     root = Path(a.root).resolve()
     shutil.rmtree(root / "store", ignore_errors=True)  # every run starts with an empty store
-    river = {"generic": str(default_generic(a)), "store_dir": str(root / "store"),
+    river = {"generic": str(default_generic(a)), "store_uri": str(root / "store"),
              **({} if a.target_gain is None else {"target_gain_db": a.target_gain}),
              **({} if a.finetune_steps is None else {"finetune_steps": a.finetune_steps})}
     scale = generic_config(river["generic"]).scale

@@ -50,7 +50,7 @@ class AgentIngress(AgentRoutes, RiverRoutes):
             limits.append(("/river/", int(r.max_upload_mb * MIB)))
             self.river = ModelStoreActor.options(name=STORE_NAME, namespace=s.namespace, lifetime="detached",
                                                  get_if_exists=True).remote(
-                r.store_dir, r.generic, r.max_finetunes,
+                r.store_uri, r.generic, r.max_finetunes,
                 {} if r.target_gain_db is None else {"target_gain_db": r.target_gain_db},
                 {} if r.finetune_steps is None else {"steps": r.finetune_steps}, finetune_cpus=r.finetune_cpus,
                 gate_cpus=r.gate_cpus)

@@ -92,7 +92,7 @@ def river_settings(root: Path) -> dict:
     index = build_dataset(cfg, scale=sr.scale, root=root / "datasets", progress=False)
     key = {"demo": f"{index.parent.name}/{index.name}"}
     generic_model(lambda: [(p.lr, p.hr) for p in load_pairs(index)], key, sr, train, root / "generic", progress=False)
-    return {"generic": str(generic_path(key, sr, train, root / "generic")), "store_dir": str(root / "store"),
+    return {"generic": str(generic_path(key, sr, train, root / "generic")), "store_uri": str(root / "store"),
             "finetune_steps": DEMO_FINETUNE_STEPS}
 
 

@@ -228,8 +228,8 @@ class OnlineRiver:
         self.scale = generic.sr.scale
         other = {store.info(i).sr.scale for i in store.ids()} - {self.scale}
         if other:
-            raise ValueError(f"the store at {store.root} holds x{sorted(other)[0]} models and the generic model is "
-                             f"x{self.scale}: one store serves one scale factor (use another store_dir)")
+            raise ValueError(f"the store at {store.uri} holds x{sorted(other)[0]} models and the generic model is "
+                             f"x{self.scale}: one store serves one scale factor (use another store_uri)")
         self._models: OrderedDict[int, EDSR] = OrderedDict()
         self._cache_models = cache_models
         self.pending: list[_Pending] = []

@@ -1,10 +1,14 @@
 """The model lookup table: FAISS over model keys, Parquet metadata, safetensors weights with checksums.
 
-Directory layout: `metadata.parquet` (one row per model: id, keys, source segments, PSNR gain, training seconds,
+The store lives wherever `uri` points: a local path, or any filesystem pyarrow opens from a URI (`s3://bucket/prefix`,
+`gs://...`; for a local S3-compatible server add `?endpoint_override=host:port&scheme=http`; credentials come from
+the usual environment, e.g. `AWS_ACCESS_KEY_ID`), so a store on shared storage outlives the node whose actor wrote it.
+Layout: `metadata.parquet` (one row per model: id, keys, source segments, PSNR gain, training seconds,
 created, SR config, checksum) and `weights/<id>.safetensors`. The FAISS index (`IndexIDMap2(IndexFlatIP)` over
 L2-normalised keys; each key's id is its model id) is rebuilt from the metadata on open: flat search over the same
-vectors and ids gives the same answers, and there is no second file to keep consistent. Every write goes to a
-temporary file and is renamed into place (weights first, then metadata), so a crash leaves the previous store.
+vectors and ids gives the same answers, and there is no second file to keep consistent. Weights are written
+before the metadata that names them, each write whole (a local file is written aside and renamed into place; an
+object store's put is already all-or-nothing), so a crash leaves the previous store.
 A weight file that is missing or whose checksum does not match is reported in `problems`, its model is taken out
 of the index, and the rest of the store keeps serving.
 """
@@ -16,11 +20,13 @@ import json
 import os
 import threading
 import time
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import torch
 from safetensors.torch import load, save
@@ -73,28 +79,34 @@ def as_stored(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return load(encode_weights(state)[0])
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+def open_uri(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
+    """The filesystem and base path `uri` names; a plain path is a local directory."""
+    text = os.fspath(uri)
+    if "://" not in text:
+        return pafs.LocalFileSystem(), str(Path(text).resolve())
+    try:
+        return pafs.FileSystem.from_uri(text)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
+        raise ValueError(f"store: cannot open {text!r} ({e})") from None
 
 
 class ModelStore:
     """Single-writer store (the ModelStore actor is that writer); reads are safe from any thread."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, uri: str | os.PathLike):
         import faiss
 
-        self.root = Path(root)
-        (self.root / "weights").mkdir(parents=True, exist_ok=True)
+        self.uri = os.fspath(uri)
+        self._fs, self._base = open_uri(uri)
+        self._fs.create_dir(f"{self._base}/weights", recursive=True)
         self._lock = threading.RLock()
         self._index = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
         self._models: dict[int, ModelInfo] = {}
         self.problems: dict[int, str] = {}  # model id -> why it is not served
         self._next_id = 1  # ids are never reused, even after a removal: clients cache weights by id
-        meta = self.root / "metadata.parquet"
-        if meta.exists():
-            table = pq.read_table(meta)
+        meta = self._read("metadata.parquet")
+        if meta is not None:
+            table = pq.read_table(pa.BufferReader(meta))
             self._next_id = int((table.schema.metadata or {}).get(b"next_id", b"1"))
             for row in table.to_pylist():
                 info = ModelInfo(row["model_id"], np.asarray(row["keys"], np.float32), tuple(row["source_segments"]),
@@ -132,10 +144,8 @@ class ModelStore:
     def weight_bytes(self, model_id: int) -> bytes:
         """The safetensors bytes of a model, verified against its checksum."""
         info = self.info(model_id)
-        path = self.root / "weights" / f"{model_id}.safetensors"
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+        data = self._read(_weights(model_id))
+        if data is None:
             self._quarantine(model_id, "weight file missing")
             raise CorruptModelError(f"model {model_id}: weight file missing") from None
         if hashlib.sha256(data).hexdigest() != info.checksum:
@@ -156,7 +166,7 @@ class ModelStore:
         with self._lock:
             model_id = self._next_id
             self._next_id += 1
-            _atomic_write(self.root / "weights" / f"{model_id}.safetensors", data)
+            self._write(_weights(model_id), data)
             info = ModelInfo(model_id, keys / np.linalg.norm(keys, axis=1, keepdims=True), tuple(source_segments),
                              float(psnr_gain_db), float(train_s), time.time(), sr, checksum, len(data))
             self._models[model_id] = info
@@ -171,17 +181,17 @@ class ModelStore:
             self.problems.pop(model_id, None)
             self._index.remove_ids(np.array([model_id], np.int64))
             self._write_metadata()
-            (self.root / "weights" / f"{model_id}.safetensors").unlink(missing_ok=True)
+            self._delete(_weights(model_id))
 
     # ------------------------------------------------------------------------------------------ internals
     def _index_add(self, info: ModelInfo) -> None:
         self._index.add_with_ids(info.keys, np.full(len(info.keys), info.model_id, np.int64))
 
     def _check(self, info: ModelInfo) -> str:
-        path = self.root / "weights" / f"{info.model_id}.safetensors"
-        if not path.exists():
+        data = self._read(_weights(info.model_id))
+        if data is None:
             return "weight file missing"
-        if hashlib.sha256(path.read_bytes()).hexdigest() != info.checksum:
+        if hashlib.sha256(data).hexdigest() != info.checksum:
             return "checksum mismatch"
         return ""
 
@@ -199,4 +209,31 @@ class ModelStore:
         sink = pa.BufferOutputStream()
         table = pa.Table.from_pylist(rows, schema=SCHEMA).replace_schema_metadata({"next_id": str(self._next_id)})
         pq.write_table(table, sink)
-        _atomic_write(self.root / "metadata.parquet", sink.getvalue().to_pybytes())
+        self._write("metadata.parquet", sink.getvalue().to_pybytes())
+
+    def _read(self, name: str) -> bytes | None:
+        """The object's bytes; None when it does not exist."""
+        try:
+            with self._fs.open_input_stream(f"{self._base}/{name}") as f:
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def _write(self, name: str, data: bytes) -> None:
+        path = f"{self._base}/{name}"
+        if self._fs.type_name != "local":  # an object appears whole or not at all
+            with self._fs.open_output_stream(path) as f:
+                f.write(data)
+            return
+        tmp = f"{self._base}/{name}.{os.getpid()}.tmp"
+        with self._fs.open_output_stream(tmp) as f:
+            f.write(data)
+        self._fs.move(tmp, path)
+
+    def _delete(self, name: str) -> None:
+        with suppress(FileNotFoundError):
+            self._fs.delete_file(f"{self._base}/{name}")
+
+
+def _weights(model_id: int) -> str:
+    return f"weights/{model_id}.safetensors"

@@ -36,7 +36,10 @@ class RiverSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     generic: str  # a cached generic SR model (`generic-*.safetensors` written by runtime.river.train.generic_model)
-    store_dir: str = str(REPO / "build" / "river" / "store")
+    # Where the model store lives: a local path, or a URI pyarrow opens (`s3://bucket/prefix`, `gs://...`; see
+    # runtime.river.store). On a cluster, shared storage lets a ModelStore actor restarted on another node keep
+    # every model.
+    store_uri: str = str(REPO / "build" / "river" / "store")
     max_finetunes: int = Field(default=2, ge=1)  # fine-tunes running at once (Ray tasks)
     finetune_cpus: float = Field(default=1.0, ge=0)  # Ray CPUs of one fine-tune task
     # Ray CPUs of one quality-gate check. 0 on one small machine, where the engine and a fine-tune hold every CPU

@@ -1,3 +1,5 @@
+import uuid
+
 import pytest
 
 from runtime.river.dataset import build_dataset, load_pairs
@@ -26,3 +28,23 @@ def dataset_x4(dataset):
 @pytest.fixture(scope="session")
 def pairs_x4(dataset_x4):
     return load_pairs(dataset_x4)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-compatible server (moto in server mode: HTTP, its own in-memory buckets), for stores on shared
+    storage. Yields `host:port`."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"{host}:{port}"
+    server.stop()
+
+
+def s3_store_uri(endpoint: str) -> str:
+    """A store URI in a new bucket of its own on `endpoint`; the credentials ride in the URI so Ray's worker
+    processes have them too (a real deployment takes them from the environment)."""
+    return (f"s3://testing:testing@river-{uuid.uuid4().hex[:12]}/store?endpoint_override={endpoint}&scheme=http"
+            "&region=us-east-1&allow_bucket_creation=true")

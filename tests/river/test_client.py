@@ -158,7 +158,7 @@ def test_river_play_cli_plays_a_file_and_reports(pairs, store, tmp_path, capsys)
     video = tmp_path / "seg.mp4"
     video.write_bytes(encode(pairs[0].lr, 8.75, crf=28))
     report = tmp_path / "report.json"
-    assert main(["river-play", str(video), "--store", str(store.root), "--generic", generic, "--model-id", "1",
+    assert main(["river-play", str(video), "--store", store.uri, "--generic", generic, "--model-id", "1",
                  "--runtime", "bf16", "--json", str(report)]) == 0
     out = capsys.readouterr().out
     assert f"{len(pairs[0].lr)} frames in 1 segments, runtime bf16" in out and "stalls 1" in out  # 1 not held yet

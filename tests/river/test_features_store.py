@@ -1,6 +1,7 @@
 """Patch features, K-means keys and the FAISS-indexed model store."""
 
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 import torch
 
@@ -8,7 +9,8 @@ from runtime.river.degrade import degrade, encode
 from runtime.river.features import DIM, PATCH, OverlayMask, frame_patch_features, kmeans_keys, patch_features
 from runtime.river.online import lookup
 from runtime.river.sr import EDSR, SRConfig
-from runtime.river.store import CorruptModelError, ModelStore
+from runtime.river.store import CorruptModelError, ModelStore, open_uri
+from tests.river.conftest import s3_store_uri
 
 
 @pytest.fixture(scope="module")
@@ -37,8 +39,16 @@ def _state(seed):
     return EDSR(SRConfig(blocks=1, channels=4, scale=2)).state_dict()
 
 
-def test_store_round_trip_reload_and_corruption(features, tmp_path):
-    store = ModelStore(tmp_path)
+@pytest.fixture(params=["local", "s3"])
+def store_uri(request, tmp_path):
+    """A store in a local directory, and one in a bucket of a real S3-compatible server."""
+    if request.param == "local":
+        return str(tmp_path)
+    return s3_store_uri(request.getfixturevalue("s3_endpoint"))
+
+
+def test_store_round_trip_reload_and_corruption(features, store_uri):
+    store = ModelStore(store_uri)
     ids = {}
     for seed, (sid, f) in enumerate(features.items()):
         ids[sid] = store.add(_state(seed), SRConfig(blocks=1, channels=4, scale=2), kmeans_keys(f, k=4),
@@ -55,15 +65,19 @@ def test_store_round_trip_reload_and_corruption(features, tmp_path):
         shares.append(np.mean(np.isin(found, [ids[o] for o in ids if o.split("-")[1] == sid.split("-")[1]])))
     assert np.mean(shares) > 0.55, shares
 
-    reopened = ModelStore(tmp_path)
+    reopened = ModelStore(store_uri)
     assert reopened.ids() == store.ids()
     assert np.array_equal(reopened.search(queries)[0], got_ids)
     assert all(torch.equal(reopened.weights(1)[k], _state(0)[k].half()) for k in _state(0))  # stored as float16
-    assert not list(tmp_path.rglob("*.tmp"))
+    fs, base = open_uri(store_uri)
+    names = sorted(i.path[len(base) + 1:] for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
+                   if i.type == pafs.FileType.File)
+    assert names == ["metadata.parquet"] + [f"weights/{i}.safetensors" for i in range(1, 5)]  # nothing left aside
 
-    (tmp_path / "weights" / "2.safetensors").write_bytes(b"garbage")
-    (tmp_path / "weights" / "3.safetensors").unlink()
-    damaged = ModelStore(tmp_path)
+    with fs.open_output_stream(f"{base}/weights/2.safetensors") as f:
+        f.write(b"garbage")
+    fs.delete_file(f"{base}/weights/3.safetensors")
+    damaged = ModelStore(store_uri)
     assert damaged.problems == {2: "checksum mismatch", 3: "weight file missing"}
     assert damaged.ids() == [1, 4] and set(damaged.search(queries)[0]) <= {1, 4}
     assert damaged.weights(4)  # the rest keeps serving

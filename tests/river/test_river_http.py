@@ -51,7 +51,7 @@ def river(tiny_model, pairs, tmp_path_factory):
     h, w = pairs[0].lr.shape[1:3]
     settings = ServeSettings(model=str(tiny_model), engine={"max_model_len": 512, "host_swap_blocks": 0},
                              river={"generic": str(next((tmp / "generic").glob("generic-*.safetensors"))),
-                                    "store_dir": str(tmp / "store"), "max_finetunes": 1, "target_gain_db": 50.0,
+                                    "store_uri": str(tmp / "store"), "max_finetunes": 1, "target_gain_db": 50.0,
                                     "finetune_steps": 5, "width": w, "height": h, "max_upload_mb": 2.0})
     with local_service(settings.model_dump()) as url:
         yield url
