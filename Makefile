@@ -77,8 +77,11 @@ bench-river-headroom: $(STAMP)  ## where content-specific SR pays off (scales, m
 		--cosine-budgets 300,600 --generic-steps 3000 --out bench/results/river_headroom.json
 	$(TARGETS)
 
-bench-river: $(STAMP) models/small/config.json  ## the committed River benchmarks (real Freedoom video), ~2 h on 2 cores
+bench-river: $(STAMP) models/small/config.json  ## the committed River benchmarks (real Freedoom video), ~3 h on 2 cores
 	$(PY) -m bench.river --wad freedoom2 --maps MAP01,MAP02,MAP03 --segments 12 --seeds 0,1,2 --out bench/results/river.json
+	# the same on the other game's maps, which no default was chosen on
+	$(PY) -m bench.river --wad freedoom1 --maps E1M1,E2M1,E4M1 --segments 12 --seeds 0,1,2 \
+		--out bench/results/river_freedoom1.json
 	$(PY) -m bench.river_lookup $(RIVER) --models 10,100,1000 --out bench/results/river_lookup.json
 	HF_HUB_OFFLINE=1 $(PY) -m bench.river_stream --wad freedoom2 --sessions 1,2,4,8,16 \
 		--maps MAP01,MAP02,freedoom1:E1M1,freedoom1:E1M2 --segments 16 \
