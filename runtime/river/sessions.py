@@ -1,12 +1,11 @@
 """River as the service runs it for its players: the online path (`OnlineRiver`) and the prefetcher
 (`PrefetchTracker`) kept in step, session by session.
 
-Each segment is decided with the session's current model known, so a client is not switched between models
-that its segment's frames voted for about equally (`GateConfig.keep_current_votes`): a switch costs a download
-and a prefetch guess, and between models the frames cannot tell apart it buys nothing measurable. Each decision
-is then recorded for prefetching with the segment's content, and each model that joins the store is offered to
-the sessions playing content like its own. The Ray actor (`actors.model_store`) and the offline benchmark
-(`bench.river`) both call this, so they cannot drift apart.
+Each segment is decided with the session's current model known, so the client keeps it while its frames still
+vote for it (`GateConfig.keep_current_votes` says why). Each decision is then recorded for prefetching with the
+segment's content, and each model that joins the store is offered to the sessions playing content like its own.
+The Ray actor (`actors.model_store`) and the offline benchmark (`bench.river`) both call this, so they cannot
+drift apart.
 """
 
 from __future__ import annotations
