@@ -31,7 +31,7 @@ import torch
 from runtime.river.features import OverlayMask, frame_patch_features, kmeans_keys
 from runtime.river.patches import check_frames
 from runtime.river.sr import EDSR, SRConfig, psnr_y, upscale
-from runtime.river.store import ModelStore, as_stored
+from runtime.river.store import ModelStore, as_stored, redacted
 from runtime.river.train import Pairs, TrainConfig, TrainResult, finetune, model_from_state
 
 GENERIC = 0  # model id of the generic model (never in the store)
@@ -228,8 +228,8 @@ class OnlineRiver:
         self.scale = generic.sr.scale
         other = {store.info(i).sr.scale for i in store.ids()} - {self.scale}
         if other:
-            raise ValueError(f"the store at {store.uri} holds x{sorted(other)[0]} models and the generic model is "
-                             f"x{self.scale}: one store serves one scale factor (use another store_uri)")
+            raise ValueError(f"the store at {redacted(store.uri)} holds x{sorted(other)[0]} models and the generic "
+                             f"model is x{self.scale}: one store serves one scale factor (use another store_uri)")
         self._models: OrderedDict[int, EDSR] = OrderedDict()
         self._cache_models = cache_models
         self.pending: list[_Pending] = []

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from contextlib import suppress
@@ -87,7 +88,12 @@ def open_uri(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     try:
         return pafs.FileSystem.from_uri(text)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as e:
-        raise ValueError(f"store: cannot open {text!r} ({e})") from None
+        raise ValueError(redacted(f"store: cannot open {text!r} ({e})")) from None
+
+
+def redacted(text: str) -> str:
+    """`text` with the credentials of any URI in it (`s3://key:secret@bucket/...`) blanked, for messages."""
+    return re.sub(r"(\w+://)[^/@\s]*@", r"\1***@", text)
 
 
 class ModelStore:
@@ -147,7 +153,7 @@ class ModelStore:
         data = self._read(_weights(model_id))
         if data is None:
             self._quarantine(model_id, "weight file missing")
-            raise CorruptModelError(f"model {model_id}: weight file missing") from None
+            raise CorruptModelError(f"model {model_id}: weight file missing")
         if hashlib.sha256(data).hexdigest() != info.checksum:
             self._quarantine(model_id, "checksum mismatch")
             raise CorruptModelError(f"model {model_id}: weight file does not match its checksum")

@@ -179,3 +179,9 @@ def test_weights_that_do_not_fit_float16_are_refused_by_name(tmp_path):
         store.add(state, SRConfig(blocks=1, channels=4, scale=2), np.ones((2, DIM), np.float32),
                   source_segments=["x"], psnr_gain_db=0.1, train_s=0.1)
     assert store.ids() == [] and not list((tmp_path / "weights").glob("*"))
+
+
+def test_a_store_uri_that_cannot_be_opened_is_refused_without_its_credentials():
+    with pytest.raises(ValueError, match=r"store: cannot open 'nosuch://\*\*\*@bucket/x'") as e:
+        ModelStore("nosuch://key:secret@bucket/x")
+    assert "secret" not in str(e.value)
