@@ -45,8 +45,8 @@ def test_store_actor_trains_once_per_content_and_survives_a_restart(pairs, tmp_p
 
         second_node = cluster.add_node(num_cpus=0, resources={"river_store": 1})
         cluster.remove_node(first_node)  # the node dies with the actor; Ray restarts it where it can run
-        assert _answering(store) == [1]
-        assert ray.get(store.stats.remote())["node"] == second_node.node_id
+        _restarted(store, lambda stats: stats["node"] == second_node.node_id)
+        assert ray.get(store.ids.remote()) == [1]
         assert ray.get(store.weights.remote(1)) == (data, etag)  # the same bytes, the same checksum
         reuse = ray.get(store.process.remote("s1", "freedoom2", seg.segment_id, seg.lr, seg.hr))
         assert reuse["voted_id"] == 1 and reuse["gate"] == "queued"  # the reloaded index finds the model; checked
@@ -58,8 +58,8 @@ def test_store_actor_trains_once_per_content_and_survives_a_restart(pairs, tmp_p
         with fs.open_output_stream(f"{base}/weights/1.safetensors") as f:
             f.write(b"damaged in the bucket")
         ray.kill(store, no_restart=False)  # the process dies; Ray restarts it from its constructor arguments
-        assert _answering(store) == []
-        assert ray.get(store.stats.remote())["problems"] == {1: "checksum mismatch"}  # reported, not served
+        _restarted(store, lambda stats: stats["problems"] == {1: "checksum mismatch"})  # reported on reload
+        assert ray.get(store.ids.remote()) == []  # and not served
         skipped = ray.get(store.process.remote("s1", "freedoom2", seg.segment_id, seg.lr, seg.hr))
         assert skipped["gate"] == "no_model" and skipped["model_id"] == 0
     finally:
@@ -67,13 +67,16 @@ def test_store_actor_trains_once_per_content_and_survives_a_restart(pairs, tmp_p
         cluster.shutdown()
 
 
-def _answering(store) -> list[int]:
-    """Waits for a restarted actor to answer; its model ids. Calls made meanwhile wait for the restart (the actor
-    retries its tasks), so a call may time out as well as fail."""
+def _restarted(store, done) -> None:
+    """Waits until the actor answers with stats for which `done` holds: the restarted process, not the old one
+    (a kill is asynchronous, so the old process may still answer the first calls). Calls made meanwhile wait for
+    the restart (the actor retries its tasks), so a call may time out as well as fail."""
     deadline = time.monotonic() + 180
     while True:
         try:
-            return ray.get(store.ids.remote(), timeout=30)
+            if done(ray.get(store.stats.remote(), timeout=30)):
+                return
         except (ray.exceptions.RayActorError, ray.exceptions.GetTimeoutError):
-            assert time.monotonic() < deadline, "the store actor did not come back"
-            time.sleep(1)
+            pass
+        assert time.monotonic() < deadline, "the store actor did not come back"
+        time.sleep(1)
