@@ -43,8 +43,9 @@ def s3_endpoint():
     server.stop()
 
 
-def s3_store_uri(endpoint: str) -> str:
-    """A store URI in a new bucket of its own on `endpoint`; the credentials ride in the URI so Ray's worker
+@pytest.fixture
+def s3_store_uri(s3_endpoint) -> str:
+    """A store URI in a new bucket of its own on the S3 server; the credentials ride in the URI so Ray's worker
     processes have them too (a real deployment takes them from the environment)."""
-    return (f"s3://testing:testing@river-{uuid.uuid4().hex[:12]}/store?endpoint_override={endpoint}&scheme=http"
-            "&region=us-east-1&allow_bucket_creation=true")
+    return (f"s3://testing:testing@river-{uuid.uuid4().hex[:12]}/store?endpoint_override={s3_endpoint}"
+            "&scheme=http&region=us-east-1&allow_bucket_creation=true")

@@ -10,7 +10,6 @@ from runtime.river.features import DIM, PATCH, OverlayMask, frame_patch_features
 from runtime.river.online import lookup
 from runtime.river.sr import EDSR, SRConfig
 from runtime.river.store import CorruptModelError, ModelStore, open_uri
-from tests.river.conftest import s3_store_uri
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +43,7 @@ def store_uri(request, tmp_path):
     """A store in a local directory, and one in a bucket of a real S3-compatible server."""
     if request.param == "local":
         return str(tmp_path)
-    return s3_store_uri(request.getfixturevalue("s3_endpoint"))
+    return request.getfixturevalue("s3_store_uri")
 
 
 def test_store_round_trip_reload_and_corruption(features, store_uri):

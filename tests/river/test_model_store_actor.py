@@ -13,10 +13,9 @@ from actors.model_store import STORE_NAME, ModelStoreActor
 from runtime.river.sr import SRConfig
 from runtime.river.store import open_uri
 from runtime.river.train import TrainConfig, generic_model
-from tests.river.conftest import s3_store_uri
 
 
-def test_store_actor_trains_once_per_content_and_survives_a_restart(pairs, tmp_path, s3_endpoint):
+def test_store_actor_trains_once_per_content_and_survives_a_restart(pairs, tmp_path, s3_store_uri):
     sr = SRConfig(blocks=1, channels=4, scale=2)
     generic_model(lambda: [(p.lr[:2], p.hr[:2]) for p in pairs[:1]], {"test": 1}, sr, TrainConfig(steps=2, batch=2),
                   tmp_path / "generic", progress=False)
@@ -26,7 +25,7 @@ def test_store_actor_trains_once_per_content_and_survives_a_restart(pairs, tmp_p
     first_node = cluster.add_node(num_cpus=0, resources={"river_store": 1})
     ray.init(address=cluster.address, log_to_driver=False)
     try:
-        uri = s3_store_uri(s3_endpoint)
+        uri = s3_store_uri
         store = ModelStoreActor.options(name=STORE_NAME, resources={"river_store": 1}).remote(
             uri, generic, max_finetunes=1, gate={"target_gain_db": 50.0},  # every segment misses
             finetune={"steps": 5, "batch": 4})
