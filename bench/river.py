@@ -23,16 +23,23 @@ River, River's earlier sessions and `online` each train on one trainer (one at a
 arrives at i x segment length).
 Every seed records another playthrough of the maps and trains with another seed; the generic models are shared.
 Writes the JSON, a Markdown table (every figure as mean +- std over seeds, and the targets) and plots.
+
+A seed's finished run is kept under `--cache`/runs, named by every setting and the source of River and of this
+benchmark, and a later command with the same settings reuses it instead of running it again (`--fresh`: never):
+one seed of the committed configuration takes about an hour on 2 cores, so the seeds can be run one at a time.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import sys
 import tempfile
 from concurrent.futures import Future
 from dataclasses import asdict, replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -142,6 +149,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--eval-every", type=int, default=3, help="evaluate every n-th frame")
     p.add_argument("--quick", action="store_true", help="4 short segments, one seed, tiny budgets (CI)")
     p.add_argument("--cache", default="build/river")
+    p.add_argument("--fresh", action="store_true", help="run every seed, even one finished before with these settings")
     p.add_argument("--out", default="river.json")
     args = p.parse_args(argv)
     if args.quick:
@@ -163,6 +171,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.sr = SRConfig(blocks=blocks, channels=channels, scale=args.scale)
         check_scale(WIDTH, HEIGHT, args.scale)
         args.finetune = TrainConfig(steps=args.steps)
+        args.gate = GateConfig()
     except ValueError as e:
         p.error(str(e))
     return args
@@ -391,9 +400,35 @@ def run(args) -> dict:
     cache, sr = Path(args.cache), args.sr
     game, _ = game_model(args.train_cfg, sr, args.crf, args.generic_steps, cache)
     other = generic_other(sr, args.crf, generic_config(args.generic_steps), cache / "models")
-    args.gate = GateConfig()
-    runs = [run_seed(args, seed, game, other) for seed in args.seed_list]
+    runs = [kept_run(args, seed, lambda s: run_seed(args, s, game, other)) for seed in args.seed_list]
     return {**summarize(runs), "runs": runs, "generic_train_s": {"game": game.seconds, "other": other.seconds}}
+
+
+def run_file(args, seed: int) -> Path:
+    """Where `seed`'s finished run is kept: named by every setting that shapes it and by the source code that
+    produced it, so that a run is reused only by the same benchmark of the same River."""
+    settings = {"eval": {**asdict(args.eval_cfg), "seed": seed}, "train": asdict(args.train_cfg), "crf": args.crf,
+                "sr": args.sr.to_dict(), "finetune": asdict(args.finetune), "video_steps": args.video_steps,
+                "generic_steps": args.generic_steps, "online_window": args.online_window, "earlier": args.earlier,
+                "eval_every": args.eval_every, "gate": asdict(args.gate)}
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    root = Path(__file__).resolve().parents[1]
+    for source in sorted((root / "runtime" / "river").glob("*.py")) + [Path(__file__).resolve()]:
+        digest.update(source.read_bytes())
+    return Path(args.cache) / "runs" / f"river-{digest.hexdigest()[:16]}-seed{seed}.json"
+
+
+def kept_run(args, seed: int, run_one) -> dict:
+    """`run_one(seed)`, or the run a command with the same settings and code finished before (unless --fresh)."""
+    path = run_file(args, seed)
+    if path.exists() and not args.fresh:
+        kept = json.loads(path.read_text())
+        print(f"seed {seed}: reusing the run finished at {kept['finished_at']} ({path})", file=sys.stderr)
+        return kept
+    result = {**run_one(seed), "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, default=str))
+    return result
 
 
 def _pm(s: dict, fmt: str = ".2f") -> str:

@@ -90,6 +90,13 @@ class SimulatedEngine:
         self._blocked = False
         self._blocked_head: Job | None = None
         self._new_ready: list[Job] = []
+        # Sort keys of waiting jobs, for policies whose keys are static (`Policy.key_is_static`): computed once per
+        # wait, dropped when the job's KV changes, all dropped when the predictor's version moves. The enqueue
+        # number breaks ties as the ready list's order does, so the order is the one `Policy.order` gives.
+        self._keys: dict[Job, tuple] = {}
+        self._keys_version = -1
+        self._enqueued: dict[Job, int] = {}
+        self._enqueue_count = 0
         # Cluster modes: where a job that becomes ready (arrival or tool return) goes instead of this engine's
         # queue, and the global queue this engine pulls from.
         self.route: Callable[[Job, float], None] | None = None
@@ -123,6 +130,7 @@ class SimulatedEngine:
                     self.route(job, t)
             elif kind == _SWAP_OUT_DONE:
                 self._blocked = False
+                self._keys.pop(job, None)
                 self.pool.free_job(job.job_id)
                 self.life.kv_kept(job, KVState.SWAPPED, job.kv_tokens)
             elif kind == _SWAP_IN_DONE:
@@ -136,6 +144,23 @@ class SimulatedEngine:
     def _enqueue(self, job: Job) -> None:
         self.ready.append(job)
         self._new_ready.append(job)
+        self._keys.pop(job, None)
+        self._enqueued[job] = self._enqueue_count = self._enqueue_count + 1
+
+    def _in_order(self, cands: list[Job]) -> list[Job]:
+        """`cands` in the policy's order (see `_keys`)."""
+        policy = self.policy
+        if not policy.key_is_static:
+            return policy.order(cands, self.now)
+        keys = self._keys
+        if self._keys_version != self.pred.version:
+            keys.clear()
+            self._keys_version = self.pred.version
+        key, now, enqueued = policy.key, self.now, self._enqueued
+        for job in cands:
+            if job not in keys:
+                keys[job] = (key(job, now), enqueued[job])
+        return sorted(cands, key=keys.__getitem__)
 
     # ------------------------------------------------------------------------------------------ cluster
     def room(self) -> tuple[int, int]:
@@ -156,6 +181,7 @@ class SimulatedEngine:
 
     def release(self, job: Job) -> None:
         """`job` moves to another engine: give up the KV it holds here (it will be recomputed there)."""
+        self._keys.pop(job, None)
         if job.kv is KVState.PRESERVED:
             self._evict(job, KVAction.DISCARD)
         elif job.kv is KVState.SWAPPED:
@@ -187,6 +213,7 @@ class SimulatedEngine:
         self._set_idle(job, False)
         self.counters.preserve -= 1
         self._blocked = False
+        self._keys.pop(job, None)
         self._apply_kv(job, action)
 
     def _apply_kv(self, job: Job, action: KVAction, ttl_s: float | None = None) -> None:
@@ -281,7 +308,7 @@ class SimulatedEngine:
         may_evict = self.policy.evicts_for_admission or not self.running
         reserved = self._reserved_blocks()
         blocked_head = None
-        for job in self.policy.order(cands, self.now):
+        for job in self._in_order(cands):
             if budget <= 0 or len(self.running) + self.swapping_in >= max_seqs:
                 blocked_head = blocked_head or job
                 break
@@ -320,6 +347,8 @@ class SimulatedEngine:
 
     def _place(self, job: Job, need: int) -> int:
         """Bring an admitted job's KV into place and start it; returns the tokens it must prefill."""
+        self._keys.pop(job, None)
+        del self._enqueued[job]
         if job.kv is KVState.PRESERVED:
             self._set_idle(job, False)
         if job.kv is KVState.SWAPPED:

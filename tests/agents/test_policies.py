@@ -239,6 +239,8 @@ def test_config_overrides_are_typed_and_checked(ctx):
         make_config("fcfs", {"a": "1"})
     with pytest.raises(ValueError, match="high_watermark must be in"):
         make_config("astraea", {"high_watermark": "1.5"})
+    with pytest.raises(ValueError, match="thresholds_s must be strictly increasing"):
+        make_config("plas", {"thresholds_s": "4/1"})
 
 
 def test_the_service_refuses_a_bound_by_name(tmp_path):

@@ -67,6 +67,24 @@ def test_invariants_under_memory_pressure(policy, small_profile):
     assert inv.steps > 0
 
 
+@pytest.mark.parametrize("policy", [name for name, cls in POLICIES.items() if cls.key_is_static])
+def test_kept_sort_keys_give_the_policys_own_order(policy, small_profile, monkeypatch):
+    """An engine keeps a waiting job's sort key while its KV and the predictor do not change (the policy says its
+    key is static): the simulation is the same, job for job, as with every key recomputed at every pass. Memory
+    pressure makes waiting jobs' KV move (evictions, swaps) and the online estimator moves the predictor."""
+    table = generate("infercept", 60, 20.0, seed=3)
+    jobs = [j for j in jobs_from_table(table) if sum(s.prompt_tokens + s.output_tokens for s in j.segments) < 4000]
+    keep = {j.job_id for j in jobs}
+    table = table.filter([jid in keep for jid in table.column("job_id").to_pylist()])
+    for estimator in ("oracle", "online"):
+        kept = simulate(jobs_from_table(table), small_profile, policy, output_estimator=estimator)
+        with monkeypatch.context() as m:
+            m.setattr(POLICIES[policy], "key_is_static", False)
+            recomputed = simulate(jobs_from_table(table), small_profile, policy, output_estimator=estimator)
+        assert [j.finish_s for j in kept.jobs] == [j.finish_s for j in recomputed.jobs]
+        assert kept.engines == recomputed.engines
+
+
 @pytest.mark.parametrize("policy", ["fcfs", "astraea", "infercept"])
 def test_many_engines_each_job_once(policy):
     table = generate("bfcl", 80, 8.0, seed=1)

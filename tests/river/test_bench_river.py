@@ -10,11 +10,15 @@ from runtime.river.sr import EDSR, SRConfig
 from runtime.river.train import TrainConfig, TrainResult
 
 
-def test_quick_run_writes_every_method(tmp_path):
+def test_quick_run_writes_every_method_and_a_finished_seed_is_reused(tmp_path, capsys):
     out = tmp_path / "river.json"
-    assert river.main(["--wad", "freedoom2", "--maps", "MAP01", "--quick", "--cache", str(tmp_path / "cache"),
-                       "--out", str(out)]) == 0
+    argv = ["--wad", "freedoom2", "--maps", "MAP01", "--quick", "--cache", str(tmp_path / "cache"), "--out", str(out)]
+    assert river.main(argv) == 0
     data = json.loads(out.read_text())
+    assert river.main(argv) == 0  # the same settings and code: seed 0 is not run again
+    assert json.loads(out.read_text())["runs"] == data["runs"] and "seed 0: reusing" in capsys.readouterr().err
+    kept = river.run_file(river.parse_args(argv), 0)
+    assert kept.exists() and river.run_file(river.parse_args(argv + ["--eval-every", "2"]), 0) != kept
     assert list(data["methods"]) == list(river.METHODS)
     run = data["runs"][0]
     for name, m in data["methods"].items():

@@ -36,6 +36,10 @@ class Policy:
     name = "base"
     packs = False  # vLLM stops at the first waiting request that does not fit; packing policies skip it
     evicts_for_admission = False  # may evict idle (preserved) KV to admit ready work
+    # `key` reads only the job's own state and the predictor (never `now`, never other jobs): a waiting job's key
+    # then changes only when its KV does or the predictor's version moves, so an engine may keep it until then
+    # instead of recomputing every waiting job's key at every admission pass.
+    key_is_static = False
 
     def __init__(self, ctx: PolicyContext):
         self.pred = ctx.predictor

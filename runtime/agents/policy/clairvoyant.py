@@ -28,6 +28,7 @@ class ClairvoyantConfig:
 
 class Clairvoyant(AstraeaKV):
     name = "clairvoyant"
+    key_is_static = True
 
     def __init__(self, ctx: PolicyContext, config: ClairvoyantConfig | None = None):
         super().__init__(ctx, AstraeaConfig().high_watermark)

@@ -31,6 +31,7 @@ class ContinuumConfig:
 
 class Continuum(Policy):
     name = "continuum"
+    key_is_static = True
 
     def __init__(self, ctx: PolicyContext, config: ContinuumConfig | None = None):
         super().__init__(ctx)

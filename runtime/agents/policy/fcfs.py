@@ -6,6 +6,7 @@ from runtime.agents.policy.base import Policy
 
 class Fcfs(Policy):
     name = "fcfs"
+    key_is_static = True
 
     def key(self, job, now):
         return (not job.preempted, job.ready_since)

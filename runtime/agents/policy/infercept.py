@@ -11,6 +11,7 @@ from runtime.agents.policy.base import Policy
 
 class InferCept(Policy):
     name = "infercept"
+    key_is_static = True
     evicts_for_admission = True
 
     def key(self, job, now):

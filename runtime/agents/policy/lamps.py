@@ -40,6 +40,7 @@ class Lamps(InferCept):
     """InferCept's KV decisions (min-waste at the call, most wasteful pins given up first), LAMPS's order."""
 
     name = "lamps"
+    key_is_static = False  # starvation: a waiting segment's rank changes with time
     packs = True
     evicts_for_admission = True
 

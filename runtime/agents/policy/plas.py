@@ -5,6 +5,7 @@ calls are served in arrival order. Anti-starvation promotes a program to the top
 (W_program + W_call) / (T_program + T_call) >= beta. No KV is kept across tool calls.
 """
 
+from bisect import bisect_right
 from dataclasses import dataclass
 
 from runtime.agents.policy.base import Policy, PolicyContext
@@ -15,6 +16,10 @@ class PlasConfig:
     thresholds_s: tuple[float, ...] = (1.0, 4.0, 16.0)  # attained service separating the K=4 queues
     beta: float = 8.0
 
+    def __post_init__(self):
+        if list(self.thresholds_s) != sorted(set(self.thresholds_s)):
+            raise ValueError(f"thresholds_s must be strictly increasing, got {self.thresholds_s}")
+
 
 class Plas(Policy):
     name = "plas"
@@ -24,7 +29,7 @@ class Plas(Policy):
         self.cfg = config or PlasConfig()
 
     def _bin(self, attained_s: float) -> int:
-        return sum(attained_s >= t for t in self.cfg.thresholds_s)
+        return bisect_right(self.cfg.thresholds_s, attained_s)
 
     def key(self, job, now):
         t_call = self.per_state(job, "compute_s", self.pred.compute_s)

@@ -5,6 +5,7 @@ from runtime.agents.policy.base import Policy
 
 class Sjf(Policy):
     name = "sjf"
+    key_is_static = True
 
     def key(self, job, now):
         return self.per_state(job, "sjf_key", self._service_s)
