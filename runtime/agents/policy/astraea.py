@@ -121,14 +121,14 @@ class Astraea(AstraeaKV):
     def order(self, ready, now):
         lowest = self.cfg.num_queues - 1
         keyed = []
-        for j in ready:
+        for i, j in enumerate(ready):
             t = self.t_proc(j)
             rr = (j.waited_now(now) + t) / t
             if j.level == lowest and lowest > 0 and rr > self.cfg.aging_ratio:
                 j.level = 0
-            keyed.append((j.level, self._not_started(j), -rr, t, j.arrival_s, j))
-        keyed.sort(key=lambda k: k[:5])
-        return [k[5] for k in keyed]
+            keyed.append((j.level, self._not_started(j), -rr, t, j.arrival_s, i, j))  # i: ties keep ready's order
+        keyed.sort()
+        return [k[6] for k in keyed]
 
     def key(self, job, now):
         return (job.level, self._not_started(job), -self.response_ratio(job, now), self.t_proc(job), job.arrival_s)
