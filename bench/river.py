@@ -400,7 +400,7 @@ def run(args) -> dict:
     cache, sr = Path(args.cache), args.sr
     game, _ = game_model(args.train_cfg, sr, args.crf, args.generic_steps, cache)
     other = generic_other(sr, args.crf, generic_config(args.generic_steps), cache / "models")
-    runs = [kept_run(args, seed, lambda s: run_seed(args, s, game, other)) for seed in args.seed_list]
+    runs = [kept_run(args, seed, game, other) for seed in args.seed_list]
     return {**summarize(runs), "runs": runs, "generic_train_s": {"game": game.seconds, "other": other.seconds}}
 
 
@@ -418,14 +418,14 @@ def run_file(args, seed: int) -> Path:
     return Path(args.cache) / "runs" / f"river-{digest.hexdigest()[:16]}-seed{seed}.json"
 
 
-def kept_run(args, seed: int, run_one) -> dict:
-    """`run_one(seed)`, or the run a command with the same settings and code finished before (unless --fresh)."""
+def kept_run(args, seed: int, game: TrainResult, other: TrainResult) -> dict:
+    """`run_seed`, or the run a command with the same settings and code finished before (unless --fresh)."""
     path = run_file(args, seed)
     if path.exists() and not args.fresh:
         kept = json.loads(path.read_text())
         print(f"seed {seed}: reusing the run finished at {kept['finished_at']} ({path})", file=sys.stderr)
         return kept
-    result = {**run_one(seed), "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    result = {**run_seed(args, seed, game, other), "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, default=str))
     return result

@@ -91,7 +91,8 @@ class SimulatedEngine:
         self._blocked_head: Job | None = None
         self._new_ready: list[Job] = []
         # Sort keys of waiting jobs, for policies whose keys are static (`Policy.key_is_static`): computed once per
-        # wait, dropped when the job's KV changes, all dropped when the predictor's version moves. The enqueue
+        # wait (dropped at admission), dropped when a waiting job's KV changes, all dropped when the predictor's
+        # version moves. The enqueue
         # number breaks ties as the ready list's order does, so the order is the one `Policy.order` gives.
         self._keys: dict[Job, tuple] = {}
         self._keys_version = -1
@@ -144,7 +145,6 @@ class SimulatedEngine:
     def _enqueue(self, job: Job) -> None:
         self.ready.append(job)
         self._new_ready.append(job)
-        self._keys.pop(job, None)
         self._enqueued[job] = self._enqueue_count = self._enqueue_count + 1
 
     def _in_order(self, cands: list[Job]) -> list[Job]:
@@ -181,7 +181,6 @@ class SimulatedEngine:
 
     def release(self, job: Job) -> None:
         """`job` moves to another engine: give up the KV it holds here (it will be recomputed there)."""
-        self._keys.pop(job, None)
         if job.kv is KVState.PRESERVED:
             self._evict(job, KVAction.DISCARD)
         elif job.kv is KVState.SWAPPED:

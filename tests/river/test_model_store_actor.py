@@ -25,9 +25,8 @@ def test_store_actor_trains_once_per_content_and_survives_a_restart(pairs, tmp_p
     first_node = cluster.add_node(num_cpus=0, resources={"river_store": 1})
     ray.init(address=cluster.address, log_to_driver=False)
     try:
-        uri = s3_store_uri
         store = ModelStoreActor.options(name=STORE_NAME, resources={"river_store": 1}).remote(
-            uri, generic, max_finetunes=1, gate={"target_gain_db": 50.0},  # every segment misses
+            s3_store_uri, generic, max_finetunes=1, gate={"target_gain_db": 50.0},  # every segment misses
             finetune={"steps": 5, "batch": 4})
         seg = pairs[0]
         first = ray.get(store.process.remote("s1", "freedoom2", seg.segment_id, seg.lr, seg.hr))
@@ -53,7 +52,7 @@ def test_store_actor_trains_once_per_content_and_survives_a_restart(pairs, tmp_p
         assert ray.get(store.stats.remote())["gate"]["checks"] == 1
         assert ray.get_actor(STORE_NAME) is not None
 
-        fs, base = open_uri(uri)
+        fs, base = open_uri(s3_store_uri)
         with fs.open_output_stream(f"{base}/weights/1.safetensors") as f:
             f.write(b"damaged in the bucket")
         ray.kill(store, no_restart=False)  # the process dies; Ray restarts it from its constructor arguments
