@@ -108,7 +108,8 @@ class EngineActor:
         while self.finished and next(iter(self.finished.values())) < now - FINISHED_KEEP_S:
             self.finished.popitem(last=False)
         load = self.engine.load
-        return {"name": self.name, "alive": True, "running": load.running, "waiting": load.waiting,
+        return {"name": self.name, "node": ray.get_runtime_context().get_node_id(), "alive": True,
+                "running": load.running, "waiting": load.waiting,
                 "kv_usage": load.kv_usage, "kv_changes": self.kv.changes_since(kv_seq), "kv_seq": self.kv.seq,
                 "holdings": self.kv.holdings, "kv_events": list(self.kv.counts.items()),
                 "active": list(self.active), "finished": {t: now - at for t, at in self.finished.items()}}

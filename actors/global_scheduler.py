@@ -10,23 +10,32 @@ parks in `wait` until its segment is granted. Only queued and retried segments p
 `max_queue`, so at most `max_queue` + one retry per engine sequence slot calls are parked at any time. The actor's
 concurrency limit is set above that sum by construction (`scheduler_concurrency`), which leaves `finish`, `cancel`
 and the views room to run however many callers wait: a burst can be refused, never wedge the scheduler.
+
+Failure: Ray restarts the actor (`max_restarts`) and re-sends the calls that were in flight or arrive meanwhile
+(`max_task_retries`), so callers see a delay, not an error. Every call is safe to repeat: a ticket is named by its
+caller, a grant is kept with its segment, a finish or cancel of a ticket already gone is answered as done. The
+restarted actor finds the engines (named and detached, so they outlive it, with the KV they hold) and takes back
+its sessions from `actors.scheduler_journal`, which it writes before answering any call that changed one.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 from dataclasses import asdict
 
 import ray
 
-from actors.engine_actor import EngineActor
+from actors.scheduler_journal import SchedulerJournal
 from runtime.engine.job_hints import SegmentOutcome
 from runtime.engine.telemetry import HOLDINGS_NONE
 from runtime.serving.config import VLLM_BASELINE, ServeSettings
 from runtime.serving.dispatch import Dispatcher, Grant, NoEngine, UnknownTicket
 from runtime.serving.metrics import SchedulerMetrics
 
+log = logging.getLogger(__name__)
 SCHEDULER_NAME = "agentriver-scheduler"
 MONITOR_S = 1.0
 STATS_TIMEOUT_S = 5.0  # an engine that takes longer to say how it is gets no new work until it answers
@@ -46,19 +55,29 @@ def engine_name(index: int) -> str:
     return f"agentriver-engine-{index}"
 
 
-@ray.remote(num_cpus=0)
+def engine_handle(s: ServeSettings, index: int):
+    """Engine `index`: found by name when it exists (engines are detached: they outlive a restart of the
+    scheduler, with the KV they hold), created otherwise. Its class is imported only to create one: it imports
+    vLLM, which would add seconds to every restart of the scheduler."""
+    try:
+        return ray.get_actor(engine_name(index), namespace=s.namespace)
+    except ValueError:
+        from actors.engine_actor import EngineActor
+
+        return EngineActor.options(name=engine_name(index), namespace=s.namespace, lifetime="detached",
+                                   get_if_exists=True, num_cpus=s.engine_num_cpus, num_gpus=s.engine_num_gpus,
+                                   resources=dict(s.engine_resources)
+                                   ).remote(engine_name(index), s.model, s.engine.model_dump(), s.policy)
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class GlobalScheduler:
     def __init__(self, settings: dict):
         self.settings = s = ServeSettings(**settings)
-        self.engines = [EngineActor.options(name=engine_name(i), namespace=s.namespace, num_cpus=s.engine_num_cpus,
-                                            num_gpus=s.engine_num_gpus).remote(engine_name(i), s.model,
-                                                                                s.engine.model_dump(), s.policy)
-                        for i in range(s.engines)]
+        self.engines = [engine_handle(s, i) for i in range(s.engines)]
         self.d: Dispatcher | None = None
+        self.journal: SchedulerJournal | None = None
         self.waiters: dict[str, asyncio.Future] = {}
-        # Grants whose caller has not called `wait` yet; one that never does is reconciled away like any grant
-        # its engine does not run.
-        self.unclaimed: dict[str, Grant] = {}
         self.metrics = SchedulerMetrics()
         self.kv_seq = [0] * s.engines  # per engine: the last KV change its report said
         self._starting: asyncio.Future | None = None
@@ -66,54 +85,95 @@ class GlobalScheduler:
 
     async def ready(self) -> dict:
         """Waits until every engine has started (vLLM loads the model), then describes the cluster."""
+        await self._started()
+        return self.describe()
+
+    async def _started(self) -> None:
+        """Every call waits for this: after a restart, calls Ray re-sends arrive before the sessions are back."""
         if self._starting is None:
             self._starting = asyncio.ensure_future(self._start())
         await asyncio.shield(self._starting)
-        return self.describe()
 
     async def _start(self) -> None:
-        infos = await asyncio.gather(*(e.info.remote() for e in self.engines))
+        """A restarted scheduler takes back what its journal holds, and plans with the engines' shapes stored
+        there (an engine that died meanwhile, perhaps with its node, could not answer; the first poll marks it
+        down). A fresh one clears the journal and asks each engine its shape."""
+        journal = SchedulerJournal(self.settings.namespace)
+        learned, sessions = None, []
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            learned, sessions = await journal.load()
+        else:
+            await journal.clear()
+        if learned is None:
+            infos = await asyncio.gather(*(e.info.remote() for e in self.engines))
+        else:
+            infos, self.kv_seq = learned["engines"], learned["kv_seq"]
         policy = "fcfs" if self.settings.policy == VLLM_BASELINE else self.settings.policy
         self.d = Dispatcher(list(infos), policy, self.settings.max_queue)
+        self.d.restore(None if learned is None else learned["estimates"], sessions)
+        journal.track(self.d)
+        self.journal = journal
         self._monitor_task = asyncio.get_running_loop().create_task(self._monitor())
 
     # ------------------------------------------------------------------------------------------ segments
     async def submit(self, session_id: str, prompt_tokens: int, max_tokens: int, tool_category: str = "",
-                     kv_action: str = "", last: bool = False) -> str:
+                     kv_action: str = "", last: bool = False, ticket: str | None = None) -> str:
         """Queue a segment; answers at once with its ticket (or QueueFull, SessionBusy, NoEngine, ValueError).
-        The caller then `wait`s for the grant, and `cancel`s the ticket if it gives up."""
-        await self.ready()
-        return self.d.submit(session_id, prompt_tokens, max_tokens, tool_category, kv_action, last)
+        The caller then `wait`s for the grant, and `cancel`s the ticket if it gives up. A caller that names the
+        ticket may repeat the call."""
+        await self._started()
+        ticket = self.d.submit(session_id, prompt_tokens, max_tokens, tool_category, kv_action, last, ticket)
+        await self.journal.sync()
+        return ticket
 
-    async def wait(self, ticket: str) -> Grant:
-        """The grant of a submitted segment, once an engine has room for it."""
-        if ticket in self.unclaimed:
-            return self.unclaimed.pop(ticket)
-        if ticket not in self.d.pending:
+    async def wait(self, ticket: str, within_s: float | None = None) -> Grant | None:
+        """The grant of a submitted segment, once an engine has room for it (again, if asked again); None when
+        `within_s` passes first (the caller asks again: a wait that can end lets it tell a long queue from a
+        scheduler that does not answer)."""
+        await self._started()
+        p = self.d.pending.get(ticket)
+        if p is None:
             raise UnknownTicket(ticket)
-        fut = asyncio.get_running_loop().create_future()
-        self.waiters[ticket] = fut
-        self._dispatch()
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            self.waiters.pop(ticket, None)
-            self.cancel(ticket)
-            raise
+        if p.grant is None:
+            fut = asyncio.get_running_loop().create_future()
+            self.waiters[ticket] = fut
+            self._dispatch()
+            try:
+                done, _ = await asyncio.wait({fut}, timeout=within_s)
+            except asyncio.CancelledError:
+                self.waiters.pop(ticket, None)
+                await self.cancel(ticket)
+                raise
+            if not done:
+                self.waiters.pop(ticket, None)
+                return None
+            if fut.cancelled():  # given up meanwhile (by `cancel`)
+                raise UnknownTicket(ticket)
+            fut.result()  # NoEngine: every engine died meanwhile
+        await self.journal.sync()
+        return p.grant
 
-    async def retry(self, ticket: str, emitted_tokens: int) -> Grant:
-        """The caller's engine died under its segment: queue the rest again (another engine, or this one once
-        it is back); NoEngine when none is alive."""
-        try:
-            self.d.fail(ticket, emitted_tokens)  # the engine's metrics follow at the next poll
-        except NoEngine:
-            self._refuse_queued()
-            raise
-        return await self.wait(ticket)
+    async def retry(self, ticket: str, emitted_tokens: int, engine: int) -> None:
+        """The caller's engine (index `engine`) died under its segment: queue the rest again (another engine, or
+        this one once it is back), and the caller `wait`s again; NoEngine when none is alive. Repeated, it
+        changes nothing more."""
+        await self._started()
+        p = self.d.pending.get(ticket)
+        if p is None:
+            raise UnknownTicket(ticket)
+        if p.engine == engine:
+            try:
+                self.d.fail(ticket, emitted_tokens)  # the engine's metrics follow at the next poll
+            except NoEngine:
+                self._refuse_queued()
+                await self.journal.sync()
+                raise
+        await self.journal.sync()
 
-    def finish(self, ticket: str, outcome: SegmentOutcome) -> bool:
-        """The segment ended as its engine reported; False when the ticket had already been given up (nothing
-        recorded then)."""
+    async def finish(self, ticket: str, outcome: SegmentOutcome) -> bool:
+        """The segment ended as its engine reported; False when the ticket had already been given up or finished
+        (nothing recorded then)."""
+        await self._started()
         p = self.d.pending.get(ticket)
         if p is None or not self.d.finish(ticket, outcome):
             return False
@@ -121,16 +181,18 @@ class GlobalScheduler:
         self.metrics.segment.observe(rec.queued_s + rec.service_s)
         self.metrics.queued.observe(rec.queued_s)
         self._dispatch()
+        await self.journal.sync()
         return True
 
-    def cancel(self, ticket: str) -> None:
+    async def cancel(self, ticket: str) -> None:
         """The caller gave up (client gone, error): forget the segment, wherever it was. Idempotent."""
+        await self._started()
         fut = self.waiters.pop(ticket, None)
         if fut is not None and not fut.done():
             fut.cancel()
-        self.unclaimed.pop(ticket, None)
         self.d.cancel(ticket)
         self._dispatch()
+        await self.journal.sync()
 
     def _refuse_queued(self) -> None:
         for ticket in self.d.refuse_queued():
@@ -141,9 +203,9 @@ class GlobalScheduler:
     def _dispatch(self) -> None:
         for g in self.d.grant():
             fut = self.waiters.pop(g.ticket, None)
-            if fut is None:  # granted between its caller's submit and wait: kept for the wait
-                self.unclaimed[g.ticket] = g
-            elif fut.done():  # its caller is gone
+            if fut is None:  # granted while its caller was not waiting: its segment keeps it for the next wait
+                continue
+            if fut.done():  # its caller is gone
                 self.d.cancel(g.ticket)
             else:
                 fut.set_result(g)
@@ -152,14 +214,23 @@ class GlobalScheduler:
         self.metrics.sessions.set(len(self.d.jobs))
 
     # ------------------------------------------------------------------------------------------ sessions
-    def session(self, session_id: str) -> dict:
+    async def session(self, session_id: str) -> dict:
+        await self._started()
         return self.d.session_view(session_id)
 
-    def close(self, session_id: str) -> dict:
+    async def close(self, session_id: str) -> dict:
+        await self._started()
         done = self.d.close(session_id)
         self.metrics.jct.observe(done.jct_s)
         self.metrics.sessions.set(len(self.d.jobs))
+        await self.journal.sync()
         return asdict(done)
+
+    def ping(self) -> bool:
+        return self.d is not None
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def metrics_text(self) -> bytes:
         return self.metrics.text()
@@ -170,7 +241,7 @@ class GlobalScheduler:
         engines = []
         for e in self.d.engines:
             report = self.metrics.engines.reports.get(e.info.name, {})
-            engines.append({**e.view(), "kv_usage": report.get("kv_usage"),
+            engines.append({**e.view(), "node": report.get("node"), "kv_usage": report.get("kv_usage"),
                             "holds": report.get("holdings", dict(HOLDINGS_NONE))})
         return {"policy": self.settings.policy, "max_model_len": self.d.max_model_len, "engines": engines,
                 "ready": len(self.d.queue), "sessions": len(self.d.jobs)}
@@ -187,6 +258,13 @@ class GlobalScheduler:
                     self.engines[index].release.remote(jobs)
             self._refuse_queued()
             self._dispatch()
+            try:
+                await self.journal.sync()
+                if self.journal.wrote_sessions:
+                    await self.journal.save_learned({"estimates": self.d.learned(), "kv_seq": list(self.kv_seq),
+                                                     "engines": [e.info for e in self.d.engines]})
+            except Exception:  # noqa: BLE001 - the next tick writes what this one could not
+                log.exception("the scheduler's checkpoint could not be written")
 
     async def _check(self, index: int) -> None:
         eng, handle = self.d.engines[index], self.engines[index]
@@ -206,12 +284,14 @@ class GlobalScheduler:
                                    END_GRACE_S)
         if orphans:
             handle.abort.remote(orphans)
-        self.unclaimed = {t: g for t, g in self.unclaimed.items() if t in self.d.pending}
         self.metrics.engines.reports[eng.info.name] = stats
 
     async def shutdown(self) -> None:
+        """Stop for good: the engines go, and so does the checkpoint (a later scheduler starts fresh)."""
         if self._monitor_task is not None:
             self._monitor_task.cancel()
+        if self.journal is not None:
+            await self.journal.clear()
         for e in self.engines:
             with contextlib.suppress(Exception):
                 await e.shutdown.remote()

@@ -2,8 +2,11 @@
 
 A call asks the scheduler for an engine (queued in the cluster's policy order), streams the tokens from that engine
 actor itself, and reports the segment's outcome, which starts the session's tool wait. If the engine dies mid-call,
-the rest of the segment is recomputed on another engine and the client sees one answer. The methods run on the
-ingress replica (`deployments.app.AgentIngress`), whose state they use.
+the rest of the segment is recomputed on another engine and the client sees one answer. If the scheduler dies, Ray
+restarts it and re-sends the calls (they are safe to repeat); a call it does not answer within
+`SCHEDULER_DEADLINE_S` is answered 503 with Retry-After, and a segment already generated is still delivered (its
+report reaches the scheduler when it is back). The methods run on the ingress replica
+(`deployments.app.AgentIngress`), whose state they use; a session may be served by any replica.
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ log = logging.getLogger("ray.serve")
 # (bench.service_load, 256 clients, `small` on one engine, two runs each) 6.1-7.9 segments/s with it, 5.3-6.9
 # without.
 SHED_S = 0.25
+# How long a call waits for a scheduler that does not answer (restarting: ~2-5 s here) before the client gets a 503.
+SCHEDULER_DEADLINE_S = 10.0
+WAIT_POLL_S = 5.0  # a queued call asks the scheduler again this often, so a dead scheduler is noticed in a queue too
+HEALTH_S = 5.0
 
 router = APIRouter()
 
@@ -43,9 +50,21 @@ def fire_and_forget(call) -> None:
         call()
 
 
+async def ask(ref, deadline_s: float = SCHEDULER_DEADLINE_S):
+    """A scheduler call's answer, or a 503 once `deadline_s` passes (the call itself stays with Ray, which delivers
+    it when the scheduler is back)."""
+    try:
+        return await asyncio.wait_for(ref, deadline_s)
+    except TimeoutError:
+        raise ApiError(503, f"the scheduler did not answer within {deadline_s:.0f} s (restarting); retry",
+                       "server_error", headers={"Retry-After": "5"}) from None
+
+
 class AgentRoutes:
     @router.get("/health")
     async def health(self) -> dict:
+        """200 when this replica can reach a working scheduler."""
+        await ask(self.scheduler.ping.remote(), HEALTH_S)
         return {"status": "ok"}
 
     @router.get("/v1/models")
@@ -56,19 +75,19 @@ class AgentRoutes:
 
     @router.get("/v1/cluster")
     async def cluster(self) -> dict:
-        return await self.scheduler.describe.remote()
+        return await ask(self.scheduler.ready.remote())
 
     @router.get("/v1/sessions/{session_id}")
     async def session(self, session_id: str) -> dict:
-        return await self.scheduler.session.remote(session_id)
+        return await ask(self.scheduler.session.remote(session_id))
 
     @router.post("/v1/sessions/{session_id}/close")
     async def close(self, session_id: str) -> dict:
-        return await self.scheduler.close.remote(session_id)
+        return await ask(self.scheduler.close.remote(session_id))
 
     @router.get("/metrics")
     async def metrics(self) -> Response:
-        text = await self.scheduler.metrics_text.remote()
+        text = await ask(self.scheduler.metrics_text.remote())
         return Response(text, media_type="text/plain; version=0.0.4")
 
     @router.post("/v1/chat/completions")
@@ -101,7 +120,7 @@ class AgentRoutes:
         cid = oai.completion_id()
         if body.stream:
             return StreamingResponse(self._sse(segment, cid, body.model, session, len(prompt)),
-                                     media_type="text/event-stream")
+                                     media_type="text/event-stream", headers={"X-Replica": self.replica})
         text = IncrementalText(self.tokenizer)
         finish, engine_s = "length", 0.0
         async for item in segment:
@@ -112,19 +131,32 @@ class AgentRoutes:
                 finish = item["finish_reason"] or finish
         timing = f"engine;dur={engine_s * 1e3:.1f}, total;dur={(time.monotonic() - started) * 1e3:.1f}"
         return JSONResponse(oai.completion(cid, body.model, text.text, finish, len(prompt), len(text.token_ids),
-                                           "" if one_shot else session), headers={"Server-Timing": timing})
+                                           "" if one_shot else session),
+                            headers={"Server-Timing": timing, "X-Replica": self.replica})
 
     async def _acquire(self, session: str, prompt_tokens: int, budget: int, tool_category: str, one_shot: bool):
         """Queue the segment and wait for its engine. A caller that goes away while waiting (client disconnect,
-        error) gives its ticket back, so nothing is granted to nobody."""
+        error) gives its ticket back, so nothing is granted to nobody. The ticket is named here, so the scheduler
+        can take a re-sent submit for the one it already queued."""
+        ticket = f"{session}/{uuid.uuid4().hex}"
         try:
-            ticket = await self.scheduler.submit.remote(session, prompt_tokens, budget, tool_category, "", one_shot)
+            await ask(self.scheduler.submit.remote(session, prompt_tokens, budget, tool_category, "", one_shot,
+                                                   ticket))
         except QueueFull as e:
             refusal = api_error(e)
             self._full = (time.monotonic() + SHED_S, refusal)
             raise refusal from None
+        except BaseException:
+            fire_and_forget(lambda: self.scheduler.cancel.remote(ticket))
+            raise
+        return await self._wait(ticket)
+
+    async def _wait(self, ticket: str):
         try:
-            return await self.scheduler.wait.remote(ticket)
+            while True:
+                grant = await ask(self.scheduler.wait.remote(ticket, WAIT_POLL_S), WAIT_POLL_S + SCHEDULER_DEADLINE_S)
+                if grant is not None:
+                    return grant
         except BaseException:
             fire_and_forget(lambda: self.scheduler.cancel.remote(ticket))
             raise
@@ -142,7 +174,7 @@ class AgentRoutes:
                     stream = engine.stream.remote(grant.ticket, prompt + emitted, grant.max_tokens, temperature,
                                                   ignore_eos, grant.hint)
                 except ValueError:  # the engine actor is gone for good (not even restarting)
-                    grant = await self.scheduler.retry.remote(grant.ticket, len(emitted))
+                    grant = await self._retry(grant, len(emitted))
                     continue
                 try:
                     async for ref in stream:
@@ -155,7 +187,7 @@ class AgentRoutes:
                     if final is None:
                         raise RuntimeError(f"engine {grant.engine_name} ended a stream without its summary")
                 except ACTOR_LOST:
-                    grant = await self.scheduler.retry.remote(grant.ticket, len(emitted))
+                    grant = await self._retry(grant, len(emitted))
                 except BaseException:
                     fire_and_forget(lambda s=stream: ray.cancel(s))  # the engine stops generating for nobody
                     raise
@@ -163,11 +195,18 @@ class AgentRoutes:
             fire_and_forget(lambda: self.scheduler.cancel.remote(grant.ticket))
             raise
         outcome = dataclasses.replace(final, output_tokens=len(emitted))  # a retried segment's tokens, all engines
-        await self.scheduler.finish.remote(grant.ticket, outcome)
-        if one_shot:
-            with contextlib.suppress(UnknownSession):  # reconciled away while its finish was on its way
-                await self.scheduler.close.remote(grant.session_id)
+        # The answer is the client's whatever the scheduler does: a report it cannot take now it takes once back.
+        with contextlib.suppress(ApiError):
+            await ask(self.scheduler.finish.remote(grant.ticket, outcome))
+            if one_shot:
+                with contextlib.suppress(UnknownSession):  # reconciled away while its finish was on its way
+                    await ask(self.scheduler.close.remote(grant.session_id))
         yield outcome
+
+    async def _retry(self, grant, emitted_tokens: int):
+        """Queue the rest of a segment whose engine died, and wait for its new engine."""
+        await ask(self.scheduler.retry.remote(grant.ticket, emitted_tokens, grant.engine))
+        return await self._wait(grant.ticket)
 
     async def _sse(self, segment, cid: str, model: str, session: str, prompt_tokens: int):
         """Server-sent events that always end with `[DONE]`: after the usage chunk, or after an error event when

@@ -38,6 +38,7 @@ api.include_router(river_routes.router)
 class AgentIngress(AgentRoutes, RiverRoutes):
     async def __init__(self, settings: dict):
         self.settings = s = ServeSettings(**settings)
+        self.replica = serve.get_replica_context().replica_id.unique_id  # answers say which replica served them
         limits = [("/v1/", int(s.max_request_mb * MIB))]
         self.scheduler = scheduler_handle(s)
         self.cluster = await self.scheduler.ready.remote()

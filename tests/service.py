@@ -11,18 +11,21 @@ from bench.stock_server import free_port
 from deployments.app import AgentIngress
 
 
-def deploy(settings: dict, env: dict | None = None) -> None:
-    """(Re)deploy the ingress with `settings` (ServeSettings fields), `env` set in its replicas."""
+def deploy(settings: dict, env: dict | None = None, replicas: int = 1) -> None:
+    """(Re)deploy the ingress with `settings` (ServeSettings fields), `env` set in its `replicas` replicas."""
     options = {"num_cpus": 0, **({"runtime_env": {"env_vars": env}} if env else {})}
-    serve.run(AgentIngress.options(ray_actor_options=options).bind(settings), name="agentriver", route_prefix="/")
+    serve.run(AgentIngress.options(ray_actor_options=options, num_replicas=replicas).bind(settings),
+              name="agentriver", route_prefix="/")
 
 
 @contextlib.contextmanager
-def local_service(settings: dict):
-    """Yields the service's base URL; shuts down the scheduler (and its engines), Serve and Ray afterwards."""
+def local_service(settings: dict, address: str | None = None):
+    """Yields the service's base URL; shuts down the scheduler (and its engines), Serve and Ray afterwards. Ray is
+    started here, or joined at `address` (a multi-node cluster the caller started; Serve's proxy on its head)."""
     port = free_port()
-    ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    ray.init(address=address, include_dashboard=None if address else False, log_to_driver=False,
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     try:
         deploy(settings)
         yield f"http://127.0.0.1:{port}"

@@ -78,6 +78,10 @@ class ServeSettings(BaseModel):
     engines: int = Field(default=1, ge=1)
     engine_num_cpus: float = Field(default=1.0, ge=0)
     engine_num_gpus: float = Field(default=0.0, ge=0)
+    # Custom Ray resources each engine needs. A node offers what it declares (`ray start --resources`, a node type's
+    # `resources` in cluster.yaml), so {"agentriver_engine": 1} with one unit per worker node puts one engine on each
+    # of them and none on the head.
+    engine_resources: dict[str, float] = Field(default_factory=dict)
     engine: EngineSettings = EngineSettings()
     policy: str = "astraea"
     max_queue: int = Field(default=1024, ge=1)  # ready segments cluster-wide before 429

@@ -13,6 +13,10 @@ The data path does not pass through here: a caller `submit`s a segment, waits fo
 `SegmentOutcome` (or `fail`, when the engine died: the segment is queued again and recomputed elsewhere, so it is
 neither lost nor answered twice). The job's transitions are `runtime.agents.lifecycle`'s, as in the simulator.
 
+The dispatcher is the scheduler actor's whole memory, and that actor can die. So it names the sessions each change
+touched (`take_changes`) as `SessionCheckpoint`s for the actor to store before it tells any caller, and takes them
+back (`restore`) when the actor restarts: a caller never hears of a grant or a finish that a restart forgets.
+
 What an engine holds for a job (its mirror, a pin, a host copy) is released there when the job no longer needs
 it: the session closed or expired, or its next segment was granted elsewhere. The dispatcher lists those jobs
 per engine (`take_releases`); the scheduler actor sends them.
@@ -20,10 +24,10 @@ per engine (`take_releases`); the scheduler actor sends them.
 
 from __future__ import annotations
 
-import itertools
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
 from runtime.agents.cluster import GlobalQueue
@@ -31,7 +35,7 @@ from runtime.agents.costmodel import CPU_DEFAULT_COST, HOST_COPY_BYTES_PER_S, De
 from runtime.agents.job import Job, KVState, Phase, Segment
 from runtime.agents.kv import blocks_for
 from runtime.agents.lifecycle import Lifecycle
-from runtime.agents.policy import PolicyContext, SegmentStats, make_policy
+from runtime.agents.policy import Policy, PolicyContext, SegmentStats, make_policy
 from runtime.agents.predictor import Predictor
 from runtime.engine.job_hints import JobHint, SegmentOutcome
 
@@ -126,6 +130,20 @@ class _Pending:
     kv_action: str
     last: bool  # the caller says the job ends with this segment (a call without a session)
     engine: int = -1  # while granted
+    grant: Grant | None = None  # while granted: what its caller is (or was) handed
+    slot: tuple[int, float, float] = (0, 0.0, 0.0)  # while granted: KV blocks, predicted s, granted at
+
+
+@dataclass
+class SessionCheckpoint:
+    """An open session as the scheduler must remember it across its own restart: the job (history, MLFQ level, where
+    its KV is), its segment log, and the segment it has queued or granted."""
+
+    job: Job
+    records: list[SegmentRecord]
+    pending: _Pending | None
+    last_done_s: float | None
+    ended_on_engine: bool
 
 
 class EngineLedger:
@@ -140,8 +158,8 @@ class EngineLedger:
         self._reserved = 0  # running sums of `inflight`: read at every pull, so not re-added each time
         self._backlog_s = 0.0
 
-    def start(self, ticket: str, blocks: int, predicted_s: float) -> None:
-        self.inflight[ticket] = (blocks, predicted_s, self.now)
+    def start(self, ticket: str, blocks: int, predicted_s: float, granted_at: float) -> None:
+        self.inflight[ticket] = (blocks, predicted_s, granted_at)
         self._reserved += blocks
         self._backlog_s += predicted_s
 
@@ -199,10 +217,11 @@ class Dispatcher:
     jobs: dict[str, Job] = field(default_factory=dict, init=False)  # session id -> its job
     pending: dict[str, _Pending] = field(default_factory=dict, init=False)  # ticket -> queued or granted segment
     queued: dict[str, _Pending] = field(default_factory=dict, init=False)  # session id -> its queued segment
+    current: dict[str, _Pending] = field(default_factory=dict, init=False)  # session id -> queued or granted one
     records: dict[str, list[SegmentRecord]] = field(default_factory=dict, init=False)
     ended_on_engine: set[str] = field(default_factory=set, init=False)  # jobs whose last segment the engine knew
     last_done_s: dict[str, float] = field(default_factory=dict, init=False)
-    _serial: itertools.count = field(default_factory=itertools.count, init=False)
+    changed: set[str] = field(default_factory=set, init=False)  # sessions changed since `take_changes`
 
     def __post_init__(self) -> None:
         if not self.engines_info:
@@ -215,18 +234,27 @@ class Dispatcher:
         first = self.engines_info[0]
         self.max_model_len = min(e.max_model_len for e in self.engines_info)
         profile = first.profile()
-        self.pred = Predictor(profile.cost, output_estimator=ONLINE, max_len=self.max_model_len)
-        self.policy = make_policy(self.policy_name, PolicyContext(self.pred, profile), self.policy_config)
-        self.life = Lifecycle(self.policy, self.pred)
         self.bs = first.block_size
         self.releases: dict[int, dict[str, float]] = {}  # engine -> {job id: arrival} to release there
         self.engines = [EngineLedger(i, info, self) for i, info in enumerate(self.engines_info)]
-        self.queue = GlobalQueue(self.policy, self.pred, self.bs, self.engines, self.refresh_s)
+        pred = Predictor(profile.cost, output_estimator=ONLINE, max_len=self.max_model_len)
+        self._learn_with(pred, make_policy(self.policy_name, PolicyContext(pred, profile), self.policy_config))
+
+    def _learn_with(self, pred: Predictor, policy: Policy) -> None:
+        self.pred, self.policy = pred, policy
+        self.life = Lifecycle(policy, pred)
+        self.queue = GlobalQueue(policy, pred, self.bs, self.engines, self.refresh_s)
 
     # ------------------------------------------------------------------------------------------ segments
     def submit(self, session_id: str, prompt_tokens: int, max_tokens: int, tool_category: str = "",
-               kv_action: str = "", last: bool = False) -> str:
-        """Queue the session's next segment (`prompt_tokens`: its whole context as sent); returns its ticket."""
+               kv_action: str = "", last: bool = False, ticket: str | None = None) -> str:
+        """Queue the session's next segment (`prompt_tokens`: its whole context as sent); returns its ticket. A
+        caller may name the ticket itself, which makes the call safe to repeat: a ticket already queued or granted
+        for this session is answered as it was (a retry of a submit whose answer was lost)."""
+        if ticket is not None and ticket in self.pending:
+            if self.pending[ticket].job.job_id != session_id:
+                raise ValueError(f"ticket: {ticket!r} belongs to another session")
+            return ticket
         if prompt_tokens < 1 or max_tokens < 1:
             raise ValueError(f"prompt_tokens and max_tokens must be >= 1, got {prompt_tokens} and {max_tokens}")
         if prompt_tokens + max_tokens > self.max_model_len:
@@ -255,8 +283,11 @@ class Dispatcher:
         else:
             self.life.ready(job, now)
         self.queue.submit(job)
-        ticket = f"{session_id}/{job.seg}/{next(self._serial)}"  # never reused: a late report cannot hit a retry
-        self.pending[ticket] = self.queued[session_id] = _Pending(job, ticket, max_tokens, kv_action, last)
+        # never reused, also across restarts: a late report cannot hit a retry
+        ticket = ticket or f"{session_id}/{job.seg}/{uuid.uuid4().hex[:12]}"
+        p = _Pending(job, ticket, max_tokens, kv_action, last)
+        self.pending[ticket] = self.queued[session_id] = self.current[session_id] = p
+        self.changed.add(session_id)
         return ticket
 
     def grant(self) -> list[Grant]:
@@ -283,7 +314,8 @@ class Dispatcher:
             self.life.kv_kept(job, KVState.NONE, 0)
         eng.held.pop(job.job_id, None)  # the segment takes over what was kept for it
         p.engine = eng.index
-        eng.start(p.ticket, blocks_for(job.input_tokens + p.max_tokens, self.bs), self.pred.compute_s(job))
+        p.slot = (blocks_for(job.input_tokens + p.max_tokens, self.bs), self.pred.compute_s(job), now)
+        eng.start(p.ticket, *p.slot)
         rec = self.records[job.job_id][-1]
         rec.queued_s += waited
         rec.engine = eng.info.name
@@ -294,7 +326,9 @@ class Dispatcher:
                        level=job.level, waited_s=job.waited_s, attained_s=job.attained_s,
                        forecast_output_tokens=self.pred.output_tokens(job),
                        forecast_segments=self.pred.remaining_segments(job))
-        return Grant(p.ticket, job.job_id, eng.index, eng.info.name, hint, p.max_tokens)
+        p.grant = Grant(p.ticket, job.job_id, eng.index, eng.info.name, hint, p.max_tokens)
+        self.changed.add(job.job_id)
+        return p.grant
 
     def finish(self, ticket: str, outcome: SegmentOutcome) -> bool:
         """The segment ended on its engine as `outcome` says (measured prefill, the engine's own queueing, where it
@@ -304,6 +338,8 @@ class Dispatcher:
             return False
         job, eng = p.job, self.engines[p.engine]
         del self.pending[ticket]
+        del self.current[job.job_id]
+        self.changed.add(job.job_id)
         eng.end(ticket)
         now = self.clock()
         job.waited_s += outcome.queued_s
@@ -335,8 +371,9 @@ class Dispatcher:
         job = p.job
         self.life.kv_kept(job, KVState.NONE, 0)
         self.life.ready(job, self.clock())
-        p.engine = -1
+        p.engine, p.grant = -1, None
         self.queued[job.job_id] = p
+        self.changed.add(job.job_id)
         if emitted_tokens:  # the retry continues after what was sent: its prompt grows, its budget shrinks
             p.max_tokens = max(1, p.max_tokens - emitted_tokens)
             seg = job.current
@@ -352,6 +389,8 @@ class Dispatcher:
         if p is None:
             return
         job = p.job
+        del self.current[job.job_id]
+        self.changed.add(job.job_id)
         if p.engine >= 0:
             self.engines[p.engine].end(ticket)
         else:
@@ -414,6 +453,7 @@ class Dispatcher:
 
     def _forget(self, session_id: str) -> None:
         job = self.jobs.pop(session_id)
+        self.changed.add(session_id)
         self.engines[job.engine].held.pop(session_id, None)
         if session_id in self.ended_on_engine:
             self.ended_on_engine.discard(session_id)
@@ -456,6 +496,7 @@ class Dispatcher:
             job = self.jobs.get(job_id)
             if job is not None and job.engine == index:
                 job.kv, job.kv_tokens = KVState.NONE, 0
+                self.changed.add(job_id)
         eng.held.clear()
 
     def engine_up(self, index: int, info: EngineShape) -> None:
@@ -472,10 +513,56 @@ class Dispatcher:
             if job is None or job.engine != index or job.phase is not Phase.TOOL or job.seg - 1 != seg:
                 continue
             self.life.kv_kept(job, KVState(state), tokens)
+            self.changed.add(job_id)
             if job.kv is KVState.PRESERVED:
                 eng.held[job_id] = blocks_for(tokens, self.bs)
             else:
                 eng.held.pop(job_id, None)
+
+    # ------------------------------------------------------------------------------------------ checkpoint
+    def take_changes(self) -> dict[str, SessionCheckpoint | None]:
+        """Each session changed since the last call, as it is now (None: closed)."""
+        changed, self.changed = self.changed, set()
+        return {s: self._checkpoint(s) for s in changed}
+
+    def _checkpoint(self, session_id: str) -> SessionCheckpoint | None:
+        job = self.jobs.get(session_id)
+        if job is None:
+            return None
+        return SessionCheckpoint(job, self.records[session_id], self.current.get(session_id),
+                                 self.last_done_s.get(session_id), session_id in self.ended_on_engine)
+
+    def learned(self) -> tuple[Predictor, Policy]:
+        """What the cluster learned from every session: the predictor's estimates and the policy's own statistics
+        (one pair: the policy reads that predictor)."""
+        return self.pred, self.policy
+
+    def restore(self, learned: tuple[Predictor, Policy] | None, sessions: Iterable[SessionCheckpoint]) -> None:
+        """Take back what an earlier incarnation of the scheduler stored: its learned estimates (None: keep the
+        priors) and its open sessions. A queued segment queues again; a granted one counts on its engine as it did,
+        and that engine's reports reconcile it (one whose caller vanished is given up after the usual grace)."""
+        if learned is not None:
+            self._learn_with(*learned)
+        for cp in sessions:
+            job, p = cp.job, cp.pending
+            sid = job.job_id
+            job.policy_state.clear()  # caches stamped with predictor versions of the stored estimates' future
+            self.jobs[sid], self.records[sid] = job, cp.records
+            if cp.last_done_s is not None:
+                self.last_done_s[sid] = cp.last_done_s
+            if cp.ended_on_engine:
+                self.ended_on_engine.add(sid)
+            granted = p is not None and p.engine >= 0
+            if job.kv is KVState.PRESERVED and not granted and job.engine < len(self.engines):
+                self.engines[job.engine].held[sid] = blocks_for(job.kv_tokens, self.bs)
+            if p is None:
+                continue
+            self.pending[p.ticket] = self.current[sid] = p
+            if granted:
+                self.engines[p.engine].start(p.ticket, *p.slot)
+            else:
+                self.queued[sid] = p
+                self.queue.submit(job)
 
     # ------------------------------------------------------------------------------------------ views
     def retry_after_s(self) -> float:

@@ -11,7 +11,7 @@ import pytest
 ray = pytest.importorskip("ray")
 from openai import APIStatusError, AsyncOpenAI  # noqa: E402
 
-from actors.global_scheduler import engine_name  # noqa: E402
+from actors.global_scheduler import SCHEDULER_NAME, engine_name  # noqa: E402
 from runtime.serving.agent_client import Turn, run_agent  # noqa: E402
 from runtime.serving.config import API_KEY_ENV, ServeSettings  # noqa: E402
 from tests.service import deploy, local_service  # noqa: E402
@@ -207,3 +207,63 @@ def test_engine_killed_mid_run_loses_no_job(service):
     assert ray.get(victim.pid.remote()) != old_pid
     stray = [p for p in children if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     assert stray == [], "the killed engine's vLLM processes outlived it"
+
+
+def test_scheduler_killed_under_16_streaming_sessions_loses_none(service):
+    """Kill the scheduler actor while 16 sessions stream: Ray restarts it, it takes its sessions back from its
+    checkpoint, and every session completes with its whole history. A call the scheduler cannot answer in time is
+    refused with 503 and Retry-After (which the client honours); those refusals span at most 10 s."""
+    refused: list[float] = []
+
+    async def record(response: httpx.Response) -> None:
+        if response.status_code == 503:
+            refused.append(time.monotonic())
+
+    async def go():
+        c = AsyncOpenAI(base_url=service["url"] + "/v1", api_key="unused", max_retries=10, timeout=300,
+                        http_client=httpx.AsyncClient(event_hooks={"response": [record]}, timeout=300))
+        tasks = [asyncio.create_task(run_agent(c, MODEL, f"restart-{i}", turns(4, max_tokens=48, tool_s=0.5),
+                                               stream=True)) for i in range(16)]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            cluster = httpx.get(service["url"] + "/v1/cluster", timeout=30).json()
+            if sum(e["running"] for e in cluster["engines"]) >= 4:
+                break
+            await asyncio.sleep(0.05)
+        scheduler = ray.get_actor(SCHEDULER_NAME, namespace="agentriver")
+        old_pid = await scheduler.pid.remote()
+        killed = time.monotonic()
+        ray.kill(scheduler, no_restart=False)
+        while await scheduler.pid.remote() == old_pid:  # the kill is asynchronous: the old process may answer
+            await asyncio.sleep(0.05)
+        back = time.monotonic() - killed  # a new process answers: restarted, its sessions restored
+        return await asyncio.gather(*tasks), back, killed
+
+    results, back, killed = asyncio.run(go())
+    assert len(results) == 16 and all(r.segments == 4 for r in results)
+    for r in results:
+        log = r.view["segment_log"]
+        assert [s["index"] for s in log] == [0, 1, 2, 3], r.view  # the whole history, each segment once
+        assert all(s["output_tokens"] >= 1 for s in log) and r.view["state"] == "tool"
+    window = (max(refused) - min(refused)) if refused else 0.0
+    print(f"scheduler restart: a new process answered {back:.1f} s after the kill; {len(refused)} answers 503 "
+          f"within {window:.1f} s, the first {(min(refused) - killed) if refused else 0.0:.1f} s after the kill")
+    assert window <= 10.0
+
+
+def test_two_ingress_replicas_serve_one_session_alternately(service):
+    deploy(service["settings"], replicas=2)
+    served: list[str] = []
+    messages = [{"role": "user", "content": "count with me"}]
+    with httpx.Client(base_url=service["url"], timeout=300) as h:
+        while len(served) < 24 and (len(served) < 4 or len(set(served)) < 2):
+            r = h.post("/v1/chat/completions", headers={"X-Session-Id": "two-replicas"},
+                       json={"model": MODEL, "messages": messages, "max_tokens": 4, "temperature": 0})
+            assert r.status_code == 200, r.text
+            served.append(r.headers["x-replica"])
+            messages += [{"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]},
+                         {"role": "user", "content": f"and {len(served)}"}]
+        view = h.get("/v1/sessions/two-replicas").json()
+        assert h.post("/v1/sessions/two-replicas/close").status_code == 200
+    assert len(set(served)) == 2, served
+    assert view["segments"] == len(served) and [s["index"] for s in view["segment_log"]] == list(range(len(served)))

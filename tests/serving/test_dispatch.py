@@ -1,11 +1,14 @@
 """The dispatcher's decisions (pure Python: the GlobalScheduler actor only adds Ray around it)."""
 
+import pickle
+
 import pytest
 
 from runtime.engine.job_hints import SegmentOutcome
 from runtime.serving.dispatch import (
     Dispatcher,
     EngineShape,
+    Grant,
     NoEngine,
     QueueFull,
     SessionBusy,
@@ -258,3 +261,85 @@ def test_an_outcome_is_what_the_plugin_reported_with_the_tokens_the_caller_recei
     reported = {"service_s": 0.5, "queued_s": 0.1, "prefill_tokens": 40, "kv_state": "preserved", "kv_tokens": 47}
     assert SegmentOutcome.of(reported, 8, 9.9) == SegmentOutcome(8, 0.5, 0.1, 40, "preserved", 47)
     assert SegmentOutcome.of(None, 8, 9.9) == SegmentOutcome(8, 9.9)  # untracked: freed, timed by the caller
+
+
+class Store:
+    """What the scheduler's journal keeps: the checkpoints `take_changes` hands out, pickled, a closed session's
+    removed, and the learned estimates."""
+
+    def __init__(self):
+        self.sessions: dict[str, bytes] = {}
+
+    def save(self, d: Dispatcher) -> None:
+        for sid, cp in d.take_changes().items():
+            if cp is None:
+                self.sessions.pop(sid, None)
+            else:
+                self.sessions[sid] = pickle.dumps(cp)
+        self.learned = pickle.dumps(d.learned())
+
+    def restored(self, clock, **kw) -> Dispatcher:
+        d, _ = make(n=2, seqs=1, **kw)
+        d.clock = clock
+        d.restore(pickle.loads(self.learned), [pickle.loads(b) for b in self.sessions.values()])
+        return d
+
+
+def test_a_restarted_dispatcher_restores_its_sessions_and_decides_as_before():
+    """Sessions in every state (in a tool call with KV kept, running, queued, closed) are stored as the changes
+    happen and restored into a new dispatcher; the same calls afterwards get the same grants (engine, hint) and the
+    same session views from both, and a repeated submit of a stored ticket is answered with that ticket."""
+    d, clock = make(n=2, seqs=1)
+    store = Store()
+    t1 = d.submit("s1", 100, 16, tool_category="search")
+    d.grant()
+    clock.t += 1.0
+    d.finish(t1, SegmentOutcome(16, 1.0, kv_state="preserved", kv_tokens=116))  # s1 in its tool call, KV kept
+    store.save(d)
+    t5 = d.submit("s5", 50, 8)
+    d.grant()
+    d.finish(t5, SegmentOutcome(8, 0.2))
+    d.close("s5")
+    store.save(d)
+    t2 = d.submit("s2", 100, 16, ticket="client-named")
+    assert t2 == "client-named"
+    t3 = d.submit("s3", 300, 16)
+    t4 = d.submit("s4", 400, 16)
+    grants = {g.session_id: g for g in d.grant()}
+    assert set(grants) == {"s2", "s3"}  # one sequence slot per engine: the longest, s4, queued
+    clock.t += 0.5
+    store.save(d)
+
+    r = store.restored(clock)
+    assert set(r.jobs) == {"s1", "s2", "s3", "s4"}  # s5 was closed
+    assert r.submit("s2", 100, 16, ticket="client-named") == "client-named"  # a re-sent submit
+    assert r.pending["client-named"].grant == grants["s2"]  # the grant its caller may ask for again
+
+    def script(x: Dispatcher) -> list:
+        out = []
+        clock.t += 2.0
+        x.finish(t2, SegmentOutcome(16, 2.0, kv_state="discarded"))
+        out += x.grant()
+        x.finish(t3, SegmentOutcome(16, 2.5, kv_state="preserved", kv_tokens=316))
+        clock.t += 1.0
+        t1b = x.submit("s1", 150, 16, ticket="s1-back")  # back from its tool call
+        out += x.grant()
+        x.finish(t4, SegmentOutcome(10, 1.0))
+        out += x.grant()
+        x.finish(t1b, SegmentOutcome(12, 1.0))
+        out.append([x.session_view(s) for s in ("s1", "s2", "s3", "s4")])
+        out.append([e.view() for e in x.engines])
+        return out
+
+    start = clock.t
+    expected = script(d)
+    clock.t = start
+    assert script(r) == expected
+    assert any(isinstance(g, Grant) and g.session_id == "s1" for g in expected)
+
+
+def test_a_submit_naming_another_sessions_ticket_is_refused():
+    d, _ = make()
+    d.submit("a", 10, 4, ticket="t")
+    with pytest.raises(ValueError, match="ticket"):
+        d.submit("b", 10, 4, ticket="t")
