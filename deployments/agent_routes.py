@@ -36,7 +36,8 @@ log = logging.getLogger("ray.serve")
 # (bench.service_load, 256 clients, `small` on one engine, two runs each) 6.1-7.9 segments/s with it, 5.3-6.9
 # without.
 SHED_S = 0.25
-# How long a call waits for a scheduler that does not answer (restarting: ~2-5 s here) before the client gets a 503.
+# How long a call waits for a scheduler that does not answer before the client gets a 503. A restart takes ~2 s on
+# an idle head; 24 s was measured on this 2-core machine with both engines generating (docs/ARCHITECTURE.md).
 SCHEDULER_DEADLINE_S = 10.0
 WAIT_POLL_S = 5.0  # a queued call asks the scheduler again this often, so a dead scheduler is noticed in a queue too
 HEALTH_S = 5.0
