@@ -301,5 +301,5 @@ class GlobalScheduler:
 def scheduler_handle(settings: ServeSettings):
     """The cluster's scheduler actor (created on first use, found by name afterwards)."""
     return GlobalScheduler.options(name=SCHEDULER_NAME, namespace=settings.namespace, lifetime="detached",
-                                   get_if_exists=True, max_concurrency=scheduler_concurrency(settings)
-                                   ).remote(settings.model_dump())
+                                   get_if_exists=True, max_concurrency=scheduler_concurrency(settings),
+                                   resources=dict(settings.scheduler_resources)).remote(settings.model_dump())

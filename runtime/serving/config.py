@@ -82,6 +82,10 @@ class ServeSettings(BaseModel):
     # `resources` in cluster.yaml), so {"agentriver_engine": 1} with one unit per worker node puts one engine on each
     # of them and none on the head.
     engine_resources: dict[str, float] = Field(default_factory=dict)
+    # Custom Ray resources of the scheduler actor: pin it to a node that offers them (the head), so that losing a
+    # worker node never takes the scheduler along with that node's engine (it would restart, but calls whose engine
+    # died with it wait for both).
+    scheduler_resources: dict[str, float] = Field(default_factory=dict)
     engine: EngineSettings = EngineSettings()
     policy: str = "astraea"
     max_queue: int = Field(default=1024, ge=1)  # ready segments cluster-wide before 429

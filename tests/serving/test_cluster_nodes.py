@@ -20,16 +20,19 @@ from tests.service import local_service  # noqa: E402
 
 MODEL = "tiny"
 ENGINE_SLOT = {"agentriver_engine": 1}
+HEAD = "agentriver_head"  # the ingress (Serve spreads replicas over nodes) and the scheduler are pinned to the head
 
 
 @pytest.fixture(scope="module")
 def svc(tiny_model):
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False,
+                                                            "resources": {HEAD: 1}})
     workers = [cluster.add_node(num_cpus=1, resources=ENGINE_SLOT) for _ in range(2)]
     settings = ServeSettings(model=str(tiny_model), engines=2, engine_resources=ENGINE_SLOT,
+                             scheduler_resources={HEAD: 0.01},
                              engine={"max_model_len": 1024, "max_num_seqs": 16, "host_swap_blocks": 64})
     try:
-        with local_service(settings.model_dump(), address=cluster.address) as url:
+        with local_service(settings.model_dump(), address=cluster.address, ingress_resources={HEAD: 0.01}) as url:
             yield {"url": url, "cluster": cluster, "workers": workers}
     finally:
         cluster.shutdown()
