@@ -69,8 +69,12 @@ class SchedulerJournal:
                     f.set_result(None)
 
     async def save_learned(self, learned: object) -> None:
-        self.wrote_sessions = False
-        await self.gcs.async_internal_kv_put(LEARNED, pickle.dumps(learned), True, self.namespace)
+        self.wrote_sessions = False  # before the write: sessions written meanwhile ask for the next one
+        try:
+            await self.gcs.async_internal_kv_put(LEARNED, pickle.dumps(learned), True, self.namespace)
+        except Exception:
+            self.wrote_sessions = True  # not stored: the next tick tries again
+            raise
 
     async def load(self) -> tuple[object | None, list[SessionCheckpoint]]:
         """What an earlier incarnation stored: (what it learned or None, its open sessions)."""
