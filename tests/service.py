@@ -8,29 +8,28 @@ from ray import serve
 
 from actors.global_scheduler import SCHEDULER_NAME
 from bench.stock_server import free_port
-from deployments.app import AgentIngress
+from deployments.app import AgentIngress, ingress_actor_options
+from runtime.serving.config import ServeSettings
 
 
-def deploy(settings: dict, env: dict | None = None, replicas: int = 1, resources: dict | None = None) -> None:
-    """(Re)deploy the ingress with `settings` (ServeSettings fields), `env` set in its `replicas` replicas, each
-    needing `resources` (custom Ray resources: pin it to a node)."""
-    options = {"num_cpus": 0, **({"runtime_env": {"env_vars": env}} if env else {}),
-               **({"resources": resources} if resources else {})}
+def deploy(settings: dict, env: dict | None = None, replicas: int = 1) -> None:
+    """(Re)deploy the ingress with `settings` (ServeSettings fields; its replicas placed as `ingress_resources`
+    says), `env` set in its `replicas` replicas."""
+    options = ingress_actor_options(ServeSettings(**settings), replica_env=env)
     serve.run(AgentIngress.options(ray_actor_options=options, num_replicas=replicas).bind(settings),
               name="agentriver", route_prefix="/")
 
 
 @contextlib.contextmanager
-def local_service(settings: dict, address: str | None = None, ingress_resources: dict | None = None):
+def local_service(settings: dict, address: str | None = None):
     """Yields the service's base URL; shuts down the scheduler (and its engines), Serve and Ray afterwards. Ray is
-    started here, or joined at `address` (a multi-node cluster the caller started; Serve's proxy on its head, the
-    ingress where `ingress_resources` are)."""
+    started here, or joined at `address` (a multi-node cluster the caller started; Serve's proxy on its head)."""
     port = free_port()
     ray.init(address=address, include_dashboard=None if address else False, log_to_driver=False,
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1"}})
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
     try:
-        deploy(settings, resources=ingress_resources)
+        deploy(settings)
         yield f"http://127.0.0.1:{port}"
     finally:
         with contextlib.suppress(ValueError):  # no scheduler: the deployment never started

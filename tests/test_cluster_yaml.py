@@ -24,6 +24,11 @@ def test_serve_config_passes_serves_schema_and_our_settings(tiny_model):
     assert app["import_path"] == "deployments.app:build_app"
     settings = ServeSettings(**{**app["args"], "model": str(tiny_model)})  # the cluster's model path is remote
     assert settings.engine_num_gpus == 1 and settings.engines >= 1
+    # every resource the service asks for is one that cluster.yaml's nodes offer: engines on workers, the
+    # scheduler and the ingress on the head
+    nodes = yaml.safe_load((ROOT / "cluster.yaml").read_text())["available_node_types"]
+    assert set(settings.engine_resources) <= set(nodes["worker_gpu"]["resources"])
+    assert set(settings.scheduler_resources) | set(settings.ingress_resources) <= set(nodes["head_cpu"]["resources"])
 
 
 def test_cluster_yaml_starts_the_serve_app_on_the_head():

@@ -86,6 +86,9 @@ class ServeSettings(BaseModel):
     # worker node never takes the scheduler along with that node's engine (it would restart, but calls whose engine
     # died with it wait for both).
     scheduler_resources: dict[str, float] = Field(default_factory=dict)
+    # The same for each ingress replica (the HTTP front end): pinned with the scheduler, a lost worker node never
+    # takes the replica that holds open streams along with it.
+    ingress_resources: dict[str, float] = Field(default_factory=dict)
     engine: EngineSettings = EngineSettings()
     policy: str = "astraea"
     max_queue: int = Field(default=1024, ge=1)  # ready segments cluster-wide before 429

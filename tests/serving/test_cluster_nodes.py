@@ -29,10 +29,10 @@ def svc(tiny_model):
                                                             "resources": {HEAD: 1}})
     workers = [cluster.add_node(num_cpus=1, resources=ENGINE_SLOT) for _ in range(2)]
     settings = ServeSettings(model=str(tiny_model), engines=2, engine_resources=ENGINE_SLOT,
-                             scheduler_resources={HEAD: 0.01},
+                             scheduler_resources={HEAD: 0.01}, ingress_resources={HEAD: 0.01},
                              engine={"max_model_len": 1024, "max_num_seqs": 16, "host_swap_blocks": 64})
     try:
-        with local_service(settings.model_dump(), address=cluster.address, ingress_resources={HEAD: 0.01}) as url:
+        with local_service(settings.model_dump(), address=cluster.address) as url:
             yield {"url": url, "cluster": cluster, "workers": workers}
     finally:
         cluster.shutdown()
