@@ -78,7 +78,7 @@ bench-river-headroom: $(STAMP)  ## where content-specific SR pays off (scales, m
 	$(TARGETS)
 
 bench-river: $(STAMP) models/small/config.json  ## the committed River benchmarks (real Freedoom video), ~3 h on 2 cores
-	$(PY) -m bench.river --wad freedoom2 --maps MAP01,MAP02,MAP03 --segments 12 --seeds 0,1,2 --out bench/results/river.json
+	$(PY) -m bench.river --wad freedoom2 --maps MAP01,MAP02,MAP03 --segments 24 --seeds 0,1,2 --out bench/results/river.json
 	# the same on the other game's maps, which no default was chosen on
 	$(PY) -m bench.river --wad freedoom1 --maps E1M1,E2M1,E4M1 --segments 12 --seeds 0,1,2 \
 		--out bench/results/river_freedoom1.json
