@@ -90,11 +90,11 @@ class SimulatedEngine:
         self._blocked = False
         self._blocked_head: Job | None = None
         self._new_ready: list[Job] = []
-        # Sort keys of waiting jobs, for policies whose keys are static (`Policy.key_is_static`): computed once per
-        # wait (dropped at admission), dropped when a waiting job's KV changes, all dropped when the predictor's
-        # version moves. The enqueue
-        # number breaks ties as the ready list's order does, so the order is the one `Policy.order` gives.
-        self._keys: dict[Job, tuple] = {}
+        # Wait keys of waiting jobs (`Policy.wait_key`): computed once per wait (dropped at admission), dropped when
+        # a waiting job's KV changes, all dropped when the predictor's version moves. Where the policy's rank is
+        # the wait key alone (`Policy.key_is_static`), each is kept with the job's enqueue number, which breaks
+        # ties as the ready list's order does, so the order is the one `Policy.order` gives.
+        self._keys: dict[Job, object] = {}
         self._keys_version = -1
         self._enqueued: dict[Job, int] = {}
         self._enqueue_count = 0
@@ -147,19 +147,24 @@ class SimulatedEngine:
         self._new_ready.append(job)
         self._enqueued[job] = self._enqueue_count = self._enqueue_count + 1
 
+    def _wait_key(self, job: Job):
+        """The policy's wait key of a waiting `job`, kept for as long as it stays valid (see `_keys`)."""
+        key = self._keys.get(job)
+        if key is None:
+            key = self._keys[job] = self.policy.wait_key(job)
+        return key
+
     def _in_order(self, cands: list[Job]) -> list[Job]:
         """`cands` in the policy's order (see `_keys`)."""
-        policy = self.policy
-        if not policy.key_is_static:
-            return policy.order(cands, self.now)
-        keys = self._keys
         if self._keys_version != self.pred.version:
-            keys.clear()
+            self._keys.clear()
             self._keys_version = self.pred.version
-        key, now, enqueued = policy.key, self.now, self._enqueued
-        for job in cands:
+        if not self.policy.key_is_static:
+            return self.policy.order(cands, self.now, self._wait_key)
+        keys, wait_key, enqueued = self._keys, self.policy.wait_key, self._enqueued
+        for job in cands:  # kept with the enqueue number: the whole sort key, built once per wait
             if job not in keys:
-                keys[job] = (key(job, now), enqueued[job])
+                keys[job] = (wait_key(job), enqueued[job])
         return sorted(cands, key=keys.__getitem__)
 
     # ------------------------------------------------------------------------------------------ cluster
@@ -307,20 +312,22 @@ class SimulatedEngine:
         may_evict = self.policy.evicts_for_admission or not self.running
         reserved = self._reserved_blocks()
         blocked_head = None
+        bs, owned = self.bs, self.pool.owned
         for job in self._in_order(cands):
             if budget <= 0 or len(self.running) + self.swapping_in >= max_seqs:
                 blocked_head = blocked_head or job
                 break
             if job.kv is KVState.SWAPPING_OUT:
                 continue  # its blocks are still in flight; it becomes admissible when the swap-out lands
-            need = blocks_for(job.resume_tokens + 1, self.bs) - self.pool.owned.get(job.job_id, 0)
+            total = blocks_for(job.resume_tokens + 1, bs)
+            need = total - owned.get(job.job_id, 0)
             if need + reserved > self.pool.free and (exhausted or not may_evict):
                 blocked_head = blocked_head or job
                 if self.policy.packs and self.pool.free > reserved:
                     continue
                 break
             growth = self.policy.growth_tokens(job)
-            extra = blocks_for(job.resume_tokens + 1 + growth, self.bs) - blocks_for(job.resume_tokens + 1, self.bs)
+            extra = blocks_for(job.resume_tokens + 1 + growth, bs) - total
             if need + extra + reserved > self.pool.free:
                 # Idle KV is given up for new work only by policies that manage it that way - or when
                 # nothing runs at all, since waiting then could only deadlock.

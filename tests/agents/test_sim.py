@@ -67,11 +67,11 @@ def test_invariants_under_memory_pressure(policy, small_profile):
     assert inv.steps > 0
 
 
-@pytest.mark.parametrize("policy", [name for name, cls in POLICIES.items() if cls.key_is_static])
-def test_kept_sort_keys_give_the_policys_own_order(policy, small_profile, monkeypatch):
-    """An engine keeps a waiting job's sort key while its KV and the predictor do not change (the policy says its
-    key is static): the simulation is the same, job for job, as with every key recomputed at every pass. Memory
-    pressure makes waiting jobs' KV move (evictions, swaps) and the online estimator moves the predictor."""
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_kept_wait_keys_give_the_policys_own_order(policy, small_profile, monkeypatch):
+    """An engine keeps a waiting job's wait key while its KV and the predictor do not change: the simulation is
+    the same, job for job, as with every key recomputed at every pass by the policy's own `order`. Memory pressure
+    makes waiting jobs' KV move (evictions, swaps) and the online estimator moves the predictor."""
     table = generate("infercept", 60, 20.0, seed=3)
     jobs = [j for j in jobs_from_table(table) if sum(s.prompt_tokens + s.output_tokens for s in j.segments) < 4000]
     keep = {j.job_id for j in jobs}
@@ -79,7 +79,7 @@ def test_kept_sort_keys_give_the_policys_own_order(policy, small_profile, monkey
     for estimator in ("oracle", "online"):
         kept = simulate(jobs_from_table(table), small_profile, policy, output_estimator=estimator)
         with monkeypatch.context() as m:
-            m.setattr(POLICIES[policy], "key_is_static", False)
+            m.setattr(SimulatedEngine, "_in_order", lambda engine, cands: engine.policy.order(cands, engine.now))
             recomputed = simulate(jobs_from_table(table), small_profile, policy, output_estimator=estimator)
         assert [j.finish_s for j in kept.jobs] == [j.finish_s for j in recomputed.jobs]
         assert kept.engines == recomputed.engines

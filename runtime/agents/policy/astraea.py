@@ -114,24 +114,25 @@ class Astraea(AstraeaKV):
             t += self.pred.api_s(job.current.api_category)
         return max(t, 1e-6)
 
-    def response_ratio(self, job, now) -> float:
-        t = self.t_proc(job)
-        return (job.waited_now(now) + t) / t
+    def wait_key(self, job):
+        return self.t_proc(job), self._not_started(job)
 
-    def order(self, ready, now):
+    def order(self, ready, now, wait_key=None):
+        wk = wait_key or self.wait_key
         lowest = self.cfg.num_queues - 1
         keyed = []
         for i, j in enumerate(ready):
-            t = self.t_proc(j)
+            t, not_started = wk(j)
             rr = (j.waited_now(now) + t) / t
             if j.level == lowest and lowest > 0 and rr > self.cfg.aging_ratio:
                 j.level = 0
-            keyed.append((j.level, self._not_started(j), -rr, t, j.arrival_s, i, j))  # i: ties keep ready's order
+            keyed.append((j.level, not_started, -rr, t, j.arrival_s, i, j))  # i: ties keep ready's order
         keyed.sort()
         return [k[6] for k in keyed]
 
-    def key(self, job, now):
-        return (job.level, self._not_started(job), -self.response_ratio(job, now), self.t_proc(job), job.arrival_s)
+    def rank(self, job, now, wait_key):
+        t, not_started = wait_key(job)
+        return (job.level, not_started, -(job.waited_now(now) + t) / t, t, job.arrival_s)
 
     @staticmethod
     def _not_started(job) -> bool:

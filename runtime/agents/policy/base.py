@@ -36,9 +36,8 @@ class Policy:
     name = "base"
     packs = False  # vLLM stops at the first waiting request that does not fit; packing policies skip it
     evicts_for_admission = False  # may evict idle (preserved) KV to admit ready work
-    # `key` reads only the job's own state and the predictor (never `now`, never other jobs): a waiting job's key
-    # then changes only when its KV does or the predictor's version moves, so an engine may keep it until then
-    # instead of recomputing every waiting job's key at every admission pass.
+    # The rank is the wait key alone (see `wait_key`): it never reads the clock, so a waiting job's rank changes
+    # only when its wait key does.
     key_is_static = False
 
     def __init__(self, ctx: PolicyContext):
@@ -46,12 +45,26 @@ class Policy:
         self.profile = ctx.profile
 
     # ------------------------------------------------------------------------------ ordering
-    def key(self, job: Job, now: float):
-        """Sort key of a ready job; smaller runs first."""
+    def wait_key(self, job: Job):
+        """The part of a ready job's rank that stays fixed while it waits: it reads only the job's own state and
+        the predictor (never the clock, never other jobs), so it changes only when the job's KV does or the
+        predictor's version moves. An engine computes it once per wait instead of at every admission pass, where
+        an overloaded queue of hundreds of jobs is re-ranked at every segment end."""
         raise NotImplementedError
 
-    def order(self, ready: list[Job], now: float) -> list[Job]:
-        return sorted(ready, key=lambda j: self.key(j, now))
+    def rank(self, job: Job, now: float, wait_key: Callable[[Job], object]):
+        """Sort key of a ready job, smaller first, from the clock and `wait_key(job)` (asked only where the rank
+        needs it). Static policies: the wait key."""
+        return wait_key(job)
+
+    def key(self, job: Job, now: float):
+        return self.rank(job, now, self.wait_key)
+
+    def order(self, ready: list[Job], now: float, wait_key: Callable[[Job], object] | None = None) -> list[Job]:
+        """`ready` in admission order (a stable sort: ties keep `ready`'s order). `wait_key`: the caller's memo of
+        `self.wait_key` (an engine keeps it for as long as each job waits)."""
+        wk = wait_key or self.wait_key
+        return sorted(ready, key=lambda j: self.rank(j, now, wk))
 
     # ------------------------------------------------------------------------------ lifecycle hooks
     def on_ready(self, job: Job, now: float) -> None:

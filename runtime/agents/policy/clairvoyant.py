@@ -49,7 +49,7 @@ class Clairvoyant(AstraeaKV):
         mean = sum(later) / len(later) if later else 0.0
         return work + (self.pred.remaining_segments(job) - 1) * mean
 
-    def key(self, job, now):
+    def wait_key(self, job):
         return (self.remaining_work_s(job), job.arrival_s)
 
     def tool_s(self, job) -> float:

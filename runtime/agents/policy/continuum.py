@@ -41,7 +41,7 @@ class Continuum(Policy):
         self._wait_mean = 0.0
         self._wait_n = 0
 
-    def key(self, job, now):
+    def wait_key(self, job):
         rank = 0 if job.preempted else (1 if job.kv is KVState.PRESERVED else 2)
         return (rank, job.arrival_s)
 

@@ -8,5 +8,5 @@ class Fcfs(Policy):
     name = "fcfs"
     key_is_static = True
 
-    def key(self, job, now):
+    def wait_key(self, job):
         return (not job.preempted, job.ready_since)

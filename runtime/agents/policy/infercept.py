@@ -14,7 +14,7 @@ class InferCept(Policy):
     key_is_static = True
     evicts_for_admission = True
 
-    def key(self, job, now):
+    def wait_key(self, job):
         return (not job.preempted, job.arrival_s)
 
     def _waste(self, job, t_int, view):

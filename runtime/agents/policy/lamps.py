@@ -63,9 +63,13 @@ class Lamps(InferCept):
                                 self.pred.recompute_s(held))
         return score
 
-    def key(self, job, now):
-        starving = now - job.ready_since >= self.cfg.starvation_s
-        return (not starving, job.ready_since if starving else self.memory_time(job), job.arrival_s)
+    def wait_key(self, job):
+        return self.memory_time(job)
+
+    def rank(self, job, now, wait_key):
+        if now - job.ready_since >= self.cfg.starvation_s:  # starving: oldest first, before every ranked one
+            return (False, job.ready_since, job.arrival_s)
+        return (True, wait_key(job), job.arrival_s)
 
     def growth_tokens(self, job):
         return max(int(round(self.pred.output_tokens(job))) - job.seg_generated, 0)

@@ -31,8 +31,10 @@ class Plas(Policy):
     def _bin(self, attained_s: float) -> int:
         return bisect_right(self.cfg.thresholds_s, attained_s)
 
-    def key(self, job, now):
-        t_call = self.per_state(job, "compute_s", self.pred.compute_s)
+    def wait_key(self, job):
+        return self.per_state(job, "compute_s", self.pred.compute_s), self._bin(job.attained_s)
+
+    def rank(self, job, now, wait_key):
+        t_call, level = wait_key(job)
         starving = job.waited_now(now) / max(job.attained_s + t_call, 1e-6) >= self.cfg.beta
-        level = 0 if starving else self._bin(job.attained_s)
-        return (level, job.ready_since)
+        return (0 if starving else level, job.ready_since)

@@ -7,7 +7,7 @@ class Sjf(Policy):
     name = "sjf"
     key_is_static = True
 
-    def key(self, job, now):
+    def wait_key(self, job):
         return self.per_state(job, "sjf_key", self._service_s)
 
     def _service_s(self, job):
