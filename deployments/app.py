@@ -65,15 +65,14 @@ def build_app(args: dict) -> serve.Application:
     runs (`AGENTRIVER_API_KEY`) travels to the ingress replicas, which are the processes that check it, also when
     they start on another node of an existing cluster."""
     settings = ServeSettings(**(args or {}))
-    options = ingress_actor_options(settings, os.environ.get(API_KEY_ENV))
+    key = os.environ.get(API_KEY_ENV)
+    options = ingress_actor_options(settings, {API_KEY_ENV: key} if key else None)
     return AgentIngress.options(ray_actor_options=options).bind(settings.model_dump())
 
 
-def ingress_actor_options(settings: ServeSettings, api_key: str | None = None, replica_env: dict | None = None
-                          ) -> dict:
+def ingress_actor_options(settings: ServeSettings, env: dict | None = None) -> dict:
     """Ray options of each ingress replica: no CPU (it only waits on the scheduler and engines), the node it is
-    pinned to (`ingress_resources`), and environment variables it must see (the API key)."""
-    env = {**(replica_env or {}), **({API_KEY_ENV: api_key} if api_key else {})}
+    pinned to (`ingress_resources`), and environment variables it must see (`env`: the API key)."""
     return {"num_cpus": 0, **({"runtime_env": {"env_vars": env}} if env else {}),
             **({"resources": dict(settings.ingress_resources)} if settings.ingress_resources else {})}
 

@@ -15,7 +15,7 @@ from runtime.serving.config import ServeSettings
 def deploy(settings: dict, env: dict | None = None, replicas: int = 1) -> None:
     """(Re)deploy the ingress with `settings` (ServeSettings fields; its replicas placed as `ingress_resources`
     says), `env` set in its `replicas` replicas."""
-    options = ingress_actor_options(ServeSettings(**settings), replica_env=env)
+    options = ingress_actor_options(ServeSettings(**settings), env)
     serve.run(AgentIngress.options(ray_actor_options=options, num_replicas=replicas).bind(settings),
               name="agentriver", route_prefix="/")
 
