@@ -308,7 +308,8 @@ class RiverSession:
         self.collect()
         d = self.play("evaluated", pair)
         self.decisions.append({"segment": pair.segment_id, "model": d.model_id, "voted": d.voted_id,
-                               "vote_share": d.vote_share, "gain_db": d.gain_db, "finetune": d.finetune_scheduled})
+                               "vote_share": d.vote_share, "gain_db": d.gain_db, "finetune": d.finetune_scheduled,
+                               "contenders": list(d.contenders)})
         self.lookup_ms.append(d.lookup_ms / len(pair.lr))
         return self.river.model(d.model_id)
 

@@ -3,7 +3,7 @@
 Per frame, every edge-rich patch outside the game's overlay (HUD; learned by `OverlayMask` from the stream) finds
 its nearest key (one FAISS search for the whole segment); the frame votes for the model most of its patches
 found, and the segment uses the model most frames voted for (clients should not switch models within a segment),
-or the model the session already plays if its frames gave it nearly as many votes (`Lookup.keeping`).
+or a model the session's client already holds if its frames gave it nearly as many votes (`Lookup.keeping`).
 The game server has the 720p frames, so the quality gate measures the chosen model's PSNR gain over the generic
 model (which every client has) on a few sampled frames. The gate is off the segment's path: it runs on a
 `GateRunner` (a Ray worker in the service, a bounded number of checks at once; a check that finds them all busy
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
 from typing import Protocol
@@ -56,16 +57,34 @@ class Lookup:
     features: np.ndarray  # the segment's patch features (they key a fine-tune of it)
     frame_votes: dict[int, int] = field(default_factory=dict)  # model id -> frames that voted for it
 
-    def keeping(self, current: int | None, share: float) -> Lookup:
-        """This lookup with `current` (the model the client holds) as its choice when at least `share` times as
-        many frames voted for it as for the winner: frame votes between near-equal models are noise, and a switch
-        costs the client a download."""
-        if current is None or current == self.model_id or not self.frame_votes:
+    def keeping(self, held: Sequence[int], share: float) -> Lookup:
+        """This lookup with a model the client already holds as its choice when at least `share` times as many
+        frames voted for it as for the winner: frame votes between near-equal models are noise, and a switch to a
+        model the client does not hold costs it a download. `held`: the client's models in order of preference,
+        the one it plays first (kept over every other), then those sent ahead of need (the one with the most
+        votes among them)."""
+        if not held or not self.frame_votes:
             return self
-        votes, best = self.frame_votes.get(current, 0), self.frame_votes[self.model_id]
-        if votes == 0 or votes < share * best:
+        best = self.frame_votes[self.model_id]
+        near = [m for m in held if self.frame_votes.get(m, 0) >= max(share * best, 1)]
+        if held[0] in near:
+            choice = held[0]  # the model it plays: no switch at all
+        elif not near or self.model_id in held:
             return self
-        return replace(self, model_id=current, vote_share=self.vote_share * votes / best)
+        else:
+            choice = max(near, key=lambda m: self.frame_votes[m])
+        if choice == self.model_id:
+            return self
+        return replace(self, model_id=choice, vote_share=self.vote_share * self.frame_votes[choice] / best)
+
+    def contenders(self, share: float) -> list[int]:
+        """Models other than the choice that got at least `share` times the winner's frame votes, most votes
+        first: the segment's near-equal alternatives, which the next segment of the same content may well choose."""
+        if not self.frame_votes:
+            return []
+        floor = share * max(self.frame_votes.values())
+        return [m for m, v in sorted(self.frame_votes.items(), key=lambda kv: (-kv[1], kv[0]))
+                if m != self.model_id and v >= floor]
 
 
 def lookup(store: ModelStore, lr: np.ndarray, overlay: np.ndarray | None = None,
@@ -154,15 +173,16 @@ class GateConfig:
     # later and is trained then).
     max_checks: int = 4
     max_finetunes: int = 4
-    # A session keeps the model it holds while its segment's frames vote for it at least this share of the
-    # winner's votes (1.0: only on a tie). Stored models of one game are near-equal on most of its content (on
-    # bench.river's sessions a player switched among 5-7 models almost every segment, each within ~0.2 dB of
-    # the others), so the winner of a split vote is not measurably better; the gate still checks the kept model.
-    keep_current_votes: float = 0.5
+    # A session keeps the model it plays, or takes one it was sent ahead of need, while its segment's frames
+    # vote for it at least this share of the winner's votes (1.0: only on a tie). Stored models of one game are
+    # near-equal on most of its content (on bench.river's sessions a player switched among 5-7 models almost
+    # every segment, each within ~0.2 dB of the others), so the winner of a split vote is not measurably better
+    # and a model the client lacks costs a download; the gate still checks the model chosen.
+    keep_held_votes: float = 0.5
 
     def __post_init__(self) -> None:
-        if not 0 < self.keep_current_votes <= 1:
-            raise ValueError(f"GateConfig: keep_current_votes must be in (0, 1], got {self.keep_current_votes}")
+        if not 0 < self.keep_held_votes <= 1:
+            raise ValueError(f"GateConfig: keep_held_votes must be in (0, 1], got {self.keep_held_votes}")
         if self.sample_frames < 1 or self.keys_per_model < 1 or not 0 < self.same_content <= 1:
             raise ValueError("GateConfig: sample_frames >= 1, keys_per_model >= 1, same_content in (0, 1]")
         if self.max_checks < 1 or self.max_finetunes < 1:
@@ -188,10 +208,13 @@ class Decision:
     # The segment's lookup features: what prefetching matches later models against. Not part of the answer a
     # client gets (`answer()`).
     features: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32), repr=False, compare=False)
+    # The segment's near-equal alternatives (`Lookup.contenders`): what prefetching sends ahead. Not part of the
+    # answer either.
+    contenders: tuple[int, ...] = field(default=(), compare=False)
 
     def answer(self) -> dict:
-        """The decision as the HTTP API returns it: every field but the features."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "features"}
+        """The decision as the HTTP API returns it: every field but the features and the contenders."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("features", "contenders")}
 
 
 @dataclass
@@ -252,10 +275,11 @@ class OnlineRiver:
 
     # ------------------------------------------------------------------------------------------ segments
     def process(self, segment_id: str, lr: np.ndarray, hr: np.ndarray, hr_index: list[int] | None = None,
-                game: str = "game", current: int | None = None) -> Decision:
+                game: str = "game", held: Sequence[int] = ()) -> Decision:
         """Choose the model for one segment of `game`. `hr`: the server's ground truth, of every frame of `lr`, or
-        of the frames `hr_index` names (a game server sends a few sampled frames). `current`: the model the
-        session's client plays now, kept if enough frames vote for it (`GateConfig.keep_current_votes`)."""
+        of the frames `hr_index` names (a game server sends a few sampled frames). `held`: the models the
+        session's client holds, the one it plays first, preferred while enough frames vote for them
+        (`GateConfig.keep_held_votes`)."""
         check_frames(lr, "lr")
         check_frames(hr, "hr")
         scale = self.scale
@@ -275,13 +299,14 @@ class OnlineRiver:
             paired = lr[list(hr_index)]
         overlay = self.overlays.setdefault(game, OverlayMask())
         overlay.update(lr)
-        found = lookup(self.store, lr, overlay.positions()).keeping(current, self.gate.keep_current_votes)
+        found = lookup(self.store, lr, overlay.positions()).keeping(held, self.gate.keep_held_votes)
         t0 = time.perf_counter()
         gate, scheduled = self._check(segment_id, found, paired, hr)
         scheduled = segment_id in self._apply_checks() or scheduled
         use, gain = self._choice(found.model_id)
         return Decision(segment_id, use, found.model_id, found.vote_share, gain, gate, scheduled, found.ms,
-                        (time.perf_counter() - t0) * 1e3, found.features)
+                        (time.perf_counter() - t0) * 1e3, found.features,
+                        tuple(found.contenders(self.gate.keep_held_votes)))
 
     def _check(self, segment_id: str, found: Lookup, paired: np.ndarray, hr: np.ndarray) -> tuple[str, bool]:
         """Submit the segment's quality check unless `max_checks` are in flight. With no model voted there is

@@ -149,22 +149,28 @@ def test_a_session_keeps_its_model_while_its_frames_still_vote_for_it(pairs, tmp
 
     split = lookup(store, mixed(6)[0])
     assert (split.model_id, split.frame_votes) == (1, {1: 6, 2: 3})
-    kept = split.keeping(2, 0.5)
+    kept = split.keeping([2], 0.5)
     assert (kept.model_id, kept.vote_share) == (2, pytest.approx(3 / 9))
-    assert split.keeping(2, 0.6).model_id == 1 and split.keeping(None, 0.5) is split
+    assert split.keeping([2], 0.6).model_id == 1 and split.keeping([], 0.5) is split
+    assert split.keeping([0, 2], 0.5).model_id == 2  # plays the generic model, was sent model 2: takes it
+    assert split.keeping([0, 2, 1], 0.5) is split  # the winner is held too
+    assert split.contenders(0.5) == [2] and kept.contenders(0.5) == [1] and split.contenders(0.6) == []
 
     trainer, gate = LocalTrainer(), HeldGate()  # held checks: answers use the recorded gains
     sessions = RiverSessions(OnlineRiver(store, generic, trainer, checks=gate, gate=GateConfig(max_checks=16)))
     try:
         assert sessions.process("b", "freedoom2", "b-0", pairs[3].lr, pairs[3].hr).model_id == 2
-        for k, new_session, holder in ((6, 1, 2), (8, 1, 1)):
+        # A new session was sent the game's most used model (2) ahead: on the 6:3 split it takes that one.
+        for k, new_session, holder in ((6, 2, 2), (8, 1, 1)):
             lr, hr = mixed(k)
             assert sessions.process(f"a{k}", "freedoom2", f"a-{k}", lr, hr).model_id == new_session
             assert sessions.process("b", "freedoom2", f"b-{k}", lr, hr).model_id == holder
-        assert sessions.prefetch.current("b") == 1 and sessions.prefetch.current("nobody") is None
-        assert sessions.prefetch.lookups == 2 and sessions.prefetch.hits >= 1  # b kept model 2 once: a hit
+        assert sessions.prefetch.held("b", "freedoom2")[0] == 1
+        assert sessions.prefetch.held("nobody", "freedoom2") == [0, 2, 1]  # generic, then the most used
+        # b kept model 2 (a hit), then switched to model 1, the runner-up of its split segment, sent ahead: a hit
+        assert (sessions.prefetch.lookups, sessions.prefetch.hits) == (2, 2)
     finally:
         gate.release.set()
         trainer.shutdown()
-    with pytest.raises(ValueError, match="keep_current_votes"):
-        GateConfig(keep_current_votes=0)
+    with pytest.raises(ValueError, match="keep_held_votes"):
+        GateConfig(keep_held_votes=0)

@@ -47,4 +47,19 @@ def test_a_new_model_is_offered_to_the_sessions_playing_its_content():
     assert tracker.next_models("a")[0] == 5 and 5 not in tracker.next_models("b")
     assert tracker.use("a", "g", 5, corridor) is True  # never used before, yet prefetched: a hit
     assert 5 not in tracker.next_models("a")  # in use now: nothing to send
-    assert tracker.popular("g")[0] == 0 and tracker.popular("unseen") == []  # for a session not seen yet
+    assert tracker.popular("g") == [5] and tracker.popular("unseen") == []  # for a session not seen yet
+    assert tracker.held("a", "g") == [5, *tracker.next_models("a")] and tracker.held("new", "g") == [0, 5]
+
+
+def test_contenders_are_sent_ahead_and_the_generic_model_is_never_sent():
+    """A segment whose vote split between models 4 and 6 (4 chosen) sends 6 ahead of the learned transitions; the
+    generic model (0) ships with every client: never predicted, and using it needs no fetch."""
+    tracker = PrefetchTracker(k=2)
+    for m in (1, 0, 1, 2):
+        tracker.use("s", "g", m)
+    assert 0 not in tracker.model.predict("g", 1, 3)
+    tracker.use("s", "g", 4, contenders=[6, 0])
+    assert tracker.next_models("s")[0] == 6 and 0 not in tracker.next_models("s")
+    hits = tracker.hits
+    assert tracker.use("s", "g", 6) is True and tracker.use("s", "g", 0) is True
+    assert tracker.hits == hits + 2
