@@ -4,7 +4,8 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 EXTRAS  ?= dev,cpu
 
-.PHONY: install run serve test bench bench-real bench-http bench-vs-vllm bench-river bench-river-headroom bench-load lint model clean
+.PHONY: install run serve test bench bench-real bench-http bench-vs-vllm bench-river bench-river-headroom bench-load \
+	bench-control-plane lint model clean
 
 $(STAMP):
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -37,7 +38,8 @@ bench: $(STAMP)  ## the committed simulator benchmarks (bench/results/) and the 
 
 # every committed result checked against its targets (bench/results/README.md); globbed when the recipe runs
 TARGETS = $(PY) -m bench.targets bench/results/jct_*.json bench/results/river*.json \
-	$(wildcard bench/results/service_load.json bench/results/vs_vllm_server.json bench/results/peers.json)
+	$(wildcard bench/results/service_load.json bench/results/vs_vllm_server.json bench/results/peers.json \
+		bench/results/control_plane.json)
 
 REAL := HF_HUB_OFFLINE=1 $(PY) -m bench.jct_real --model small --seeds 0 --kv-blocks 256
 bench-real: $(STAMP) models/small/config.json  ## the committed real-vLLM (CPU) benchmarks, ~35 min on 2 cores
@@ -64,6 +66,11 @@ bench-vs-vllm: $(STAMP) models/small/config.json  ## vLLM's own server vs the dr
 	HF_HUB_OFFLINE=1 $(PY) -m bench.vs_vllm_server --trace build/traces/infercept16.parquet --model small \
 		--pressures 0.5,2,4 --loads 1,4 --notool-load 4 --tool-time-scale 0.1 --max-model-len 4096 \
 		--out bench/results/vs_vllm_server.json
+	$(TARGETS)
+
+bench-control-plane: $(STAMP) models/small/config.json  ## the scheduler actor alone: 1,000 simulated engines, ~8 min
+	$(PY) -m bench.control_plane --model small --engines 1000 --sessions 100000 --concurrency 16,64,256 \
+		--duration 20 --out bench/results/control_plane.json
 	$(TARGETS)
 
 bench-load: $(STAMP) models/small/config.json  ## the served API under a concurrency sweep to 4x its queue bound, ~4 min

@@ -5,11 +5,12 @@ caller until its segment is granted, and watch the engines (a second each: their
 a dead one stops getting work, a restarted one rejoins, idle sessions expire, and what each engine really runs is
 reconciled with the grants).
 
-Back-pressure: a caller `submit`s (answered at once: a ticket, or QueueFull / SessionBusy / NoEngine) and then
-parks in `wait` until its segment is granted. Only queued and retried segments park, and `submit` refuses beyond
-`max_queue`, so at most `max_queue` + one retry per engine sequence slot calls are parked at any time. The actor's
-concurrency limit is set above that sum by construction (`scheduler_concurrency`), which leaves `finish`, `cancel`
-and the views room to run however many callers wait: a burst can be refused, never wedge the scheduler.
+Back-pressure: a caller `acquire`s under a ticket it names (refused at once: QueueFull / SessionBusy / NoEngine;
+else parked until its segment is granted or `within_s` passes, then it `wait`s again). Only queued and retried
+segments park, and `acquire` refuses beyond `max_queue`, so at most `max_queue` + one retry per engine sequence
+slot calls are parked at any time. The actor's concurrency limit is set above that sum by construction
+(`scheduler_concurrency`), which leaves `finish`, `cancel` and the views room to run however many callers wait: a
+burst can be refused, never wedge the scheduler.
 
 Failure: Ray restarts the actor (`max_restarts`) and re-sends the calls that were in flight or arrive meanwhile
 (`max_task_retries`), so callers see a delay, not an error. Every call is safe to repeat: a ticket is named by its
@@ -43,7 +44,7 @@ STATS_TIMEOUT_S = 5.0  # an engine that takes longer to say how it is gets no ne
 # never started it this long after it was granted (runtime.serving.dispatch.Dispatcher.reconcile).
 END_GRACE_S = 2 * MONITOR_S
 START_GRACE_S = 30.0
-CONTROL_SLOTS = 256  # concurrent calls left for submit/finish/cancel/views when every parked caller waits
+CONTROL_SLOTS = 256  # concurrent calls left for acquire/finish/cancel/views when every parked caller waits
 
 
 def scheduler_concurrency(settings: ServeSettings) -> int:
@@ -72,14 +73,16 @@ def engine_handle(s: ServeSettings, index: int):
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class GlobalScheduler:
-    def __init__(self, settings: dict):
+    def __init__(self, settings: dict, engines: list | None = None):
+        """`engines`: handles to plan with instead of the engine actors, each answering `info`, `stats`,
+        `release`, `abort` and `shutdown` as `EngineActor` does (a simulated fleet: bench.control_plane)."""
         self.settings = s = ServeSettings(**settings)
-        self.engines = [engine_handle(s, i) for i in range(s.engines)]
+        self.engines = engines if engines is not None else [engine_handle(s, i) for i in range(s.engines)]
         self.d: Dispatcher | None = None
         self.journal: SchedulerJournal | None = None
         self.waiters: dict[str, asyncio.Future] = {}
         self.metrics = SchedulerMetrics()
-        self.kv_seq = [0] * s.engines  # per engine: the last KV change its report said
+        self.kv_seq = [0] * len(self.engines)  # per engine: the last KV change its report said
         self._starting: asyncio.Future | None = None
         self._monitor_task: asyncio.Task | None = None
 
@@ -98,7 +101,7 @@ class GlobalScheduler:
         """A restarted scheduler takes back what its journal holds, and plans with the engines' shapes stored
         there (an engine that died meanwhile, perhaps with its node, could not answer; the first poll marks it
         down). A fresh one clears the journal and asks each engine its shape."""
-        journal = SchedulerJournal(self.settings.namespace)
+        journal = SchedulerJournal(self.settings.namespace, self.metrics.journal_write)
         learned, sessions = None, []
         if ray.get_runtime_context().was_current_actor_reconstructed:
             learned, sessions = await journal.load()
@@ -116,15 +119,17 @@ class GlobalScheduler:
         self._monitor_task = asyncio.get_running_loop().create_task(self._monitor())
 
     # ------------------------------------------------------------------------------------------ segments
-    async def submit(self, session_id: str, prompt_tokens: int, max_tokens: int, tool_category: str = "",
-                     kv_action: str = "", last: bool = False, ticket: str | None = None) -> str:
-        """Queue a segment; answers at once with its ticket (or QueueFull, SessionBusy, NoEngine, ValueError).
-        The caller then `wait`s for the grant, and `cancel`s the ticket if it gives up. A caller that names the
-        ticket may repeat the call."""
+    async def acquire(self, ticket: str, session_id: str, prompt_tokens: int, max_tokens: int,
+                      tool_category: str = "", kv_action: str = "", last: bool = False,
+                      within_s: float | None = None) -> Grant | None:
+        """Queue a segment under the caller's `ticket` and wait for its grant as `wait` does (None: `within_s`
+        passed; the caller `wait`s again, or `cancel`s the ticket if it gives up). Refused at once with QueueFull,
+        SessionBusy, NoEngine or ValueError. One call and one journal write for a segment an engine has room for
+        (the common case: the ready queue is empty); safe to repeat, as the ticket is the caller's."""
         await self._started()
-        ticket = self.d.submit(session_id, prompt_tokens, max_tokens, tool_category, kv_action, last, ticket)
-        await self.journal.sync()
-        return ticket
+        self.d.submit(session_id, prompt_tokens, max_tokens, tool_category, kv_action, last, ticket)
+        self._dispatch()
+        return await self.wait(ticket, within_s)
 
     async def wait(self, ticket: str, within_s: float | None = None) -> Grant | None:
         """The grant of a submitted segment, once an engine has room for it (again, if asked again); None when
@@ -146,6 +151,7 @@ class GlobalScheduler:
                 raise
             if not done:
                 self.waiters.pop(ticket, None)
+                await self.journal.sync()  # the caller asks again for a ticket it was told is queued
                 return None
             if fut.cancelled():  # given up meanwhile (by `cancel`)
                 raise UnknownTicket(ticket)

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import time
 
+from prometheus_client import Histogram
 from ray.experimental.internal_kv import internal_kv_get_gcs_client
 
 from runtime.serving.dispatch import Dispatcher, SessionCheckpoint
@@ -27,8 +29,10 @@ GET_BATCH = 1000  # keys per read when a restarted scheduler loads its sessions
 
 
 class SchedulerJournal:
-    def __init__(self, namespace: str):
+    def __init__(self, namespace: str, write_seconds: Histogram | None = None):
+        """`write_seconds`: observes each group write's duration (the cost every changing call waits for)."""
         self.gcs = internal_kv_get_gcs_client()
+        self.write_seconds = write_seconds
         self.namespace = f"agentriver-scheduler/{namespace}".encode()
         self.d: Dispatcher | None = None
         self._waiting: list[asyncio.Future] = []
@@ -52,6 +56,10 @@ class SchedulerJournal:
         while self._waiting:
             waiting, self._waiting = self._waiting, []
             changes = self.d.take_changes()  # taken with the waiters, so it holds every change they made
+            if not changes:  # a caller that changed nothing only waited for the writes before it
+                self._done(waiting)
+                continue
+            started = time.perf_counter()
             blobs = {SESSION + sid.encode(): None if cp is None else pickle.dumps(cp) for sid, cp in changes.items()}
             try:
                 await asyncio.gather(*(self.gcs.async_internal_kv_put(k, v, True, self.namespace) if v is not None
@@ -63,10 +71,16 @@ class SchedulerJournal:
                     if not f.done():
                         f.set_exception(e)
                 continue
-            self.wrote_sessions = self.wrote_sessions or bool(blobs)
-            for f in waiting:
-                if not f.done():
-                    f.set_result(None)
+            if self.write_seconds is not None:
+                self.write_seconds.observe(time.perf_counter() - started)
+            self.wrote_sessions = True
+            self._done(waiting)
+
+    @staticmethod
+    def _done(waiting: list[asyncio.Future]) -> None:
+        for f in waiting:
+            if not f.done():
+                f.set_result(None)
 
     async def save_learned(self, learned: object) -> None:
         self.wrote_sessions = False  # before the write: sessions written meanwhile ask for the next one

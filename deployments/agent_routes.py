@@ -138,11 +138,11 @@ class AgentRoutes:
     async def _acquire(self, session: str, prompt_tokens: int, budget: int, tool_category: str, one_shot: bool):
         """Queue the segment and wait for its engine. A caller that goes away while waiting (client disconnect,
         error) gives its ticket back, so nothing is granted to nobody. The ticket is named here, so the scheduler
-        can take a re-sent submit for the one it already queued."""
+        can take a re-sent acquire for the one it already queued."""
         ticket = f"{session}/{uuid.uuid4().hex}"
         try:
-            await ask(self.scheduler.submit.remote(session, prompt_tokens, budget, tool_category, "", one_shot,
-                                                   ticket))
+            grant = await ask(self.scheduler.acquire.remote(ticket, session, prompt_tokens, budget, tool_category, "",
+                                                            one_shot, WAIT_POLL_S), WAIT_POLL_S + SCHEDULER_DEADLINE_S)
         except QueueFull as e:
             refusal = api_error(e)
             self._full = (time.monotonic() + SHED_S, refusal)
@@ -150,7 +150,7 @@ class AgentRoutes:
         except BaseException:
             fire_and_forget(lambda: self.scheduler.cancel.remote(ticket))
             raise
-        return await self._wait(ticket)
+        return grant if grant is not None else await self._wait(ticket)
 
     async def _wait(self, ticket: str):
         try:

@@ -24,6 +24,7 @@ per engine (`take_releases`); the scheduler actor sends them.
 
 from __future__ import annotations
 
+import bisect
 import time
 import uuid
 from collections import Counter
@@ -154,20 +155,30 @@ class EngineLedger:
         self.index, self.info, self._d = index, info, dispatcher
         self.alive = True
         self.inflight: dict[str, tuple[int, float, float]] = {}  # ticket -> (KV blocks, predicted s, granted at)
-        self.held: dict[str, int] = {}  # job id -> blocks of its KV kept here while it waits
-        self._reserved = 0  # running sums of `inflight`: read at every pull, so not re-added each time
+        self.held: dict[str, int] = {}  # job id -> blocks of its KV kept here while it waits (change: `hold`)
+        # running sums of `inflight` and `held`: read at every pull (a thousand engines per grant), so not re-added
+        self._reserved = 0
         self._backlog_s = 0.0
+        self._held = 0
 
     def start(self, ticket: str, blocks: int, predicted_s: float, granted_at: float) -> None:
         self.inflight[ticket] = (blocks, predicted_s, granted_at)
         self._reserved += blocks
         self._backlog_s += predicted_s
+        self._d.reorder(self)
 
     def end(self, ticket: str) -> None:
         entry = self.inflight.pop(ticket, None)
         if entry is not None:
             self._reserved -= entry[0]
-            self._backlog_s -= entry[1]
+            self._backlog_s -= entry[1] if self.inflight else self._backlog_s  # idle: exactly 0, no float residue
+            self._d.reorder(self)
+
+    def hold(self, job_id: str, blocks: int) -> None:
+        """The job's KV stays here while it waits (`blocks` = 0: no longer)."""
+        self._held += blocks - self.held.pop(job_id, 0)
+        if blocks:
+            self.held[job_id] = blocks
 
     @property
     def now(self) -> float:
@@ -178,7 +189,7 @@ class EngineLedger:
             return 0, 0
         blocks = self.info.kv_blocks - self._reserved
         if not (self._d.policy.evicts_for_admission or not self.inflight):
-            blocks -= sum(self.held.values())  # kept KV is given up for new work only by policies that evict
+            blocks -= self._held  # kept KV is given up for new work only by policies that evict
         return blocks, self.info.max_num_seqs - len(self.inflight)
 
     def backlog_s(self) -> float:
@@ -192,7 +203,7 @@ class EngineLedger:
         kept = Counter(self._d.jobs[j].kv.value for j in self.held if j in self._d.jobs)
         return {"name": self.info.name, "alive": self.alive, "running": len(self.inflight),
                 "kv_blocks": self.info.kv_blocks, "kv_blocks_reserved": self._reserved,
-                "kv_blocks_held": sum(self.held.values()), "paused_by_kv": dict(kept)}
+                "kv_blocks_held": self._held, "paused_by_kv": dict(kept)}
 
 
 @dataclass
@@ -236,7 +247,11 @@ class Dispatcher:
         profile = first.profile()
         self.bs = first.block_size
         self.releases: dict[int, dict[str, float]] = {}  # engine -> {job id: arrival} to release there
+        self._by_backlog: list[tuple[float, int]] = []  # alive engines as (backlog, index), kept sorted
+        self._backlog_key: dict[int, tuple[float, int]] = {}
         self.engines = [EngineLedger(i, info, self) for i, info in enumerate(self.engines_info)]
+        for eng in self.engines:
+            self.reorder(eng)
         pred = Predictor(profile.cost, output_estimator=ONLINE, max_len=self.max_model_len)
         self._learn_with(pred, make_policy(self.policy_name, PolicyContext(pred, profile), self.policy_config))
 
@@ -291,16 +306,30 @@ class Dispatcher:
         return ticket
 
     def grant(self) -> list[Grant]:
-        """Segments to start now: engines pull one at a time, least predicted backlog first, while any fits."""
+        """Segments to start now: engines pull one at a time, least predicted backlog first (as each round began),
+        while any fits."""
         grants: list[Grant] = []
         progress = True
         while progress and len(self.queue):
             progress = False
-            for eng in sorted((e for e in self.engines if e.alive), key=lambda e: (e.backlog_s(), e.index)):
+            for _, index in list(self._by_backlog):
+                if not len(self.queue):
+                    break
+                eng = self.engines[index]
                 for job in self.queue.pull(eng, limit=1):
                     grants.append(self._start(self.queued.pop(job.job_id), eng))
                     progress = True
         return grants
+
+    def reorder(self, eng: EngineLedger) -> None:
+        """Keep `eng` at its place in the backlog order (called when its backlog or liveness changed): sorting a
+        thousand engines at every grant would cost more than the grant."""
+        old = self._backlog_key.pop(eng.index, None)
+        if old is not None:
+            del self._by_backlog[bisect.bisect_left(self._by_backlog, old)]
+        if eng.alive:
+            key = self._backlog_key[eng.index] = (eng.backlog_s(), eng.index)
+            bisect.insort(self._by_backlog, key)
 
     def _start(self, p: _Pending, eng: EngineLedger) -> Grant:
         now = self.clock()
@@ -310,9 +339,9 @@ class Dispatcher:
             self._release(job)
         old = self.life.moved(job, eng.index)
         if old is not None:
-            self.engines[old].held.pop(job.job_id, None)
+            self.engines[old].hold(job.job_id, 0)
             self.life.kv_kept(job, KVState.NONE, 0)
-        eng.held.pop(job.job_id, None)  # the segment takes over what was kept for it
+        eng.hold(job.job_id, 0)  # the segment takes over what was kept for it
         p.engine = eng.index
         p.slot = (blocks_for(job.input_tokens + p.max_tokens, self.bs), self.pred.compute_s(job), now)
         eng.start(p.ticket, *p.slot)
@@ -349,7 +378,7 @@ class Dispatcher:
             self.ended_on_engine.add(job.job_id)
         self.life.kv_kept(job, KVState(outcome.kv_state), outcome.kv_tokens)
         if job.kv is KVState.PRESERVED:
-            eng.held[job.job_id] = blocks_for(outcome.kv_tokens, self.bs)
+            eng.hold(job.job_id, blocks_for(outcome.kv_tokens, self.bs))
         rec = self.records[job.job_id][-1]
         rec.output_tokens, rec.service_s = outcome.output_tokens, outcome.service_s
         rec.queued_s += outcome.queued_s
@@ -454,7 +483,7 @@ class Dispatcher:
     def _forget(self, session_id: str) -> None:
         job = self.jobs.pop(session_id)
         self.changed.add(session_id)
-        self.engines[job.engine].held.pop(session_id, None)
+        self.engines[job.engine].hold(session_id, 0)
         if session_id in self.ended_on_engine:
             self.ended_on_engine.discard(session_id)
         elif self.records.get(session_id):  # a segment ran: its engine holds state for the job
@@ -492,16 +521,18 @@ class Dispatcher:
     def engine_down(self, index: int) -> None:
         eng = self.engines[index]
         eng.alive = False
-        for job_id in eng.held:
+        self.reorder(eng)
+        for job_id in list(eng.held):
             job = self.jobs.get(job_id)
             if job is not None and job.engine == index:
                 job.kv, job.kv_tokens = KVState.NONE, 0
                 self.changed.add(job_id)
-        eng.held.clear()
+            eng.hold(job_id, 0)
 
     def engine_up(self, index: int, info: EngineShape) -> None:
         eng = self.engines[index]
         eng.info, eng.alive = info, True
+        self.reorder(eng)
 
     def engine_kv_changes(self, index: int, changes: list[tuple]) -> None:
         """Changes engine `index` made on its own to KV it kept for waiting jobs (job, the segment whose tool call
@@ -514,10 +545,7 @@ class Dispatcher:
                 continue
             self.life.kv_kept(job, KVState(state), tokens)
             self.changed.add(job_id)
-            if job.kv is KVState.PRESERVED:
-                eng.held[job_id] = blocks_for(tokens, self.bs)
-            else:
-                eng.held.pop(job_id, None)
+            eng.hold(job_id, blocks_for(tokens, self.bs) if job.kv is KVState.PRESERVED else 0)
 
     # ------------------------------------------------------------------------------------------ checkpoint
     def take_changes(self) -> dict[str, SessionCheckpoint | None]:
@@ -554,7 +582,7 @@ class Dispatcher:
                 self.ended_on_engine.add(sid)
             granted = p is not None and p.engine >= 0
             if job.kv is KVState.PRESERVED and not granted and job.engine < len(self.engines):
-                self.engines[job.engine].held[sid] = blocks_for(job.kv_tokens, self.bs)
+                self.engines[job.engine].hold(sid, blocks_for(job.kv_tokens, self.bs))
             if p is None:
                 continue
             self.pending[p.ticket] = self.current[sid] = p

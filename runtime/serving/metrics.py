@@ -8,6 +8,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120, 300)
 JCT_BUCKETS = (0.5, 1, 2, 5, 10, 20, 60, 120, 300, 600, 1800)
+WRITE_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.5)
 
 
 class EngineCollector:
@@ -49,6 +50,9 @@ class SchedulerMetrics:
                                 buckets=LATENCY_BUCKETS, registry=self.registry)
         self.jct = Histogram("agentriver_job_completion_seconds", "Job completion time of closed sessions",
                              buckets=JCT_BUCKETS, registry=self.registry)
+        self.journal_write = Histogram("agentriver_scheduler_journal_write_seconds",
+                                       "One group write of changed sessions to the scheduler's checkpoint",
+                                       buckets=WRITE_BUCKETS, registry=self.registry)
         self.engines = EngineCollector()
         self.registry.register(self.engines)
 

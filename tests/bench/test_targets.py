@@ -100,3 +100,15 @@ def test_river_client_and_stream_verdicts(tmp_path):
                         "within 0.3)"
     assert misses[1] == "river_stream: stalls 10% of segments (target <= 5%)"
     assert targets._checker(json.loads(client.read_text()))[0] is targets.check_river_client
+
+
+def test_control_plane_verdicts(tmp_path):
+    level = {"concurrency": 64, "segments_per_s": 2500.0, "added_ms": {"p50": 2.0, "p99": 7.5}}
+    path = tmp_path / "control_plane.json"
+    data = {"meta": {"command": "cmd"}, "open_sessions": 100, "levels": [level, {**level, "concurrency": 16,
+                                                                                  "segments_per_s": 900.0}]}
+    path.write_text(json.dumps(data))
+    assert targets._checker(data)[0] is targets.check_control_plane  # not bench.service_load's, which has levels too
+    lines, misses = targets.check_control_plane(path)
+    assert lines[0] == "PASS segments/s >= 2000 (best level: 64 callers): 2500.0"
+    assert misses == ["control_plane: p99 added latency <= 5.0 ms at that level: 7.5"]

@@ -343,3 +343,33 @@ def test_a_submit_naming_another_sessions_ticket_is_refused():
     d.submit("a", 10, 4, ticket="t")
     with pytest.raises(ValueError, match="ticket"):
         d.submit("b", 10, 4, ticket="t")
+
+
+def test_engines_pull_least_backlog_first_and_kept_kv_sums_follow_every_change():
+    """The dispatcher keeps the engines' backlog order and each engine's kept-KV total as grants start and end
+    (a thousand engines are not re-sorted or re-summed per grant): both must equal a fresh computation."""
+    d, clock = make(n=5, blocks=256, seqs=8)
+    tickets = {}
+    for i in range(12):
+        tickets[f"s{i}"] = d.submit(f"s{i}", 100 + 50 * i, 16)
+        d.grant()
+    for i, (sid, t) in enumerate(tickets.items()):
+        clock.t += 0.5
+        d.finish(t, SegmentOutcome(16, 0.2, kv_state=("preserved", "swapped", "discarded")[i % 3], kv_tokens=300))
+        if i % 4 == 0:
+            d.close(sid)
+    d.engine_down(3)
+    for eng in d.engines:
+        assert eng._held == sum(eng.held.values())
+        assert eng.view()["kv_blocks_held"] == sum(eng.held.values())
+    alive = sorted((e.backlog_s(), e.index) for e in d.engines if e.alive)
+    assert d._by_backlog == alive and 3 not in [i for _, i in d._by_backlog]
+    d.engine_up(3, d.engines[3].info)
+    busy = d.submit("busy", 400, 64)  # one engine gets a backlog; the next job goes to the least loaded other
+    [first] = d.grant()
+    assert d._by_backlog[-1] == (d.engines[first.engine].backlog_s(), first.engine)
+    d.submit("new", 100, 16)
+    least = min((e.backlog_s(), e.index) for e in d.engines)[1]
+    [g] = d.grant()
+    assert g.engine == least
+    assert g.engine != first.engine and busy in d.engines[first.engine].inflight
