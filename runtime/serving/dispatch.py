@@ -171,7 +171,8 @@ class EngineLedger:
         entry = self.inflight.pop(ticket, None)
         if entry is not None:
             self._reserved -= entry[0]
-            self._backlog_s -= entry[1] if self.inflight else self._backlog_s  # idle: exactly 0, no float residue
+            # an idle engine's backlog is exactly 0: float residue would order idle engines by rounding error
+            self._backlog_s = self._backlog_s - entry[1] if self.inflight else 0.0
             self._d.reorder(self)
 
     def hold(self, job_id: str, blocks: int) -> None:
