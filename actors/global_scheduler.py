@@ -3,7 +3,7 @@
 It wraps `runtime.serving.dispatch.Dispatcher` with what only an actor can do: create the engine actors, park each
 caller until its segment is granted, and watch the engines (a second each: their KV state feeds the dispatcher,
 a dead one stops getting work, a restarted one rejoins, idle sessions expire, and what each engine really runs is
-reconciled with the grants).
+reconciled with the grants; a fleet of more than WATCH_PER_S engines is asked in turns).
 
 Back-pressure: a caller `acquire`s under a ticket it names (refused at once: QueueFull / SessionBusy / NoEngine;
 else parked until its segment is granted or `within_s` passes, then it `wait`s again). Only queued and retried
@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import math
 import os
 from dataclasses import asdict
 
@@ -39,6 +41,14 @@ from runtime.serving.metrics import SchedulerMetrics
 log = logging.getLogger(__name__)
 SCHEDULER_NAME = "agentriver-scheduler"
 MONITOR_S = 1.0
+# The engine watch asks at most this many engines per second for their report: each ask is a Ray call that costs the
+# scheduler as much as a caller's, so a fleet of 1,000 asked every second halved what callers got
+# (bench.control_plane). A large fleet is asked in turns, each engine at least every WATCH_PERIOD_MAX_S: within the
+# time an engine remembers a segment it finished (actors.engine_actor.FINISHED_KEEP_S, 10 s), so no grant whose
+# `finish` never came goes unnoticed. An engine that dies under a segment is known at once anyway, from the caller
+# whose stream broke (`retry`).
+WATCH_PER_S = 200
+WATCH_PERIOD_MAX_S = 5.0
 STATS_TIMEOUT_S = 5.0  # an engine that takes longer to say how it is gets no new work until it answers
 # A grant is abandoned when its segment ended on the engine this long ago without a `finish`, or when the engine
 # never started it this long after it was granted (runtime.serving.dispatch.Dispatcher.reconcile).
@@ -50,6 +60,13 @@ CONTROL_SLOTS = 256  # concurrent calls left for acquire/finish/cancel/views whe
 def scheduler_concurrency(settings: ServeSettings) -> int:
     """The actor's max_concurrency: every call that can park (queued + retried segments) plus room for control."""
     return settings.max_queue + settings.engines * settings.engine.max_num_seqs + CONTROL_SLOTS
+
+
+def watched(engines: int, tick: int) -> range:
+    """The engines the watch asks at its `tick`-th round: all of a fleet up to WATCH_PER_S, else every k-th, in
+    turns, with k as small as keeps to WATCH_PER_S and no larger than WATCH_PERIOD_MAX_S allows."""
+    turns = max(1, min(math.ceil(engines / WATCH_PER_S), int(WATCH_PERIOD_MAX_S / MONITOR_S)))
+    return range(tick % turns, engines, turns)
 
 
 def engine_name(index: int) -> str:
@@ -254,9 +271,9 @@ class GlobalScheduler:
 
     # ------------------------------------------------------------------------------------------ engines
     async def _monitor(self) -> None:
-        while True:
+        for tick in itertools.count():
             await asyncio.sleep(MONITOR_S)
-            await asyncio.gather(*(self._check(i) for i in range(len(self.engines))))
+            await asyncio.gather(*(self._check(i) for i in watched(len(self.engines), tick)))
             for done in self.d.expire(self.settings.session_idle_s):
                 self.metrics.jct.observe(done.jct_s)
             for index, jobs in self.d.take_releases().items():

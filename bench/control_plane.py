@@ -15,8 +15,11 @@ the model's limit is closed and opened anew, so `--sessions` stay open.
 
 Measured per level: segments per second (acquire + finish pairs), the latency each call adds as its caller sees
 it (p50, p99; acquire + finish is what the control plane adds to a segment), and the journal's group writes (the
-scheduler's own histogram, `agentriver_scheduler_journal_write_seconds`). Targets (bench.targets, issue 18):
->= 2,000 segments/s with p99 added latency <= 5 ms, at 1,000 engines and 100,000 sessions.
+scheduler's own histogram, `agentriver_scheduler_journal_write_seconds`). The same callers then call a `BareActor`
+whose `acquire` and `finish` do nothing: what two Ray actor calls per segment cost on this machine, the ceiling
+any scheduler actor reached this way has (the figure that says whether a target is the scheduler's to meet).
+Targets (bench.targets, issue 18): >= 2,000 segments/s with p99 added latency <= 5 ms, at 1,000 engines and
+100,000 sessions.
 """
 
 from __future__ import annotations
@@ -97,6 +100,20 @@ class SimulatedFleet:
 
     def count(self) -> int:
         return self.calls
+
+
+@ray.remote(num_cpus=0)
+class BareActor:
+    """A scheduler that does nothing: the ceiling of two actor calls per segment, with the same arguments."""
+
+    async def acquire(self, *args) -> bool:
+        return True
+
+    async def finish(self, *args) -> bool:
+        return True
+
+    async def close(self, *args) -> None:
+        return None
 
 
 class _FleetCall:
@@ -193,30 +210,38 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-async def run_levels(args, scheduler, sessions: Sessions, fleet) -> list[dict]:
+async def drive(sessions: Sessions, concurrency: int, duration: float) -> dict:
+    """`concurrency` callers moving sessions on for `duration` s: segments/s and each call's added latency."""
+    sessions.acquire_ms.clear()
+    sessions.finish_ms.clear()
+    start = time.perf_counter()
+    counts = await asyncio.gather(*(sessions.caller(start + duration) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - start
+    added = [a + f for a, f in zip(sessions.acquire_ms, sessions.finish_ms, strict=True)]
+    return {"segments": sum(counts), "seconds": elapsed, "segments_per_s": sum(counts) / elapsed,
+            "acquire_ms": {"p50": _pct(sessions.acquire_ms, 50), "p99": _pct(sessions.acquire_ms, 99)},
+            "finish_ms": {"p50": _pct(sessions.finish_ms, 50), "p99": _pct(sessions.finish_ms, 99)},
+            "added_ms": {"p50": _pct(added, 50), "p99": _pct(added, 99)}}
+
+
+async def run_levels(args, scheduler, sessions: Sessions, fleet, bare: dict[int, dict]) -> list[dict]:
+    """Each level against the scheduler, with the bare actor's figures at that level (`bare`, by callers)."""
     levels = []
     for concurrency in args.levels:
-        sessions.acquire_ms.clear()
-        sessions.finish_ms.clear()
         before = journal_writes(await scheduler.metrics_text.remote())
         fleet_before = await fleet.count.remote()
-        start = time.perf_counter()
-        counts = await asyncio.gather(*(sessions.caller(start + args.duration) for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
+        level = {"concurrency": concurrency, **await drive(sessions, concurrency, args.duration)}
         after = journal_writes(await scheduler.metrics_text.remote())
-        added = [a + f for a, f in zip(sessions.acquire_ms, sessions.finish_ms, strict=True)]
         writes = after["count"] - before["count"]
-        level = {"concurrency": concurrency, "segments": sum(counts), "seconds": elapsed,
-                 "segments_per_s": sum(counts) / elapsed,
-                 "acquire_ms": {"p50": _pct(sessions.acquire_ms, 50), "p99": _pct(sessions.acquire_ms, 99)},
-                 "finish_ms": {"p50": _pct(sessions.finish_ms, 50), "p99": _pct(sessions.finish_ms, 99)},
-                 "added_ms": {"p50": _pct(added, 50), "p99": _pct(added, 99)},
-                 "journal_writes_per_s": writes / elapsed,
-                 "journal_write_ms_mean": (after["sum_s"] - before["sum_s"]) / writes * 1e3 if writes else 0.0,
-                 "engine_calls_per_s": (await fleet.count.remote() - fleet_before) / elapsed}
+        level.update(journal_writes_per_s=writes / level["seconds"],
+                     journal_write_ms_mean=(after["sum_s"] - before["sum_s"]) / writes * 1e3 if writes else 0.0,
+                     engine_calls_per_s=(await fleet.count.remote() - fleet_before) / level["seconds"])
+        level["bare"] = bare[concurrency]
         levels.append(level)
         print(f"{concurrency} callers: {level['segments_per_s']:.0f} segments/s, added p50 "
-              f"{level['added_ms']['p50']:.1f} ms, p99 {level['added_ms']['p99']:.1f} ms", file=sys.stderr)
+              f"{level['added_ms']['p50']:.1f} ms, p99 {level['added_ms']['p99']:.1f} ms (bare actor: "
+              f"{level['bare']['segments_per_s']:.0f} segments/s, p99 {level['bare']['added_ms']['p99']:.1f} ms)",
+              file=sys.stderr)
     return levels
 
 
@@ -226,6 +251,10 @@ async def measure(args) -> dict:
                              engine=EngineSettings(max_num_seqs=args.max_num_seqs))
     from actors.global_scheduler import SCHEDULER_NAME, GlobalScheduler, scheduler_concurrency
 
+    actor = BareActor.options(max_concurrency=scheduler_concurrency(settings)).remote()
+    callers = Sessions(actor, args.sessions, settings.engine.max_model_len, random.Random(args.seed))
+    bare = {c: await drive(callers, c, args.duration) for c in tqdm(args.levels, desc="bare actor", file=sys.stderr)}
+    ray.kill(actor)  # measured first, alone: the scheduler's engine watch would take CPU from it
     shape = EngineShape("sim-engine", args.kv_blocks, 16, args.max_num_seqs, settings.engine.max_model_len)
     fleet = SimulatedFleet.remote(shape)
     engines = [FleetEngine(fleet, i) for i in range(args.engines)]
@@ -239,7 +268,7 @@ async def measure(args) -> dict:
     t0 = time.perf_counter()
     await open_sessions(sessions, max(args.levels))
     open_s = time.perf_counter() - t0
-    levels = await run_levels(args, scheduler, sessions, fleet)
+    levels = await run_levels(args, scheduler, sessions, fleet, bare)
     described = await scheduler.describe.remote()
     ray.kill(scheduler, no_restart=True)  # not `shutdown`: that stops engine actors, and these are simulated
     return {"ready_s": ready_s, "open_s": open_s, "open_sessions": described["sessions"], "levels": levels}
@@ -260,13 +289,15 @@ def markdown(data: dict) -> str:
             f"was ready in {data['ready_s']:.1f} s and the sessions opened in {data['open_s']:.0f} s. "
             f"Machine: {m['machine']}.", "",
             "| callers | segments/s | acquire p50 / p99 ms | finish p50 / p99 ms | added p50 / p99 ms "
-            "| journal writes/s | ms per write | engine calls/s |",
-            "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "| journal writes/s | ms per write | engine calls/s | bare actor: segments/s | bare: added p50 / p99 ms |",
+            "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for lv in data["levels"]:
         rows.append(f"| {lv['concurrency']} | {lv['segments_per_s']:.0f} | {lv['acquire_ms']['p50']:.2f} / "
                     f"{lv['acquire_ms']['p99']:.2f} | {lv['finish_ms']['p50']:.2f} / {lv['finish_ms']['p99']:.2f} | "
                     f"{lv['added_ms']['p50']:.2f} / {lv['added_ms']['p99']:.2f} | {lv['journal_writes_per_s']:.0f} "
-                    f"| {lv['journal_write_ms_mean']:.2f} | {lv['engine_calls_per_s']:.0f} |")
+                    f"| {lv['journal_write_ms_mean']:.2f} | {lv['engine_calls_per_s']:.0f} "
+                    f"| {lv['bare']['segments_per_s']:.0f} | {lv['bare']['added_ms']['p50']:.2f} / "
+                    f"{lv['bare']['added_ms']['p99']:.2f} |")
     rows += ["", "| target | measured | met |", "|---|---:|:---:|"]
     rows += [f"| {t['name']} | {t['value']:.1f} | {'yes' if t['met'] else 'NO'} |" for t in data["targets"]]
     return "\n".join(rows) + "\n"
@@ -281,7 +312,8 @@ def plot(data: dict, stem: Path) -> None:
     levels = data["levels"]
     x = [lv["concurrency"] for lv in levels]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
-    a.plot(x, [lv["segments_per_s"] for lv in levels], "o-")
+    a.plot(x, [lv["segments_per_s"] for lv in levels], "o-", label="scheduler")
+    a.plot(x, [lv["bare"]["segments_per_s"] for lv in levels], "s:", label="bare actor (Ray calls only)")
     a.axhline(TARGET_SEGMENTS_PER_S, ls="--", c="gray", label="target")
     a.set(xlabel="concurrent callers", ylabel="segments/s", xscale="log", title="throughput")
     a.legend()

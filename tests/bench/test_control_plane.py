@@ -1,5 +1,6 @@
 """bench.control_plane end to end, small: the real GlobalScheduler actor on a local Ray planning for a simulated
-fleet (one actor answering for every engine), sessions opened, then a level of callers."""
+fleet (one actor answering for every engine), sessions opened, then a level of callers; the same callers against an
+actor that does nothing first."""
 
 import json
 import subprocess
@@ -22,4 +23,5 @@ def test_the_scheduler_serves_a_simulated_fleet(tiny_model, tmp_path):
     assert 0 < level["added_ms"]["p50"] <= level["added_ms"]["p99"]
     assert level["journal_writes_per_s"] > 0 and level["journal_write_ms_mean"] > 0
     assert level["engine_calls_per_s"] > 0  # the scheduler watched the simulated engines
+    assert level["bare"]["segments"] > 0 and level["bare"]["added_ms"]["p99"] > 0  # the Ray-call ceiling, measured
     assert [t["met"] for t in data["targets"]] and out.with_suffix(".png").exists()

@@ -338,6 +338,32 @@ def test_a_restarted_dispatcher_restores_its_sessions_and_decides_as_before():
     assert any(isinstance(g, Grant) and g.session_id == "s1" for g in expected)
 
 
+def test_expiry_follows_each_sessions_latest_tool_call_also_after_a_restore():
+    """`expire` reads only the sessions longest in a tool call: one back from its tool and in a new call, or whose
+    segment was withdrawn, counts its idle time from then, and a restored dispatcher keeps that order."""
+    d, clock = make()
+    store = Store()
+
+    def segment(sid: str, prompt: int) -> None:
+        t = d.submit(sid, prompt, 4)
+        d.grant()
+        d.finish(t, SegmentOutcome(4, 0.1))
+        clock.t += 10.0
+
+    for sid in ("a", "b", "c"):
+        segment(sid, 10)  # tool calls start at 0, 10, 20 s
+    segment("a", 20)  # a's second call starts at 30 s
+    d.cancel(d.submit("b", 20, 4))  # b's next segment withdrawn at 40 s: idle from then
+    store.save(d)
+    clock.t += 25.0  # 65 s: c (45 s idle) past a 40 s limit, a (35 s) and b (25 s) not
+    assert [f.session_id for f in d.expire(40.0)] == ["c"]
+    r = store.restored(clock)
+    assert [f.session_id for f in r.expire(40.0)] == ["c"]
+    clock.t += 10.0
+    assert [f.session_id for f in r.expire(40.0)] == ["a"] == [f.session_id for f in d.expire(40.0)]
+    assert set(d.jobs) == set(r.jobs) == {"b"}
+
+
 def test_a_submit_naming_another_sessions_ticket_is_refused():
     d, _ = make()
     d.submit("a", 10, 4, ticket="t")
