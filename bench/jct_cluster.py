@@ -11,6 +11,9 @@ Every arrangement runs the same trace on N engines of the Llama-3-8B/H100 profil
 - `global+astraea`: one cluster ready queue in Astraea's order, pulled under admission control, KV-home
   stickiness decided by cost (`runtime.agents.cluster.GlobalQueue`, which the GlobalScheduler actor runs).
 The trace's rate grows with N (`--rates-per-engine` jobs/s per engine), so every N sees the same load per engine.
+`--fleet mixed`: every second engine an A100 (`LLAMA3_8B_A100`: same KV room, steps 1.7-3x slower), the fleet a
+cluster grown over hardware generations has; the policies plan in H100 time, each engine's backlog scaled by its
+own slowness.
 
 The decision cost is measured on the real dispatcher (`runtime.serving.dispatch.Dispatcher`, what the actor
 runs): with `--ready` segments waiting and every engine full, one segment finishes and `grant()` picks the next:
@@ -30,7 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.output import command_line, save_figure, write_results
-from runtime.agents.costmodel import LLAMA3_8B_H100
+from runtime.agents.costmodel import LLAMA3_8B_A100, LLAMA3_8B_H100
 from runtime.agents.metrics import summarize
 from runtime.agents.sim import simulate
 from runtime.agents.trace import generate, jobs_from_table
@@ -41,6 +44,7 @@ ARRANGEMENTS = {"rr+astraea": ("round_robin", "astraea"), "ll+astraea": ("least_
                 "autellix+plas": ("autellix", "plas"), "autellix+astraea": ("autellix", "astraea"),
                 "global+astraea": ("global", "astraea")}
 PER_ENGINE = ("rr+astraea", "ll+astraea", "autellix+plas", "autellix+astraea")
+FLEETS = {"h100": (LLAMA3_8B_H100,), "mixed": (LLAMA3_8B_H100, LLAMA3_8B_A100)}  # engine i is kinds[i % len]
 RATES = {"swe": 1.0, "infercept": 10.0, "bfcl": 8.0}  # jobs/s per engine: the loaded regime of bench.jct_sim
 
 
@@ -52,6 +56,7 @@ def parse_args(argv):
     p.add_argument("--jobs-per-engine", type=int, default=60)
     p.add_argument("--rates-per-engine", default="", help="mix=rate,... (default: swe=1,infercept=10,bfcl=8)")
     p.add_argument("--arrangements", default=",".join(ARRANGEMENTS))
+    p.add_argument("--fleet", default="h100", choices=sorted(FLEETS), help="the engines' hardware")
     p.add_argument("--seeds", default="0")
     p.add_argument("--ready", type=int, default=10_000, help="waiting segments for the decision-cost test")
     p.add_argument("--dispatches", type=int, default=200)
@@ -78,7 +83,9 @@ def run_sweep(a) -> list[dict]:
         table = generate(mix, a.jobs_per_engine * n, a.rates[mix] * n, seed)
         placement, policy = ARRANGEMENTS[arr]
         t0 = time.perf_counter()
-        res = simulate(jobs_from_table(table), LLAMA3_8B_H100, policy, engines=n, placement=placement)
+        kinds = FLEETS[a.fleet]
+        res = simulate(jobs_from_table(table), LLAMA3_8B_H100, policy, engines=n, placement=placement,
+                       fleet=[kinds[i % len(kinds)] for i in range(n)])
         row = summarize(res, load=a.rates[mix], seed=seed)
         row.update(mix=mix, engines=n, arrangement=arr, sim_wall_s=time.perf_counter() - t0)
         rows.append(row)
@@ -115,14 +122,16 @@ def decision_cost(ready: int, dispatches: int, engines: int = 64, seed: int = 0)
 
 
 def markdown(data: dict) -> str:
-    lines = [f"Command: `{data['meta']['command']}`", "",
-             "| mix | engines | arrangement | jobs | avg JCT (s) | p99 (s) | avg / best per-engine | preemptions | "
-             "recompute frac | sim wall (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    fleet = " + ".join(p.name for p in FLEETS[data["meta"].get("fleet", "h100")])
+    lines = [f"Command: `{data['meta']['command']}`", "", f"Engines: {fleet} (alternating).", "",
+             "| mix | engines | seed | arrangement | jobs | avg JCT (s) | p99 (s) | avg / best per-engine "
+             "| preemptions | recompute frac | sim wall (s) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     rows = data["rows"]
     for r in sorted(rows, key=lambda r: (r["mix"], r["engines"], r["seed"], r["arrangement"])):
         best = min((x["avg_jct_s"] for x in rows if x["mix"] == r["mix"] and x["engines"] == r["engines"]
                     and x["seed"] == r["seed"] and x["arrangement"] in PER_ENGINE), default=float("nan"))
-        lines.append(f"| {r['mix']} | {r['engines']} | {r['arrangement']} | {r['jobs']} | {r['avg_jct_s']:.2f} | "
+        lines.append(f"| {r['mix']} | {r['engines']} | {r['seed']} | {r['arrangement']} | {r['jobs']} | "
+                     f"{r['avg_jct_s']:.2f} | "
                      f"{r['p99_jct_s']:.2f} | {r['avg_jct_s'] / best:.3f} | {r['preemptions']} | "
                      f"{r['recompute_frac']:.3f} | {r['sim_wall_s']:.1f} |")
     c = data["decision_cost"]
@@ -150,7 +159,8 @@ def plot(data: dict, stem: Path) -> None:
         ax.bar(np.arange(len(groups)) + k * width, ys, width, label=arr)
     ax.set_xticks(np.arange(len(groups)) + width * (len(arrs) - 1) / 2, [f"{m}\n{n} engines" for m, n in groups])
     ax.set_ylabel("average JCT (s)")
-    ax.set_title("Cluster arrangements (simulated, Llama-3-8B / H100)")
+    kinds = FLEETS[data["meta"].get("fleet", "h100")]
+    ax.set_title(f"Cluster arrangements (simulated, {' + '.join(p.name for p in kinds)})")
     ax.legend(fontsize=7)
     save_figure(fig, stem)
 
@@ -160,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_sweep(a)
     cost = decision_cost(a.ready, a.dispatches)
     data = {"meta": {"command": command_line("bench.jct_cluster", argv), "profile": LLAMA3_8B_H100.name,
-                     "rates_per_engine": a.rates}, "rows": rows, "decision_cost": cost}
+                     "fleet": a.fleet, "rates_per_engine": a.rates}, "rows": rows, "decision_cost": cost}
     print(write_results(a.out, data, markdown, plot))
     return 0
 

@@ -115,6 +115,20 @@ LLAMA3_8B_H100 = DeploymentProfile(
     source="roofline: H100 SXM 3.35 TB/s HBM, 989 TFLOPS bf16; efficiencies 80%/50%/70%/40%",
 )
 
+# The same model on one A100 SXM 80 GB (2.04 TB/s HBM, 312 TFLOPS bf16), with the H100 profile's efficiencies: the
+# older nodes of a mixed fleet (bench.jct_cluster --fleet mixed). Same memory, so the same KV room; each step
+# ~1.7x (decode) to ~3x (prefill) slower.
+_A100_HBM = 2.04e12
+_A100_BF16 = 312e12
+LLAMA3_8B_A100 = replace(
+    LLAMA3_8B_H100,
+    name="llama3-8b-a100",
+    cost=StepCost(base_s=16.06e9 / (_A100_HBM * 0.8) + 1.0e-3, token_s=2 * 8.03e9 / (_A100_BF16 * 0.5),
+                  kv_read_s=_L8_KV / (_A100_HBM * 0.7), attn_pair_s=4 * 32 * 32 * 128 / (_A100_BF16 * 0.4)),
+    link_bytes_per_s=20e9,  # PCIe Gen4 x16 as achieved (not the 32 GB/s peak)
+    source="roofline: A100 SXM 2.04 TB/s HBM, 312 TFLOPS bf16; efficiencies 80%/50%/70%/40%",
+)
+
 # Llama-3-70B (80 layers, 8 KV heads x 128, 70.6 B params), tensor parallel over 4 H100 SXM.
 _L70_KV = kv_bytes_per_token(80, 8, 128)
 LLAMA3_70B_4XH100 = DeploymentProfile(
@@ -133,7 +147,8 @@ LLAMA3_70B_4XH100 = DeploymentProfile(
     source="roofline: 4x H100 SXM, TP=4, efficiencies as the 8B profile, 15 us per all-reduce",
 )
 
-PROFILES: dict[str, DeploymentProfile] = {p.name: p for p in (LLAMA3_8B_H100, LLAMA3_70B_4XH100)}
+PROFILES: dict[str, DeploymentProfile] = {p.name: p for p in (LLAMA3_8B_H100, LLAMA3_8B_A100,
+                                                                   LLAMA3_70B_4XH100)}
 
 
 def get_profile(name: str) -> DeploymentProfile:

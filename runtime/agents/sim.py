@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from runtime.agents.cluster import GlobalQueue, autellix_engine
@@ -69,6 +69,10 @@ class SimulatedEngine:
         self.pred = predictor
         self.life = Lifecycle(policy, predictor)
         self.on_job_done = on_job_done
+        # the predictor (shared by the cluster) estimates in its own profile's time; this engine's backlog is that
+        # times how much slower its steps are (1.0 in a fleet of one kind)
+        ref = (predictor.ref_batch, predictor.ref_context)
+        self.slowdown = profile.cost.decode_s_per_token(*ref) / predictor.cost.decode_s_per_token(*ref)
         self.bs = profile.block_size
         self.pool = GpuBlockPool(profile.gpu_blocks, profile.block_size)
         self.cpu = CpuBlockPool(profile.cpu_blocks)
@@ -177,9 +181,9 @@ class SimulatedEngine:
         return blocks, seqs
 
     def backlog_s(self) -> float:
-        running = sum(r.prefill_left * self.cost.token_s + r.decode_left * self.pred.decode_s_per_token
+        running = sum(r.prefill_left * self.cost.token_s + r.decode_left * self.pred.decode_s_per_token * self.slowdown
                       for r in self.running)
-        return running + sum(self.pred.compute_s(j) for j in self.ready)
+        return running + self.slowdown * sum(self.pred.compute_s(j) for j in self.ready)
 
     def held_blocks(self, job: Job) -> int:
         return self.pool.owned.get(job.job_id, 0)
@@ -540,21 +544,27 @@ def validate_fits(jobs: list[Job], profile: DeploymentProfile) -> None:
 def simulate(jobs: list[Job], profile: DeploymentProfile, policy: str, *, engines: int = 1,
              placement: str = "round_robin", output_estimator: str = "oracle", policy_config: dict | None = None,
              on_progress: Callable[[int], None] | None = None,
-             on_step: Callable[[SimulatedEngine], None] | None = None) -> SimResult:
+             on_step: Callable[[SimulatedEngine], None] | None = None,
+             fleet: Sequence[DeploymentProfile] | None = None) -> SimResult:
     """Run `jobs` (fresh `Job` objects, see `trace.jobs_from_table`) to completion under `policy`.
 
     `policy_config` overrides fields of the policy's config dataclass (see `policy.make_config`).
     `on_progress(n)` is called as jobs finish; `on_step(engine)` after every engine step (invariant checks,
-    step logs)."""
+    step logs). `fleet`: one profile per engine (engines of different speed or KV room; `engines` must match);
+    the predictor and the policies plan in `profile`'s time, each engine steps at its own."""
     if engines < 1:
         raise ValueError(f"engines must be >= 1, got {engines}")
+    fleet = list(fleet) if fleet is not None else [profile] * engines
+    if len(fleet) != engines:
+        raise ValueError(f"fleet names {len(fleet)} profiles for {engines} engines")
     if placement not in PLACEMENTS:
         raise ValueError(f"unknown placement '{placement}'; choose one of {PLACEMENTS}")
     if not jobs:
         raise ValueError("no jobs to simulate")
     if any(j.phase is not Phase.PENDING for j in jobs):
         raise ValueError("jobs were already simulated; build fresh ones with jobs_from_table")
-    validate_fits(jobs, profile)
+    for p in {p.name: p for p in fleet}.values():
+        validate_fits(jobs, p)
     wall0 = time.perf_counter()
     predictor = Predictor(profile.cost, output_estimator=output_estimator, max_len=profile.max_model_len)
     ctx = PolicyContext(predictor, profile)
@@ -565,7 +575,7 @@ def simulate(jobs: list[Job], profile: DeploymentProfile, policy: str, *, engine
         if on_progress is not None:
             on_progress(1)
 
-    sims = [SimulatedEngine(i, profile, make_policy(policy, ctx, policy_config), predictor, done)
+    sims = [SimulatedEngine(i, fleet[i], make_policy(policy, ctx, policy_config), predictor, done)
             for i in range(engines)]
     queue = None
     if placement == "global":
@@ -623,4 +633,4 @@ def simulate(jobs: list[Job], profile: DeploymentProfile, policy: str, *, engine
             on_step(eng)
     makespan = max(j.finish_s for j in jobs) - min(j.arrival_s for j in jobs)
     return SimResult(policy, jobs, [e.counters for e in sims], makespan, time.perf_counter() - wall0,
-                     profile.gpu_kv_tokens * engines)
+                     sum(p.gpu_kv_tokens for p in fleet))

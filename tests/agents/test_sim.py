@@ -4,7 +4,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.agents.costmodel import LLAMA3_8B_H100
+from runtime.agents.costmodel import LLAMA3_8B_A100, LLAMA3_8B_H100
 from runtime.agents.job import KVState, Phase
 from runtime.agents.policy import POLICIES
 from runtime.agents.sim import PLACEMENTS, SimulatedEngine, simulate
@@ -92,6 +92,26 @@ def test_many_engines_each_job_once(policy):
         res, _ = run_checked(jobs_from_table(table), LLAMA3_8B_H100, policy, engines=3, placement=placement)
         check_result(res, table)
         assert {j.engine for j in res.jobs} == {0, 1, 2}, placement
+
+
+def test_a_mixed_fleet_steps_each_engine_at_its_own_speed_and_plans_with_it():
+    """Half the engines A100s (slower steps, same KV room): the same jobs take longer on them under round robin,
+    their backlog counts their slowness, and a cluster queue (engines pull work as they have room) gives the fast
+    engines more of it."""
+    table = generate("bfcl", 120, 16.0, seed=2)
+    fleet = [LLAMA3_8B_H100, LLAMA3_8B_A100]
+    rr, _ = run_checked(jobs_from_table(table), LLAMA3_8B_H100, "astraea", engines=2, fleet=fleet)
+    check_result(rr, table)
+    busy = [c.busy_s for c in rr.engines]
+    assert busy[1] > 1.15 * busy[0]  # the same share of the jobs, on slower steps (1.05x with two H100s)
+    pulled, _ = run_checked(jobs_from_table(table), LLAMA3_8B_H100, "astraea", engines=2, fleet=fleet,
+                            placement="global")
+    check_result(pulled, table)
+    done = [sum(j.engine == i for j in pulled.jobs) for i in (0, 1)]
+    assert done[0] > 1.5 * done[1]  # an even split with two H100s
+    assert rr.gpu_kv_tokens == 2 * LLAMA3_8B_H100.gpu_kv_tokens
+    with pytest.raises(ValueError, match="fleet names 1 profiles for 2 engines"):
+        simulate(jobs_from_table(table), LLAMA3_8B_H100, "astraea", engines=2, fleet=[LLAMA3_8B_A100])
 
 
 @pytest.mark.parametrize("placement", ["global", "autellix"])

@@ -1,4 +1,5 @@
-"""bench.jct_cluster on a small sweep: every arrangement runs, rows and the decision cost are written."""
+"""bench.jct_cluster on a small sweep: every arrangement runs, rows and the decision cost are written; a mixed
+fleet's slower engines make the same trace's jobs wait longer."""
 
 import json
 
@@ -16,3 +17,16 @@ def test_cluster_sweep_and_decision_cost(tmp_path):
     assert cost["ready"] == 300 and cost["dispatches"] == 20 and 0 < cost["p50_ms"] <= cost["p99_ms"]
     md = out.with_suffix(".md").read_text()
     assert "global+astraea" in md and "Decision cost" in md and out.with_suffix(".png").exists()
+
+
+def test_a_mixed_fleet_is_named_and_slower(tmp_path):
+    args = ["--mixes", "bfcl", "--engines", "2", "--jobs-per-engine", "30", "--arrangements", "rr+astraea",
+            "--ready", "50", "--dispatches", "5"]
+    avg = {}
+    for fleet in ("h100", "mixed"):
+        out = tmp_path / f"{fleet}.json"
+        assert jct_cluster.main([*args, "--fleet", fleet, "--out", str(out)]) == 0
+        [row] = json.loads(out.read_text())["rows"]
+        avg[fleet] = row["avg_jct_s"]
+    assert avg["mixed"] > avg["h100"]
+    assert "llama3-8b-h100 + llama3-8b-a100" in (tmp_path / "mixed.md").read_text()

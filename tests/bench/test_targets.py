@@ -112,3 +112,24 @@ def test_control_plane_verdicts(tmp_path):
     lines, misses = targets.check_control_plane(path)
     assert lines[0] == "PASS segments/s >= 2000 (best level: 64 callers): 2500.0"
     assert misses == ["control_plane: p99 added latency <= 5.0 ms at that level: 7.5"]
+
+
+def test_cluster_verdicts_average_seeds_and_ask_more_of_a_mixed_fleet(tmp_path):
+    def rows(global_jcts):
+        out = []
+        for seed, g in enumerate(global_jcts):
+            out += [{"mix": "swe", "engines": 8, "seed": seed, "arrangement": "global+astraea", "avg_jct_s": g},
+                    {"mix": "swe", "engines": 8, "seed": seed, "arrangement": "ll+astraea", "avg_jct_s": 100.0},
+                    {"mix": "swe", "engines": 8, "seed": seed, "arrangement": "rr+astraea", "avg_jct_s": 120.0}]
+        return out
+
+    cost = {"ready": 10, "p50_ms": 0.1}
+    verdicts = {}
+    for fleet, jcts in (("mixed", [85.0, 93.0]), ("h100", [101.5, 101.0])):
+        path = tmp_path / f"jct_cluster_{fleet}.json"
+        data = {"meta": {"command": "cmd", "fleet": fleet}, "rows": rows(jcts), "decision_cost": cost}
+        path.write_text(json.dumps(data))
+        assert targets._checker(data)[0] is targets.check_cluster
+        verdicts[fleet] = targets.check_cluster(path)[0][0]
+    assert verdicts["mixed"].startswith("PASS mixed fleet, swe, 8 engines: global+astraea avg JCT = 0.890x")
+    assert verdicts["h100"].startswith("MISS h100 fleet, swe, 8 engines: global+astraea avg JCT = 1.012x")
