@@ -15,9 +15,10 @@ the model's limit is closed and opened anew, so `--sessions` stay open.
 
 Measured per level: segments per second (acquire + finish pairs), the latency each call adds as its caller sees
 it (p50, p99; acquire + finish is what the control plane adds to a segment), and the journal's group writes (the
-scheduler's own histogram, `agentriver_scheduler_journal_write_seconds`). The same callers then call a `BareActor`
-whose `acquire` and `finish` do nothing: what two Ray actor calls per segment cost on this machine, the ceiling
-any scheduler actor reached this way has (the figure that says whether a target is the scheduler's to meet).
+scheduler's own histogram, `agentriver_scheduler_journal_write_seconds`). Before the scheduler starts, the same
+callers call a `BareActor` whose `acquire` and `finish` do nothing: what two Ray actor calls per segment cost on
+this machine, the ceiling any scheduler actor reached this way has (the figure that says whether a target is the
+scheduler's to meet).
 Targets (bench.targets, issue 18): >= 2,000 segments/s with p99 added latency <= 5 ms, at 1,000 engines and
 100,000 sessions.
 """
