@@ -21,6 +21,7 @@ from pathlib import Path
 
 import ray
 
+from actors.global_scheduler import WATCH_PERIOD_MAX_S
 from runtime.engine.job_hints import JobHint, SegmentOutcome
 from runtime.engine.telemetry import KvLogTail
 from runtime.engine.vllm_engine import EngineConfig, VllmEngine
@@ -28,9 +29,9 @@ from runtime.serving.config import VLLM_BASELINE
 from runtime.serving.dispatch import EngineShape
 
 # Segments that ended here are reported (with how long ago) for this long: the scheduler tells a grant whose
-# caller's `finish` is still on its way from an abandoned one (after END_GRACE_S, 2 s), with a few reports to
-# spare; longer only grows the per-second report under load.
-FINISHED_KEEP_S = 10.0
+# caller's `finish` is still on its way from an abandoned one (after END_GRACE_S, 2 s), and its watch, which asks
+# a large fleet in turns, asks every engine at least twice within it; longer only grows the report under load.
+FINISHED_KEEP_S = 2 * WATCH_PERIOD_MAX_S
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0)

@@ -43,9 +43,9 @@ SCHEDULER_NAME = "agentriver-scheduler"
 MONITOR_S = 1.0
 # The engine watch asks at most this many engines per second for their report: each ask is a Ray call that costs the
 # scheduler as much as a caller's, so a fleet of 1,000 asked every second halved what callers got
-# (bench.control_plane). A large fleet is asked in turns, each engine at least every WATCH_PERIOD_MAX_S: within the
-# time an engine remembers a segment it finished (actors.engine_actor.FINISHED_KEEP_S, 10 s), so no grant whose
-# `finish` never came goes unnoticed. An engine that dies under a segment is known at once anyway, from the caller
+# (bench.control_plane). A large fleet is asked in turns, each engine at least every WATCH_PERIOD_MAX_S: an engine
+# remembers a segment it finished for twice that (actors.engine_actor.FINISHED_KEEP_S), so no grant whose `finish`
+# never came goes unnoticed. An engine that dies under a segment is known at once anyway, from the caller
 # whose stream broke (`retry`).
 WATCH_PER_S = 200
 WATCH_PERIOD_MAX_S = 5.0
