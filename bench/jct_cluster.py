@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from bench.output import command_line, save_figure, write_results
 from runtime.agents.costmodel import LLAMA3_8B_A100, LLAMA3_8B_H100
-from runtime.agents.metrics import summarize
+from runtime.agents.metrics import alone_s, jct_summary, summarize
 from runtime.agents.sim import simulate
 from runtime.agents.trace import generate, jobs_from_table
 from runtime.engine.job_hints import SegmentOutcome
@@ -43,6 +43,7 @@ from runtime.serving.dispatch import Dispatcher, EngineShape
 ARRANGEMENTS = {"rr+astraea": ("round_robin", "astraea"), "ll+astraea": ("least_loaded", "astraea"),
                 "autellix+plas": ("autellix", "plas"), "autellix+astraea": ("autellix", "astraea"),
                 "global+astraea": ("global", "astraea")}
+BOUND = "no-contention bound"  # `--bound`: a floor no arrangement of this fleet can reach, not an arrangement
 PER_ENGINE = ("rr+astraea", "ll+astraea", "autellix+plas", "autellix+astraea")
 FLEETS = {"h100": (LLAMA3_8B_H100,), "mixed": (LLAMA3_8B_H100, LLAMA3_8B_A100)}  # engine i is kinds[i % len]
 RATES = {"swe": 1.0, "infercept": 10.0, "bfcl": 8.0}  # jobs/s per engine: the loaded regime of bench.jct_sim
@@ -57,6 +58,8 @@ def parse_args(argv):
     p.add_argument("--rates-per-engine", default="", help="mix=rate,... (default: swe=1,infercept=10,bfcl=8)")
     p.add_argument("--arrangements", default=",".join(ARRANGEMENTS))
     p.add_argument("--fleet", default="h100", choices=sorted(FLEETS), help="the engines' hardware")
+    p.add_argument("--bound", action="store_true",
+                   help="also run the no-contention bound: every job alone on an engine of the fleet's fastest kind")
     p.add_argument("--seeds", default="0")
     p.add_argument("--ready", type=int, default=10_000, help="waiting segments for the decision-cost test")
     p.add_argument("--dispatches", type=int, default=200)
@@ -78,12 +81,21 @@ def parse_args(argv):
 
 def run_sweep(a) -> list[dict]:
     rows = []
-    specs = [(m, n, s, arr) for m in a.mix_list for n in a.engine_list for s in a.seed_list for arr in a.arr_list]
+    arrs = a.arr_list + [BOUND] * a.bound
+    specs = [(m, n, s, arr) for m in a.mix_list for n in a.engine_list for s in a.seed_list for arr in arrs]
     for mix, n, seed, arr in tqdm(specs, desc="simulations", unit="run", file=sys.stderr):
         table = generate(mix, a.jobs_per_engine * n, a.rates[mix] * n, seed)
-        placement, policy = ARRANGEMENTS[arr]
-        t0 = time.perf_counter()
         kinds = FLEETS[a.fleet]
+        t0 = time.perf_counter()
+        if arr == BOUND:  # each job alone on an idle engine of the fleet's fastest kind: only its own steps and
+            fastest = min(kinds, key=lambda p: p.cost.decode_s_per_token(64, 2048))  # tool calls delay it
+            jcts = np.array(list(alone_s(jobs_from_table(table), fastest).values()))
+            row = {"jobs": len(jcts), **jct_summary(jcts), "preemptions": 0, "recompute_frac": 0.0,
+                   "load": a.rates[mix], "seed": seed, "sim_wall_s": time.perf_counter() - t0}
+            row.update(mix=mix, engines=n, arrangement=arr)
+            rows.append(row)
+            continue
+        placement, policy = ARRANGEMENTS[arr]
         res = simulate(jobs_from_table(table), LLAMA3_8B_H100, policy, engines=n, placement=placement,
                        fleet=[kinds[i % len(kinds)] for i in range(n)])
         row = summarize(res, load=a.rates[mix], seed=seed)
@@ -150,7 +162,7 @@ def plot(data: dict, stem: Path) -> None:
 
     rows = data["rows"]
     groups = sorted({(r["mix"], r["engines"]) for r in rows})
-    arrs = [a for a in ARRANGEMENTS if any(r["arrangement"] == a for r in rows)]
+    arrs = [a for a in (*ARRANGEMENTS, BOUND) if any(r["arrangement"] == a for r in rows)]
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(groups), 4))
     width = 0.8 / len(arrs)
     for k, arr in enumerate(arrs):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import bisect
 from typing import Protocol
 
+from runtime.agents.costmodel import StepCost
 from runtime.agents.job import HELD, Job, KVState
 from runtime.agents.kv import blocks_for
 from runtime.agents.policy import Policy
@@ -29,15 +30,33 @@ from runtime.agents.predictor import Predictor
 class PlacementTarget(Protocol):
     index: int
     now: float
+    slowdown: float  # `engine_slowdown` of its hardware: backlogs and moves are priced in the engine's own seconds
 
     def room(self) -> tuple[int, int]:
         """(KV blocks, sequence slots) the engine could still give to newly dispatched segments."""
 
     def backlog_s(self) -> float:
-        """Predicted seconds of work the engine has running and queued."""
+        """Predicted seconds of work the engine has running and queued, in its own time (times its slowdown)."""
 
     def held_blocks(self, job: Job) -> int:
         """Blocks of `job`'s KV this engine holds on its GPU tier."""
+
+    def receive_s(self, tokens: int) -> float | None:
+        """Seconds to copy `tokens` of a job's KV in from the engine that holds it; None: it cannot (recompute)."""
+
+    def step_s(self, tokens: int) -> float:
+        """Predicted time of this engine's next decode step with one more sequence of `tokens` of context (used
+        where the queue defers to faster engines)."""
+
+
+def engine_slowdown(cost: StepCost, predictor: Predictor) -> float:
+    """How many times longer than the cluster's predictor says a segment takes on an engine of step cost `cost`.
+
+    The cluster shares one predictor, which estimates in its own profile's time; placement that compares engines
+    of different hardware (an H100 beside an A100) must compare their backlogs in each engine's own seconds, or it
+    queues work behind a slow engine it believes is as fast. 1.0 in a fleet of one kind."""
+    ref = (predictor.ref_batch, predictor.ref_context)
+    return cost.decode_s_per_token(*ref) / predictor.cost.decode_s_per_token(*ref)
 
 
 class GlobalQueue:
@@ -47,12 +66,18 @@ class GlobalQueue:
     ready segments cannot afford that per dispatch (~20 ms at 10,000 with Astraea), so with `refresh_s` > 0 one
     full order is reused for that long: jobs that become ready meanwhile are inserted at their place by the
     policy's key at that moment, and the whole queue is re-ordered (response ratios grow with waiting, MLFQ aging
-    applies) once the order is older than `refresh_s`."""
+    applies) once the order is older than `refresh_s`.
+
+    `defer_to_faster` (a fraction; None: never): an engine leaves a segment that has no home with it to another
+    engine that has room for it and whose next decode step, with the segment added, is predicted that fraction
+    faster. Engines that pull on their own clocks (the simulator's) otherwise give a segment to whichever looks
+    first; on a fleet of mixed hardware that fills the slow engines as much as the fast ones, and a batched engine
+    runs every job in it at its own step time (bench.jct_cluster --fleet mixed)."""
 
     def __init__(self, policy: Policy, predictor: Predictor, block_size: int, engines: list[PlacementTarget],
-                 refresh_s: float = 0.0):
+                 refresh_s: float = 0.0, defer_to_faster: float | None = None):
         self.policy, self.pred, self.bs, self.engines = policy, predictor, block_size, engines
-        self.refresh_s = refresh_s
+        self.refresh_s, self.defer_to_faster = refresh_s, defer_to_faster
         self._ready: dict[int, Job] = {}  # id(job) -> job, in arrival order
         self._order: list[Job] = []  # the cached order (refresh_s > 0); may hold jobs no longer ready
         self._keys: list = []
@@ -101,6 +126,8 @@ class GlobalQueue:
         if not self._ready or seqs <= 0:
             return []
         taken: list[Job] = []
+        others = [] if self.defer_to_faster is None else [
+            (e, room[0]) for e in self.engines if e is not engine and (room := e.room())[1] > 0]
         for job in self._ordered(engine.now):
             if seqs <= 0:
                 break
@@ -108,9 +135,11 @@ class GlobalQueue:
             if home is not None and home != engine.index:
                 if job.kv is KVState.SWAPPING_OUT:
                     continue
-                if self.pred.recompute_s(job.kv_tokens) >= self.engines[home].backlog_s():
-                    continue  # cheaper to wait for the engine that holds its KV
+                if not self._moves(job, engine, self.engines[home]):
+                    continue  # it ends sooner where its KV is
             need = blocks_for(job.resume_tokens + 1, self.bs)
+            if others and home is None and self._faster_elsewhere(job, engine, others, need):
+                continue
             if home == engine.index:
                 need -= engine.held_blocks(job)
             if need > blocks:
@@ -126,6 +155,22 @@ class GlobalQueue:
         if taken and self.refresh_s > 0 and len(self._order) - self._head > 2 * len(self._ready) + 64:
             self.invalidate()  # mostly stale entries: re-order at the next pull
         return taken
+
+
+    def _faster_elsewhere(self, job: Job, engine: PlacementTarget, others: list[tuple[PlacementTarget, int]],
+                          need: int) -> bool:
+        """Whether another engine with `need` free blocks steps `job` `defer_to_faster` faster than `engine`."""
+        mine = engine.step_s(job.resume_tokens) / (1 + self.defer_to_faster)
+        return any(blocks >= need and e.step_s(job.resume_tokens) < mine for e, blocks in others)
+
+    def _moves(self, job: Job, engine: PlacementTarget, home: PlacementTarget) -> bool:
+        """Whether `job`, whose KV `home` holds, is predicted to end sooner on `engine` (which has room now) than
+        after `home`'s backlog: there it first gets its KV, copied in or recomputed, then runs at its speed."""
+        compute = self.pred.compute_s(job)
+        bring = engine.receive_s(job.kv_tokens)
+        if bring is None:
+            bring = self.pred.recompute_s(job.kv_tokens) * engine.slowdown
+        return bring + compute * engine.slowdown < home.backlog_s() + compute * home.slowdown
 
 
 def autellix_engine(job: Job, engines: list[PlacementTarget], predictor: Predictor, short_s: float) -> PlacementTarget:

@@ -67,6 +67,9 @@ class DeploymentProfile:
     cpu_kv_tokens: int
     link_bytes_per_s: float  # GPU<->CPU KV transfer bandwidth (one direction)
     max_model_len: int
+    # KV copied in from another engine's GPU or host memory (RDMA over the node's NIC); 0: it cannot be, a job that
+    # moves is recomputed where it runs next
+    peer_bytes_per_s: float = 0.0
     max_num_seqs: int = 256
     max_batched_tokens: int = 8192
     block_size: int = 16
@@ -82,6 +85,10 @@ class DeploymentProfile:
 
     def swap_s(self, tokens: int) -> float:
         return tokens * self.kv_bytes_per_token / self.link_bytes_per_s
+
+    def receive_s(self, tokens: int) -> float | None:
+        """Seconds to copy `tokens` of a job's KV in from another engine; None where it cannot be."""
+        return tokens * self.kv_bytes_per_token / self.peer_bytes_per_s if self.peer_bytes_per_s > 0 else None
 
     def with_kv_tokens(self, gpu_kv_tokens: int) -> DeploymentProfile:
         return replace(self, gpu_kv_tokens=gpu_kv_tokens)
@@ -112,6 +119,7 @@ LLAMA3_8B_H100 = DeploymentProfile(
     cpu_kv_tokens=int(100e9 // _L8_KV),
     link_bytes_per_s=25e9,  # PCIe Gen5 x16 as achieved for paged KV blocks (not the 64 GB/s peak)
     max_model_len=32768,
+    peer_bytes_per_s=25e9,  # a 400 Gb/s NIC per GPU (DGX H100), behind the same PCIe link: that link's rate
     source="roofline: H100 SXM 3.35 TB/s HBM, 989 TFLOPS bf16; efficiencies 80%/50%/70%/40%",
 )
 
@@ -126,6 +134,7 @@ LLAMA3_8B_A100 = replace(
     cost=StepCost(base_s=16.06e9 / (_A100_HBM * 0.8) + 1.0e-3, token_s=2 * 8.03e9 / (_A100_BF16 * 0.5),
                   kv_read_s=_L8_KV / (_A100_HBM * 0.7), attn_pair_s=4 * 32 * 32 * 128 / (_A100_BF16 * 0.4)),
     link_bytes_per_s=20e9,  # PCIe Gen4 x16 as achieved (not the 32 GB/s peak)
+    peer_bytes_per_s=20e9,  # a 200 Gb/s NIC per GPU (DGX A100): 25 GB/s peak, as achieved
     source="roofline: A100 SXM 2.04 TB/s HBM, 312 TFLOPS bf16; efficiencies 80%/50%/70%/40%",
 )
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from runtime.agents.cluster import GlobalQueue, autellix_engine
+from runtime.agents.cluster import GlobalQueue, autellix_engine, engine_slowdown
 from runtime.agents.costmodel import DeploymentProfile, prefill_pairs
 from runtime.agents.job import Job, KVState, Phase
 from runtime.agents.kv import CpuBlockPool, GpuBlockPool, KVAction, MemoryView, blocks_for
@@ -57,6 +57,14 @@ class EngineCounters:
     iterations: int = 0
     busy_s: float = 0.0
     idle_kv_token_s: float = 0.0  # integral of preserved-but-idle KV tokens over time
+    moved_out: int = 0  # jobs whose KV another engine copied in from here
+    moved_in_tokens: int = 0  # KV tokens copied in from other engines
+
+
+# Engines here pull on their own clocks: one leaves a segment to another engine whose next step would be this much
+# faster (runtime.agents.cluster.GlobalQueue). A margin, not 0: step estimates of nearly equal engines differ by a
+# few sequences' KV, which is no reason to hold a segment back for a step.
+DEFER_TO_FASTER = 0.2
 
 
 class SimulatedEngine:
@@ -69,10 +77,7 @@ class SimulatedEngine:
         self.pred = predictor
         self.life = Lifecycle(policy, predictor)
         self.on_job_done = on_job_done
-        # the predictor (shared by the cluster) estimates in its own profile's time; this engine's backlog is that
-        # times how much slower its steps are (1.0 in a fleet of one kind)
-        ref = (predictor.ref_batch, predictor.ref_context)
-        self.slowdown = profile.cost.decode_s_per_token(*ref) / predictor.cost.decode_s_per_token(*ref)
+        self.slowdown = engine_slowdown(profile.cost, predictor)
         self.bs = profile.block_size
         self.pool = GpuBlockPool(profile.gpu_blocks, profile.block_size)
         self.cpu = CpuBlockPool(profile.cpu_blocks)
@@ -105,6 +110,7 @@ class SimulatedEngine:
         # Cluster modes: where a job that becomes ready (arrival or tool return) goes instead of this engine's
         # queue, and the global queue this engine pulls from.
         self.route: Callable[[Job, float], None] | None = None
+        self._incoming: set[Job] = set()  # pulled jobs whose KV is copied in from the engine that held it
         self.cluster: GlobalQueue | None = None
 
     # ------------------------------------------------------------------------------------------ events
@@ -188,6 +194,24 @@ class SimulatedEngine:
     def held_blocks(self, job: Job) -> int:
         return self.pool.owned.get(job.job_id, 0)
 
+    def step_s(self, tokens: int) -> float:
+        batch = sum(r.job.kv_tokens for r in self.running)
+        return self.cost.step_s(0, len(self.running) + 1, batch + tokens, 0.0)
+
+    def receive_s(self, tokens: int) -> float | None:
+        return self.profile.receive_s(tokens)
+
+    def hand_over(self, job: Job) -> None:
+        """`job` moves to another engine that copies its KV in: free what it holds here, keep its tokens known."""
+        if job.kv is KVState.PRESERVED:
+            self._set_idle(job, False)
+            self._blocked = False
+            self._keys.pop(job, None)
+            self.pool.free_job(job.job_id)
+        elif job.kv is KVState.SWAPPED:
+            self.cpu.free_job(job.job_id)
+        self.counters.moved_out += 1
+
     def release(self, job: Job) -> None:
         """`job` moves to another engine: give up the KV it holds here (it will be recomputed there)."""
         if job.kv is KVState.PRESERVED:
@@ -199,7 +223,10 @@ class SimulatedEngine:
     def _pull(self) -> None:
         for job in self.cluster.pull(self):
             old = self.life.moved(job, self.index)
-            if old is not None:
+            if old is not None and self.receive_s(job.kv_tokens) is not None:
+                self.cluster.engines[old].hand_over(job)
+                self._incoming.add(job)
+            elif old is not None:
                 self.cluster.engines[old].release(job)
             self._enqueue(job)
 
@@ -242,9 +269,11 @@ class SimulatedEngine:
             self.pool.release_to_cache(job.job_id, job.kv_tokens)
             self.life.kv_kept(job, KVState.DISCARDED, 0)
 
-    def _transfer(self, tokens: int) -> float:
-        """Queue a KV transfer of `tokens` on the serial GPU<->CPU link; returns when it completes."""
-        self.link_free_s = max(self.now, self.link_free_s) + self.profile.swap_s(tokens)
+    def _transfer(self, tokens: int, seconds: float | None = None) -> float:
+        """Queue a KV transfer of `tokens` (taking `seconds`, else a host copy's time) on the engine's one serial
+        PCIe link, which host copies and network copies share; returns when it completes."""
+        self.link_free_s = max(self.now, self.link_free_s) + (self.profile.swap_s(tokens) if seconds is None
+                                                              else seconds)
         return self.link_free_s
 
     def _victims(self, forced: bool) -> Iterator[tuple[Job, KVAction]]:
@@ -361,6 +390,14 @@ class SimulatedEngine:
         del self._enqueued[job]
         if job.kv is KVState.PRESERVED:
             self._set_idle(job, False)
+        if job in self._incoming:  # its KV comes from the engine that held it, over the network
+            self._incoming.discard(job)
+            self.pool.allocate(job.job_id, need)
+            self.life.kv_kept(job, KVState.SWAPPING_IN, job.kv_tokens)
+            self.swapping_in += 1
+            self.counters.moved_in_tokens += job.kv_tokens
+            self.push(self._transfer(job.kv_tokens, self.profile.receive_s(job.kv_tokens)), _SWAP_IN_DONE, job)
+            return 0
         if job.kv is KVState.SWAPPED:
             self.pool.allocate(job.job_id, need)
             self.life.kv_kept(job, KVState.SWAPPING_IN, job.kv_tokens)
@@ -579,7 +616,8 @@ def simulate(jobs: list[Job], profile: DeploymentProfile, policy: str, *, engine
             for i in range(engines)]
     queue = None
     if placement == "global":
-        queue = GlobalQueue(make_policy(policy, ctx, policy_config), predictor, profile.block_size, sims)
+        queue = GlobalQueue(make_policy(policy, ctx, policy_config), predictor, profile.block_size, sims,
+                            defer_to_faster=DEFER_TO_FASTER)
 
         def route(job: Job, t: float) -> None:
             queue.submit(job)

@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
-from runtime.agents.cluster import GlobalQueue
+from runtime.agents.cluster import GlobalQueue, engine_slowdown
 from runtime.agents.costmodel import CPU_DEFAULT_COST, HOST_COPY_BYTES_PER_S, DeploymentProfile, StepCost
 from runtime.agents.job import Job, KVState, Phase, Segment
 from runtime.agents.kv import blocks_for
@@ -154,6 +154,7 @@ class EngineLedger:
     def __init__(self, index: int, info: EngineShape, dispatcher: Dispatcher):
         self.index, self.info, self._d = index, info, dispatcher
         self.alive = True
+        self.slowdown = 1.0  # set with the dispatcher's predictor (`engine_slowdown` of the cost it reported)
         self.inflight: dict[str, tuple[int, float, float]] = {}  # ticket -> (KV blocks, predicted s, granted at)
         self.held: dict[str, int] = {}  # job id -> blocks of its KV kept here while it waits (change: `hold`)
         # running sums of `inflight` and `held`: read at every pull (a thousand engines per grant), so not re-added
@@ -194,11 +195,16 @@ class EngineLedger:
         return blocks, self.info.max_num_seqs - len(self.inflight)
 
     def backlog_s(self) -> float:
-        """Predicted compute of the segments running here (as predicted when each was granted)."""
+        """Predicted compute of the segments running here (as predicted when each was granted), in this engine's
+        own time."""
         return max(self._backlog_s, 0.0)
 
     def held_blocks(self, job: Job) -> int:
         return self.held.get(job.job_id, 0)
+
+    def receive_s(self, tokens: int) -> None:
+        """Real engines do not copy KV from each other (yet): a job that moves is recomputed."""
+        return None
 
     def view(self) -> dict:
         kept = Counter(self._d.jobs[j].kv.value for j in self.held if j in self._d.jobs)
@@ -261,6 +267,8 @@ class Dispatcher:
 
     def _learn_with(self, pred: Predictor, policy: Policy) -> None:
         self.pred, self.policy = pred, policy
+        for eng in self.engines:
+            eng.slowdown = engine_slowdown(eng.info.cost, pred)
         self.life = Lifecycle(policy, pred)
         self.queue = GlobalQueue(policy, pred, self.bs, self.engines, self.refresh_s)
 
@@ -348,7 +356,7 @@ class Dispatcher:
             self.life.kv_kept(job, KVState.NONE, 0)
         eng.hold(job.job_id, 0)  # the segment takes over what was kept for it
         p.engine = eng.index
-        p.slot = (blocks_for(job.input_tokens + p.max_tokens, self.bs), self.pred.compute_s(job), now)
+        p.slot = (blocks_for(job.input_tokens + p.max_tokens, self.bs), self.pred.compute_s(job) * eng.slowdown, now)
         eng.start(p.ticket, *p.slot)
         rec = self.records[job.job_id][-1]
         rec.queued_s += waited

@@ -4,9 +4,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from runtime.agents.cluster import GlobalQueue
 from runtime.agents.costmodel import LLAMA3_8B_A100, LLAMA3_8B_H100
-from runtime.agents.job import KVState, Phase
-from runtime.agents.policy import POLICIES
+from runtime.agents.job import Job, KVState, Phase, Segment
+from runtime.agents.lifecycle import Lifecycle
+from runtime.agents.policy import POLICIES, PolicyContext, make_policy
+from runtime.agents.predictor import Predictor
 from runtime.agents.sim import PLACEMENTS, SimulatedEngine, simulate
 from runtime.agents.trace import generate, jobs_from_table
 from tests.conftest import SMALL_PROFILE, make_table
@@ -181,3 +184,67 @@ def test_2000_job_trace_simulates_quickly():
     """Speed target of the issue is <= 20 s; the bound here is loose because CI machines are noisy."""
     res = simulate(jobs_from_table(generate("infercept", 2000, 20.0, seed=0)), LLAMA3_8B_H100, "astraea")
     assert len(res.jobs) == 2000 and res.wall_s < 60
+
+
+def test_a_job_that_moves_has_its_kv_copied_in_where_engines_can_copy_and_recomputed_where_not(small_profile):
+    """Under memory pressure on two engines, the cluster queue moves resuming jobs whose home is busy. With a
+    network path between engines (`peer_bytes_per_s`) the KV is copied in instead of recomputed: tokens arrive
+    over the link and every job still runs each segment once; without one, nothing is copied."""
+    table = generate("infercept", 60, 40.0, seed=5)
+    jobs = [j for j in jobs_from_table(table) if sum(s.prompt_tokens + s.output_tokens for s in j.segments) < 4000]
+    keep = {j.job_id for j in jobs}
+    table = table.filter([jid in keep for jid in table.column("job_id").to_pylist()])
+    linked, isolated = small_profile, replace(small_profile, peer_bytes_per_s=0.0)  # H100's NIC; none
+    assert linked.peer_bytes_per_s > 0
+    moved, _ = run_checked(jobs_from_table(table), linked, "astraea", engines=2, placement="global")
+    check_result(moved, table)
+    assert sum(c.moved_out for c in moved.engines) > 0
+    assert sum(c.moved_in_tokens for c in moved.engines) > 0
+    recomputed, _ = run_checked(jobs_from_table(table), isolated, "astraea", engines=2, placement="global")
+    check_result(recomputed, table)
+    assert sum(c.moved_out + c.moved_in_tokens for c in recomputed.engines) == 0
+    assert isolated.receive_s(1000) is None and linked.receive_s(1000) == pytest.approx(linked.swap_s(1000))
+
+
+class _Engine:
+    """Just what `GlobalQueue` reads of an engine (`runtime.agents.cluster.PlacementTarget`)."""
+
+    def __init__(self, index, step_s):
+        self.index, self.now, self.slowdown, self._step_s = index, 0.0, 1.0, step_s
+
+    def room(self):
+        return 1000, 4
+
+    def backlog_s(self):
+        return 0.0
+
+    def held_blocks(self, job):
+        return 0
+
+    def receive_s(self, tokens):
+        return None
+
+    def step_s(self, tokens):
+        return self._step_s
+
+
+@pytest.mark.parametrize("defer", [None, 0.2])
+def test_an_engine_leaves_a_new_segment_to_a_much_faster_engine_with_room(defer):
+    """The slow engine looks first. Deferring, it leaves the segment to the engine whose next step is over 20%
+    faster, but not to one that is only a little faster; without deferring it takes what it sees."""
+    pred = Predictor(LLAMA3_8B_H100.cost, max_len=LLAMA3_8B_H100.max_model_len)
+    policy = make_policy("astraea", PolicyContext(pred, LLAMA3_8B_H100))
+    slow, fast, close = _Engine(0, 0.030), _Engine(1, 0.020), _Engine(2, 0.027)
+    queue = GlobalQueue(policy, pred, 16, [slow, fast], defer_to_faster=defer)
+    job = Job("j", 0.0, (Segment(0, 500, 50, "", 0.0),))
+    Lifecycle(policy, pred).ready(job, 0.0)
+    queue.submit(job)
+    if defer is None:
+        assert queue.pull(slow) == [job]
+        return
+    assert queue.pull(slow) == [] and queue.pull(fast) == [job]
+    near = GlobalQueue(policy, pred, 16, [slow, close], defer_to_faster=defer)
+    again = Job("k", 0.0, (Segment(0, 500, 50, "", 0.0),))
+    Lifecycle(policy, pred).ready(again, 0.0)
+    near.submit(again)
+    assert near.pull(slow) == [again]

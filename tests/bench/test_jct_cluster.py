@@ -30,3 +30,20 @@ def test_a_mixed_fleet_is_named_and_slower(tmp_path):
         avg[fleet] = row["avg_jct_s"]
     assert avg["mixed"] > avg["h100"]
     assert "llama3-8b-h100 + llama3-8b-a100" in (tmp_path / "mixed.md").read_text()
+
+
+def test_the_no_contention_bound_is_below_every_arrangement_and_named_in_the_verdict(tmp_path):
+    """`--bound` runs each job alone on an engine of the fleet's fastest kind: no arrangement of the fleet can
+    beat it, and the verdict states it next to the target."""
+    from bench import targets
+
+    out = tmp_path / "jct_cluster_mixed.json"
+    assert jct_cluster.main(["--mixes", "bfcl", "--engines", "2", "--jobs-per-engine", "20", "--fleet", "mixed",
+                             "--arrangements", "ll+astraea,global+astraea", "--bound", "--ready", "50",
+                             "--dispatches", "5", "--out", str(out)]) == 0
+    rows = {r["arrangement"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows[jct_cluster.BOUND]["avg_jct_s"] < min(r["avg_jct_s"] for r in rows.values()
+                                                       if r["arrangement"] != jct_cluster.BOUND)
+    assert targets.BOUND == jct_cluster.BOUND
+    [verdict] = [v for v in targets.check_cluster(out)[0] if "bfcl" in v]
+    assert "no arrangement can go below" in verdict and "global+astraea" in verdict

@@ -1,9 +1,11 @@
 """The dispatcher's decisions (pure Python: the GlobalScheduler actor only adds Ray around it)."""
 
 import pickle
+from dataclasses import asdict
 
 import pytest
 
+from runtime.agents.costmodel import StepCost
 from runtime.engine.job_hints import SegmentOutcome
 from runtime.serving.dispatch import (
     Dispatcher,
@@ -399,3 +401,26 @@ def test_engines_pull_least_backlog_first_and_kept_kv_sums_follow_every_change()
     [g] = d.grant()
     assert g.engine == least
     assert g.engine != first.engine and busy in d.engines[first.engine].inflight
+
+
+def test_an_engine_that_reports_slower_steps_carries_its_work_at_its_own_speed():
+    """Engines of different hardware report different step costs (AGENTRIVER_COST). The dispatcher's one predictor
+    estimates in the first engine's time, so a segment granted to an engine twice as slow must weigh twice as much
+    in that engine's backlog, or placement queues work behind it as if it were as fast."""
+    clock = Clock()
+    fast = EngineShape("fast", 256, 32, 8, 1024)
+    slow = EngineShape("slow", 256, 32, 8, 1024, cost=StepCost(**{k: 2 * v for k, v in asdict(fast.cost).items()}))
+    d = Dispatcher([fast, slow], clock=clock)
+    assert [e.slowdown for e in d.engines] == pytest.approx([1.0, 2.0])
+    d.submit("a", 300, 64)
+    d.submit("b", 300, 64)
+    [ga, gb] = d.grant()
+    assert {ga.engine, gb.engine} == {0, 1}
+    fast_s, slow_s = d.engines[0].backlog_s(), d.engines[1].backlog_s()
+    assert slow_s == pytest.approx(2 * fast_s) and fast_s > 0
+    d.submit("c", 300, 64)  # the next goes where it ends first: the fast engine
+    [gc] = d.grant()
+    assert gc.engine == 0
+    restored = Dispatcher([fast, slow], clock=clock)  # after a scheduler restart, the same backlogs
+    restored.restore(pickle.loads(pickle.dumps(d.learned())), [cp for cp in d.take_changes().values() if cp])
+    assert [e.backlog_s() for e in restored.engines] == pytest.approx([e.backlog_s() for e in d.engines])
