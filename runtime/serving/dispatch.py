@@ -257,11 +257,11 @@ class Dispatcher:
         profile = first.profile()
         self.bs = first.block_size
         self.releases: dict[int, dict[str, float]] = {}  # engine -> {job id: arrival} to release there
-        self._by_backlog: list[tuple[float, int]] = []  # alive engines as (backlog, index), kept sorted
-        self._backlog_key: dict[int, tuple[float, int]] = {}
+        # alive engines as (backlog, slowdown, index), kept sorted: the least loaded pull first, of equally loaded
+        # (idle) ones the fastest
+        self._by_backlog: list[tuple[float, float, int]] = []
+        self._backlog_key: dict[int, tuple[float, float, int]] = {}
         self.engines = [EngineLedger(i, info, self) for i, info in enumerate(self.engines_info)]
-        for eng in self.engines:
-            self.reorder(eng)
         pred = Predictor(profile.cost, output_estimator=ONLINE, max_len=self.max_model_len)
         self._learn_with(pred, make_policy(self.policy_name, PolicyContext(pred, profile), self.policy_config))
 
@@ -269,6 +269,7 @@ class Dispatcher:
         self.pred, self.policy = pred, policy
         for eng in self.engines:
             eng.slowdown = engine_slowdown(eng.info.cost, pred)
+            self.reorder(eng)
         self.life = Lifecycle(policy, pred)
         self.queue = GlobalQueue(policy, pred, self.bs, self.engines, self.refresh_s)
 
@@ -325,7 +326,7 @@ class Dispatcher:
         progress = True
         while progress and len(self.queue):
             progress = False
-            for _, index in list(self._by_backlog):
+            for *_, index in list(self._by_backlog):
                 if not len(self.queue):
                     break
                 eng = self.engines[index]
@@ -341,7 +342,7 @@ class Dispatcher:
         if old is not None:
             del self._by_backlog[bisect.bisect_left(self._by_backlog, old)]
         if eng.alive:
-            key = self._backlog_key[eng.index] = (eng.backlog_s(), eng.index)
+            key = self._backlog_key[eng.index] = (eng.backlog_s(), eng.slowdown, eng.index)
             bisect.insort(self._by_backlog, key)
 
     def _start(self, p: _Pending, eng: EngineLedger) -> Grant:

@@ -390,12 +390,12 @@ def test_engines_pull_least_backlog_first_and_kept_kv_sums_follow_every_change()
     for eng in d.engines:
         assert eng._held == sum(eng.held.values())
         assert eng.view()["kv_blocks_held"] == sum(eng.held.values())
-    alive = sorted((e.backlog_s(), e.index) for e in d.engines if e.alive)
-    assert d._by_backlog == alive and 3 not in [i for _, i in d._by_backlog]
+    alive = sorted((e.backlog_s(), e.slowdown, e.index) for e in d.engines if e.alive)
+    assert d._by_backlog == alive and 3 not in [i for *_, i in d._by_backlog]
     d.engine_up(3, d.engines[3].info)
     busy = d.submit("busy", 400, 64)  # one engine gets a backlog; the next job goes to the least loaded other
     [first] = d.grant()
-    assert d._by_backlog[-1] == (d.engines[first.engine].backlog_s(), first.engine)
+    assert d._by_backlog[-1] == (d.engines[first.engine].backlog_s(), 1.0, first.engine)
     d.submit("new", 100, 16)
     least = min((e.backlog_s(), e.index) for e in d.engines)[1]
     [g] = d.grant()
@@ -410,17 +410,19 @@ def test_an_engine_that_reports_slower_steps_carries_its_work_at_its_own_speed()
     clock = Clock()
     fast = EngineShape("fast", 256, 32, 8, 1024)
     slow = EngineShape("slow", 256, 32, 8, 1024, cost=StepCost(**{k: 2 * v for k, v in asdict(fast.cost).items()}))
-    d = Dispatcher([fast, slow], clock=clock)
-    assert [e.slowdown for e in d.engines] == pytest.approx([1.0, 2.0])
+    d = Dispatcher([slow, fast], clock=clock)  # the predictor plans in the first engine's time: the slow one's
+    assert [e.slowdown for e in d.engines] == pytest.approx([1.0, 0.5])
     d.submit("a", 300, 64)
+    [ga] = d.grant()
+    assert ga.engine == 1  # both idle: the faster pulls first
     d.submit("b", 300, 64)
-    [ga, gb] = d.grant()
-    assert {ga.engine, gb.engine} == {0, 1}
-    fast_s, slow_s = d.engines[0].backlog_s(), d.engines[1].backlog_s()
+    [gb] = d.grant()
+    assert gb.engine == 0
+    fast_s, slow_s = d.engines[1].backlog_s(), d.engines[0].backlog_s()
     assert slow_s == pytest.approx(2 * fast_s) and fast_s > 0
-    d.submit("c", 300, 64)  # the next goes where it ends first: the fast engine
+    d.submit("c", 300, 64)  # the next goes where less work is ahead of it, in each engine's own time: the fast one
     [gc] = d.grant()
-    assert gc.engine == 0
-    restored = Dispatcher([fast, slow], clock=clock)  # after a scheduler restart, the same backlogs
+    assert gc.engine == 1
+    restored = Dispatcher([slow, fast], clock=clock)  # after a scheduler restart, the same backlogs
     restored.restore(pickle.loads(pickle.dumps(d.learned())), [cp for cp in d.take_changes().values() if cp])
     assert [e.backlog_s() for e in restored.engines] == pytest.approx([e.backlog_s() for e in d.engines])
