@@ -156,7 +156,6 @@ class GlobalQueue:
             self.invalidate()  # mostly stale entries: re-order at the next pull
         return taken
 
-
     def _faster_elsewhere(self, job: Job, engine: PlacementTarget, others: list[tuple[PlacementTarget, int]],
                           need: int) -> bool:
         """Whether another engine with `need` free blocks steps `job` `defer_to_faster` faster than `engine`."""

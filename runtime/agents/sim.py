@@ -390,19 +390,15 @@ class SimulatedEngine:
         del self._enqueued[job]
         if job.kv is KVState.PRESERVED:
             self._set_idle(job, False)
-        if job in self._incoming:  # its KV comes from the engine that held it, over the network
+        moved = job in self._incoming  # its KV comes over the network from the engine that held it
+        if moved or job.kv is KVState.SWAPPED:  # ... or from host memory
             self._incoming.discard(job)
             self.pool.allocate(job.job_id, need)
             self.life.kv_kept(job, KVState.SWAPPING_IN, job.kv_tokens)
             self.swapping_in += 1
-            self.counters.moved_in_tokens += job.kv_tokens
-            self.push(self._transfer(job.kv_tokens, self.profile.receive_s(job.kv_tokens)), _SWAP_IN_DONE, job)
-            return 0
-        if job.kv is KVState.SWAPPED:
-            self.pool.allocate(job.job_id, need)
-            self.life.kv_kept(job, KVState.SWAPPING_IN, job.kv_tokens)
-            self.swapping_in += 1
-            self.push(self._transfer(job.kv_tokens), _SWAP_IN_DONE, job)
+            self.counters.moved_in_tokens += job.kv_tokens if moved else 0
+            seconds = self.profile.receive_s(job.kv_tokens) if moved else None
+            self.push(self._transfer(job.kv_tokens, seconds), _SWAP_IN_DONE, job)
             return 0
         tokens = job.kv_tokens
         if job.kv in (KVState.NONE, KVState.DISCARDED):
