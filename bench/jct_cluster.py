@@ -15,6 +15,10 @@ The trace's rate grows with N (`--rates-per-engine` jobs/s per engine), so every
 cluster grown over hardware generations has; the policies plan in H100 time, each engine's backlog scaled by its
 own slowness.
 
+`--bound` adds the no-contention bound: each job alone on an idle engine of the fleet's fastest kind (its tool
+time and its compute at batch 1), a floor no arrangement of the fleet can reach; `bench.targets` states it next to
+each verdict.
+
 The decision cost is measured on the real dispatcher (`runtime.serving.dispatch.Dispatcher`, what the actor
 runs): with `--ready` segments waiting and every engine full, one segment finishes and `grant()` picks the next:
 the time of that call is the cost of one dispatch. The dispatcher re-orders the whole queue at most every
@@ -87,8 +91,8 @@ def run_sweep(a) -> list[dict]:
         table = generate(mix, a.jobs_per_engine * n, a.rates[mix] * n, seed)
         kinds = FLEETS[a.fleet]
         t0 = time.perf_counter()
-        if arr == BOUND:  # each job alone on an idle engine of the fleet's fastest kind: only its own steps and
-            fastest = min(kinds, key=lambda p: p.cost.decode_s_per_token(64, 2048))  # tool calls delay it
+        if arr == BOUND:  # each job alone on an idle engine of the fastest kind: only its own steps and tools delay it
+            fastest = min(kinds, key=lambda p: p.cost.decode_s_per_token(64, 2048))
             jcts = np.array(list(alone_s(jobs_from_table(table), fastest).values()))
             row = {"jobs": len(jcts), **jct_summary(jcts), "preemptions": 0, "recompute_frac": 0.0,
                    "load": a.rates[mix], "seed": seed, "sim_wall_s": time.perf_counter() - t0}
