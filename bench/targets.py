@@ -29,6 +29,8 @@ import json
 import sys
 from pathlib import Path
 
+from bench.jct_cluster import BOUND
+
 OTHERS = ("fcfs", "plas", "infercept", "continuum", "lamps")  # the peers; sjf and clairvoyant are bounds
 
 
@@ -129,9 +131,6 @@ def check_river_lookup(path: Path) -> tuple[list[str], list[str]]:
                                              f"per frame p50 (target <= 5)")
               for c in cost.values() if c["models"] >= 1000]
     return _verdicts(path, checks)
-
-
-BOUND = "no-contention bound"  # bench.jct_cluster's name for it (not imported: this page needs no simulator)
 
 
 def check_cluster(path: Path) -> tuple[list[str], list[str]]:

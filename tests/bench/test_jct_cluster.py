@@ -44,6 +44,5 @@ def test_the_no_contention_bound_is_below_every_arrangement_and_named_in_the_ver
     rows = {r["arrangement"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows[jct_cluster.BOUND]["avg_jct_s"] < min(r["avg_jct_s"] for r in rows.values()
                                                        if r["arrangement"] != jct_cluster.BOUND)
-    assert targets.BOUND == jct_cluster.BOUND
     [verdict] = [v for v in targets.check_cluster(out)[0] if "bfcl" in v]
     assert "no arrangement can go below" in verdict and "global+astraea" in verdict
