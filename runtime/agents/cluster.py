@@ -44,9 +44,12 @@ class PlacementTarget(Protocol):
     def receive_s(self, tokens: int) -> float | None:
         """Seconds to copy `tokens` of a job's KV in from the engine that holds it; None: it cannot (recompute)."""
 
-    def step_s(self, tokens: int) -> float:
-        """Predicted time of this engine's next decode step with one more sequence of `tokens` of context (used
-        where the queue defers to faster engines)."""
+    def step_s(self, tokens: int | None) -> float:
+        """Predicted time of this engine's next decode step with one more sequence of `tokens` of context (None:
+        as it stands; used where the queue defers to engines a segment costs less on)."""
+
+    def decoding(self) -> int:
+        """Sequences in the engine's next decode step."""
 
 
 def engine_slowdown(cost: StepCost, predictor: Predictor) -> float:
@@ -59,6 +62,17 @@ def engine_slowdown(cost: StepCost, predictor: Predictor) -> float:
     return cost.decode_s_per_token(*ref) / predictor.cost.decode_s_per_token(*ref)
 
 
+def join_cost_s(engine: PlacementTarget, tokens: int) -> float:
+    """Per decode step, what one more sequence of `tokens` of context costs all of `engine`'s sequences together:
+    its own step time, plus the time the step grows by for each sequence beside it, counted twice: in steady state
+    as many sequences join during its stay as run beside it when it joins. Its own step time alone (the next step's
+    speed) left the sharing out: on a mixed fleet it filled the fast engines until their steps were as slow as the
+    slow ones' (bench.jct_cluster --fleet mixed, swe, 8 engines: 0.911x the best per-engine arrangement with it,
+    0.898x with this)."""
+    joined = engine.step_s(tokens)
+    return joined + 2 * engine.decoding() * (joined - engine.step_s(None))
+
+
 class GlobalQueue:
     """The cluster's ready segments in the policy's order.
 
@@ -68,16 +82,16 @@ class GlobalQueue:
     policy's key at that moment, and the whole queue is re-ordered (response ratios grow with waiting, MLFQ aging
     applies) once the order is older than `refresh_s`.
 
-    `defer_to_faster` (a fraction; None: never): an engine leaves a segment that has no home with it to another
-    engine that has room for it and whose next decode step, with the segment added, is predicted that fraction
-    faster. Engines that pull on their own clocks (the simulator's) otherwise give a segment to whichever looks
-    first; on a fleet of mixed hardware that fills the slow engines as much as the fast ones, and a batched engine
-    runs every job in it at its own step time (bench.jct_cluster --fleet mixed)."""
+    `defer_to_cheaper` (a fraction; None: never): an engine leaves a segment that has no home with it to another
+    engine that has room for it and where the segment's `join_cost_s` is that fraction lower. Engines that pull on
+    their own clocks (the simulator's) otherwise give a segment to whichever looks first; on a fleet of mixed
+    hardware that fills the slow engines as much as the fast ones, and a batched engine runs every job in it at its
+    own step time (bench.jct_cluster --fleet mixed)."""
 
     def __init__(self, policy: Policy, predictor: Predictor, block_size: int, engines: list[PlacementTarget],
-                 refresh_s: float = 0.0, defer_to_faster: float | None = None):
+                 refresh_s: float = 0.0, defer_to_cheaper: float | None = None):
         self.policy, self.pred, self.bs, self.engines = policy, predictor, block_size, engines
-        self.refresh_s, self.defer_to_faster = refresh_s, defer_to_faster
+        self.refresh_s, self.defer_to_cheaper = refresh_s, defer_to_cheaper
         self._ready: dict[int, Job] = {}  # id(job) -> job, in arrival order
         self._order: list[Job] = []  # the cached order (refresh_s > 0); may hold jobs no longer ready
         self._keys: list = []
@@ -126,7 +140,7 @@ class GlobalQueue:
         if not self._ready or seqs <= 0:
             return []
         taken: list[Job] = []
-        others = [] if self.defer_to_faster is None else [
+        others = [] if self.defer_to_cheaper is None else [
             (e, room[0]) for e in self.engines if e is not engine and (room := e.room())[1] > 0]
         for job in self._ordered(engine.now):
             if seqs <= 0:
@@ -138,7 +152,7 @@ class GlobalQueue:
                 if not self._moves(job, engine, self.engines[home]):
                     continue  # it ends sooner where its KV is
             need = blocks_for(job.resume_tokens + 1, self.bs)
-            if others and home is None and self._faster_elsewhere(job, engine, others, need):
+            if others and home is None and self._cheaper_elsewhere(job, engine, others, need):
                 continue
             if home == engine.index:
                 need -= engine.held_blocks(job)
@@ -156,11 +170,11 @@ class GlobalQueue:
             self.invalidate()  # mostly stale entries: re-order at the next pull
         return taken
 
-    def _faster_elsewhere(self, job: Job, engine: PlacementTarget, others: list[tuple[PlacementTarget, int]],
-                          need: int) -> bool:
-        """Whether another engine with `need` free blocks steps `job` `defer_to_faster` faster than `engine`."""
-        mine = engine.step_s(job.resume_tokens) / (1 + self.defer_to_faster)
-        return any(blocks >= need and e.step_s(job.resume_tokens) < mine for e, blocks in others)
+    def _cheaper_elsewhere(self, job: Job, engine: PlacementTarget, others: list[tuple[PlacementTarget, int]],
+                           need: int) -> bool:
+        """Whether another engine with `need` free blocks takes `job` at a `defer_to_cheaper` lower join cost."""
+        mine = join_cost_s(engine, job.resume_tokens) / (1 + self.defer_to_cheaper)
+        return any(blocks >= need and join_cost_s(e, job.resume_tokens) < mine for e, blocks in others)
 
     def _moves(self, job: Job, engine: PlacementTarget, home: PlacementTarget) -> bool:
         """Whether `job`, whose KV `home` holds, is predicted to end sooner on `engine` (which has room now) than

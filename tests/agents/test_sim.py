@@ -4,7 +4,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.agents.cluster import GlobalQueue
+from runtime.agents.cluster import GlobalQueue, join_cost_s
 from runtime.agents.costmodel import LLAMA3_8B_A100, LLAMA3_8B_H100
 from runtime.agents.job import Job, KVState, Phase, Segment
 from runtime.agents.lifecycle import Lifecycle
@@ -209,8 +209,10 @@ def test_a_job_that_moves_has_its_kv_copied_in_where_engines_can_copy_and_recomp
 class _Engine:
     """Just what `GlobalQueue` reads of an engine (`runtime.agents.cluster.PlacementTarget`)."""
 
-    def __init__(self, index, step_s):
+    def __init__(self, index, step_s, decoding=0, growth=0.0):
+        """`step_s`: its next step with one more sequence; `growth`: how much longer that is than without it."""
         self.index, self.now, self.slowdown, self._step_s = index, 0.0, 1.0, step_s
+        self._decoding, self._growth = decoding, growth
 
     def room(self):
         return 1000, 4
@@ -225,17 +227,21 @@ class _Engine:
         return None
 
     def step_s(self, tokens):
-        return self._step_s
+        return self._step_s if tokens is not None else self._step_s - self._growth
+
+    def decoding(self):
+        return self._decoding
 
 
 @pytest.mark.parametrize("defer", [None, 0.2])
-def test_an_engine_leaves_a_new_segment_to_a_much_faster_engine_with_room(defer):
+def test_an_engine_leaves_a_new_segment_to_an_engine_it_costs_much_less_on(defer):
     """The slow engine looks first. Deferring, it leaves the segment to the engine whose next step is over 20%
-    faster, but not to one that is only a little faster; without deferring it takes what it sees."""
+    faster (nothing else runs on either: the step is the whole cost), but not to one that is only a little faster;
+    without deferring it takes what it sees."""
     pred = Predictor(LLAMA3_8B_H100.cost, max_len=LLAMA3_8B_H100.max_model_len)
     policy = make_policy("astraea", PolicyContext(pred, LLAMA3_8B_H100))
     slow, fast, close = _Engine(0, 0.030), _Engine(1, 0.020), _Engine(2, 0.027)
-    queue = GlobalQueue(policy, pred, 16, [slow, fast], defer_to_faster=defer)
+    queue = GlobalQueue(policy, pred, 16, [slow, fast], defer_to_cheaper=defer)
     job = Job("j", 0.0, (Segment(0, 500, 50, "", 0.0),))
     Lifecycle(policy, pred).ready(job, 0.0)
     queue.submit(job)
@@ -243,8 +249,23 @@ def test_an_engine_leaves_a_new_segment_to_a_much_faster_engine_with_room(defer)
         assert queue.pull(slow) == [job]
         return
     assert queue.pull(slow) == [] and queue.pull(fast) == [job]
-    near = GlobalQueue(policy, pred, 16, [slow, close], defer_to_faster=defer)
+    near = GlobalQueue(policy, pred, 16, [slow, close], defer_to_cheaper=defer)
     again = Job("k", 0.0, (Segment(0, 500, 50, "", 0.0),))
     Lifecycle(policy, pred).ready(again, 0.0)
     near.submit(again)
     assert near.pull(slow) == [again]
+
+
+def test_an_engine_whose_many_sequences_a_segment_would_slow_leaves_it_to_an_idle_slower_engine():
+    """The crowded engine's next step is the fastest, but the segment would lengthen each of its 16 sequences' steps
+    too: counted with what they lose, it costs less on the idle engine, which takes it. Counting only the segment's
+    own step, the crowded engine would keep it."""
+    pred = Predictor(LLAMA3_8B_H100.cost, max_len=LLAMA3_8B_H100.max_model_len)
+    policy = make_policy("astraea", PolicyContext(pred, LLAMA3_8B_H100))
+    crowded, idle = _Engine(0, 0.020, decoding=16, growth=0.001), _Engine(1, 0.030)
+    assert join_cost_s(crowded, 500) == pytest.approx(0.020 + 2 * 16 * 0.001)
+    queue = GlobalQueue(policy, pred, 16, [crowded, idle], defer_to_cheaper=0.2)
+    job = Job("j", 0.0, (Segment(0, 500, 50, "", 0.0),))
+    Lifecycle(policy, pred).ready(job, 0.0)
+    queue.submit(job)
+    assert queue.pull(crowded) == [] and queue.pull(idle) == [job]
