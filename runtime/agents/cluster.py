@@ -18,6 +18,7 @@ internals and the simulator and the GlobalScheduler actor run the same placement
 from __future__ import annotations
 
 import bisect
+from dataclasses import dataclass
 from typing import Protocol
 
 from runtime.agents.costmodel import StepCost
@@ -44,12 +45,9 @@ class PlacementTarget(Protocol):
     def receive_s(self, tokens: int) -> float | None:
         """Seconds to copy `tokens` of a job's KV in from the engine that holds it; None: it cannot (recompute)."""
 
-    def step_s(self, tokens: int | None) -> float:
-        """Predicted time of this engine's next decode step with one more sequence of `tokens` of context (None:
-        as it stands; used where the queue defers to engines a segment costs less on)."""
-
-    def decoding(self) -> int:
-        """Sequences in the engine's next decode step."""
+    def next_step(self) -> NextStep:
+        """This engine's next decode step as it stands (used where the queue defers to engines a segment costs
+        less on)."""
 
 
 def engine_slowdown(cost: StepCost, predictor: Predictor) -> float:
@@ -62,15 +60,26 @@ def engine_slowdown(cost: StepCost, predictor: Predictor) -> float:
     return cost.decode_s_per_token(*ref) / predictor.cost.decode_s_per_token(*ref)
 
 
-def join_cost_s(engine: PlacementTarget, tokens: int) -> float:
-    """Per decode step, what one more sequence of `tokens` of context costs all of `engine`'s sequences together:
-    its own step time, plus the time the step grows by for each sequence beside it, counted twice: in steady state
-    as many sequences join during its stay as run beside it when it joins. Its own step time alone (the next step's
-    speed) left the sharing out: on a mixed fleet it filled the fast engines until their steps were as slow as the
-    slow ones' (bench.jct_cluster --fleet mixed, swe, 8 engines: 0.911x the best per-engine arrangement with it,
-    0.898x with this)."""
-    joined = engine.step_s(tokens)
-    return joined + 2 * engine.decoding() * (joined - engine.step_s(None))
+@dataclass(frozen=True)
+class NextStep:
+    """An engine's next decode step, and what one more sequence would add to it. The addition is linear in that
+    sequence's context (a decode step reads every sequence's KV once), so the queue takes each engine's figures
+    once per pull and prices every waiting segment from them, instead of asking each engine again per segment."""
+
+    now_s: float  # the step as it stands
+    per_seq_s: float  # what one more sequence adds, before its context
+    per_token_s: float  # and per token of its context
+    decoding: int  # sequences in the step
+
+    def join_cost_s(self, tokens: int) -> float:
+        """Per decode step, what one more sequence of `tokens` of context costs all of the engine's sequences
+        together: its own step time, plus the time the step grows by for each sequence beside it, counted twice:
+        in steady state as many sequences join during its stay as run beside it when it joins. Its own step time
+        alone (the next step's speed) left the sharing out: on a mixed fleet it filled the fast engines until their
+        steps were as slow as the slow ones' (bench.jct_cluster --fleet mixed, swe, 8 engines: 0.911x the best
+        per-engine arrangement with it, 0.898x with this)."""
+        growth = self.per_seq_s + self.per_token_s * tokens
+        return self.now_s + growth + 2 * self.decoding * growth
 
 
 class GlobalQueue:
@@ -83,10 +92,10 @@ class GlobalQueue:
     applies) once the order is older than `refresh_s`.
 
     `defer_to_cheaper` (a fraction; None: never): an engine leaves a segment that has no home with it to another
-    engine that has room for it and where the segment's `join_cost_s` is that fraction lower. Engines that pull on
-    their own clocks (the simulator's) otherwise give a segment to whichever looks first; on a fleet of mixed
-    hardware that fills the slow engines as much as the fast ones, and a batched engine runs every job in it at its
-    own step time (bench.jct_cluster --fleet mixed)."""
+    engine that has room for it and where the segment's join cost (`NextStep.join_cost_s`) is that fraction lower.
+    Engines that pull on their own clocks (the simulator's) otherwise give a segment to whichever looks first; on a
+    fleet of mixed hardware that fills the slow engines as much as the fast ones, and a batched engine runs every
+    job in it at its own step time (bench.jct_cluster --fleet mixed)."""
 
     def __init__(self, policy: Policy, predictor: Predictor, block_size: int, engines: list[PlacementTarget],
                  refresh_s: float = 0.0, defer_to_cheaper: float | None = None):
@@ -140,8 +149,7 @@ class GlobalQueue:
         if not self._ready or seqs <= 0:
             return []
         taken: list[Job] = []
-        others = [] if self.defer_to_cheaper is None else [
-            (e, room[0]) for e in self.engines if e is not engine and (room := e.room())[1] > 0]
+        elsewhere = None  # taken at the first segment that may be left to another engine
         for job in self._ordered(engine.now):
             if seqs <= 0:
                 break
@@ -152,8 +160,10 @@ class GlobalQueue:
                 if not self._moves(job, engine, self.engines[home]):
                     continue  # it ends sooner where its KV is
             need = blocks_for(job.resume_tokens + 1, self.bs)
-            if others and home is None and self._cheaper_elsewhere(job, engine, others, need):
-                continue
+            if home is None and self.defer_to_cheaper is not None:
+                elsewhere = elsewhere or _OtherEngines(engine, self.engines)
+                if elsewhere.cheaper(job.resume_tokens, need, self.defer_to_cheaper):
+                    continue
             if home == engine.index:
                 need -= engine.held_blocks(job)
             if need > blocks:
@@ -170,12 +180,6 @@ class GlobalQueue:
             self.invalidate()  # mostly stale entries: re-order at the next pull
         return taken
 
-    def _cheaper_elsewhere(self, job: Job, engine: PlacementTarget, others: list[tuple[PlacementTarget, int]],
-                           need: int) -> bool:
-        """Whether another engine with `need` free blocks takes `job` at a `defer_to_cheaper` lower join cost."""
-        mine = join_cost_s(engine, job.resume_tokens) / (1 + self.defer_to_cheaper)
-        return any(blocks >= need and join_cost_s(e, job.resume_tokens) < mine for e, blocks in others)
-
     def _moves(self, job: Job, engine: PlacementTarget, home: PlacementTarget) -> bool:
         """Whether `job`, whose KV `home` holds, is predicted to end sooner on `engine` (which has room now) than
         after `home`'s backlog: there it first gets its KV, copied in or recomputed, then runs at its speed."""
@@ -184,6 +188,30 @@ class GlobalQueue:
         if bring is None:
             bring = self.pred.recompute_s(job.kv_tokens) * engine.slowdown
         return bring + compute * engine.slowdown < home.backlog_s() + compute * home.slowdown
+
+
+class _OtherEngines:
+    """The other engines as one engine's pull sees them. Nothing changes on them while one engine pulls, so each
+    one's next step is taken once per pull, and its room, dearer to count, only once a segment would cost less
+    there."""
+
+    def __init__(self, engine: PlacementTarget, engines: list[PlacementTarget]):
+        self.mine = engine.next_step()
+        self.steps = [(e, e.next_step()) for e in engines if e is not engine]
+        self._rooms: dict[int, tuple[int, int]] = {}
+
+    def cheaper(self, tokens: int, need: int, margin: float) -> bool:
+        """Whether another engine with a free slot and `need` free blocks takes a segment of `tokens` at a join
+        cost `margin` lower than the pulling engine's."""
+        limit = self.mine.join_cost_s(tokens) / (1 + margin)
+        for e, step in self.steps:
+            if step.join_cost_s(tokens) < limit:
+                room = self._rooms.get(e.index)
+                if room is None:
+                    room = self._rooms[e.index] = e.room()
+                if room[1] > 0 and room[0] >= need:
+                    return True
+        return False
 
 
 def autellix_engine(job: Job, engines: list[PlacementTarget], predictor: Predictor, short_s: float) -> PlacementTarget:

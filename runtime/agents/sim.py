@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from runtime.agents.cluster import GlobalQueue, autellix_engine, engine_slowdown
+from runtime.agents.cluster import GlobalQueue, NextStep, autellix_engine, engine_slowdown
 from runtime.agents.costmodel import DeploymentProfile, prefill_pairs
 from runtime.agents.job import Job, KVState, Phase
 from runtime.agents.kv import CpuBlockPool, GpuBlockPool, KVAction, MemoryView, blocks_for
@@ -62,9 +62,9 @@ class EngineCounters:
 
 
 # Engines here pull on their own clocks: one leaves a segment to another engine where it costs this much less
-# (runtime.agents.cluster.join_cost_s). A small margin: estimates of nearly equal engines differ by a few sequences'
-# KV, which is no reason to hold a segment back. On swe, 8 mixed engines, 3 seeds: 0.900x the best per-engine
-# arrangement with 0, 0.898x with 0.05, 0.902x with 0.1.
+# (runtime.agents.cluster.NextStep.join_cost_s). A small margin: estimates of nearly equal engines differ by a few
+# sequences' KV, which is no reason to hold a segment back. On swe, 8 mixed engines, 3 seeds: 0.900x the best
+# per-engine arrangement with 0, 0.898x with 0.05, 0.902x with 0.1.
 DEFER_TO_CHEAPER = 0.05
 
 
@@ -195,14 +195,10 @@ class SimulatedEngine:
     def held_blocks(self, job: Job) -> int:
         return self.pool.owned.get(job.job_id, 0)
 
-    def step_s(self, tokens: int | None) -> float:
-        batch = sum(r.job.kv_tokens for r in self.running)
-        if tokens is None:
-            return self.cost.step_s(0, len(self.running), batch, 0.0)
-        return self.cost.step_s(0, len(self.running) + 1, batch + tokens, 0.0)
-
-    def decoding(self) -> int:
-        return len(self.running)
+    def next_step(self) -> NextStep:
+        c = self.cost
+        return NextStep(c.step_s(0, len(self.running), sum(r.job.kv_tokens for r in self.running), 0.0),
+                        c.token_s, c.kv_read_s, len(self.running))
 
     def receive_s(self, tokens: int) -> float | None:
         return self.profile.receive_s(tokens)

@@ -148,8 +148,8 @@ class SessionCheckpoint:
 
 
 class EngineLedger:
-    """One engine as the dispatcher sees it (implements `runtime.agents.cluster.PlacementTarget` except `step_s` and
-    `decoding`, which only the simulator's deferral reads): capacity from its report, in-flight work from the
+    """One engine as the dispatcher sees it (implements `runtime.agents.cluster.PlacementTarget` except
+    `next_step`, which only the simulator's deferral reads): capacity from its report, in-flight work from the
     grants, KV kept between segments from its KV log."""
 
     def __init__(self, index: int, info: EngineShape, dispatcher: Dispatcher):

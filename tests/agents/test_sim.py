@@ -4,7 +4,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.agents.cluster import GlobalQueue, join_cost_s
+from runtime.agents.cluster import GlobalQueue, NextStep
 from runtime.agents.costmodel import LLAMA3_8B_A100, LLAMA3_8B_H100
 from runtime.agents.job import Job, KVState, Phase, Segment
 from runtime.agents.lifecycle import Lifecycle
@@ -226,11 +226,8 @@ class _Engine:
     def receive_s(self, tokens):
         return None
 
-    def step_s(self, tokens):
-        return self._step_s if tokens is not None else self._step_s - self._growth
-
-    def decoding(self):
-        return self._decoding
+    def next_step(self):
+        return NextStep(self._step_s - self._growth, self._growth, 0.0, self._decoding)
 
 
 @pytest.mark.parametrize("defer", [None, 0.2])
@@ -263,7 +260,7 @@ def test_an_engine_whose_many_sequences_a_segment_would_slow_leaves_it_to_an_idl
     pred = Predictor(LLAMA3_8B_H100.cost, max_len=LLAMA3_8B_H100.max_model_len)
     policy = make_policy("astraea", PolicyContext(pred, LLAMA3_8B_H100))
     crowded, idle = _Engine(0, 0.020, decoding=16, growth=0.001), _Engine(1, 0.030)
-    assert join_cost_s(crowded, 500) == pytest.approx(0.020 + 2 * 16 * 0.001)
+    assert crowded.next_step().join_cost_s(500) == pytest.approx(0.020 + 2 * 16 * 0.001)
     queue = GlobalQueue(policy, pred, 16, [crowded, idle], defer_to_cheaper=0.2)
     job = Job("j", 0.0, (Segment(0, 500, 50, "", 0.0),))
     Lifecycle(policy, pred).ready(job, 0.0)
