@@ -34,12 +34,13 @@ test: $(STAMP)  ## the whole suite
 bench: $(STAMP)  ## the committed simulator benchmarks (bench/results/) and the target check
 	$(PY) -m bench.reproduce
 	$(PY) -m bench.peers --jobs 1000 --seeds 0 --out bench/results/peers.json
+	$(PY) -m bench.sim_speed --jobs 2000 --out bench/results/sim_speed.json
 	$(TARGETS)
 
 # every committed result checked against its targets (bench/results/README.md); globbed when the recipe runs
 TARGETS = $(PY) -m bench.targets bench/results/jct_*.json bench/results/river*.json \
 	$(wildcard bench/results/service_load.json bench/results/vs_vllm_server.json bench/results/peers.json \
-		bench/results/control_plane.json)
+		bench/results/control_plane.json bench/results/sim_speed.json)
 
 REAL := HF_HUB_OFFLINE=1 $(PY) -m bench.jct_real --model small --seeds 0 --kv-blocks 256
 bench-real: $(STAMP) models/small/config.json  ## the committed real-vLLM (CPU) benchmarks, ~35 min on 2 cores

@@ -19,8 +19,9 @@ connection errors at every concurrency level, and a new session answered within 
 vs_vllm_server (bench.vs_vllm_server): under memory pressure the drop-in plugin and the Ray runtime <= 0.70x the
 average JCT of the stock server configured like ours, p99 not worse; without tools the plugin >= 0.97x its output
 tokens/s; the Ray runtime within 10% of the plugin. control_plane (bench.control_plane): the GlobalScheduler
-actor with 1,000 simulated engines and 100,000 sessions >= 2,000 segments/s with p99 added latency <= 5 ms. It
-reports what it finds, wins and losses alike.
+actor with 1,000 simulated engines and 100,000 sessions >= 2,000 segments/s with p99 added latency <= 5 ms.
+sim_speed (bench.sim_speed): every policy's run of a 2,000-job trace at the heaviest load <= 20 s wall. It reports
+what it finds, wins and losses alike.
 """
 
 from __future__ import annotations
@@ -248,6 +249,12 @@ def check_peers(path: Path) -> tuple[list[str], list[str]]:
     return _verdicts(path, checks)
 
 
+def check_sim_speed(path: Path) -> tuple[list[str], list[str]]:
+    """bench.sim_speed: every policy's run of the long trace within the simulator's time target (issue 17)."""
+    data = json.loads(path.read_text())
+    return _verdicts(path, [(t["met"], t["name"]) for t in data["targets"]])
+
+
 def _verdicts(path: Path, checks: list[tuple[bool, str]]) -> tuple[list[str], list[str]]:
     return ([("PASS " if ok else "MISS ") + text for ok, text in checks],
             [f"{path.stem}: {text}" for ok, text in checks if not ok])
@@ -256,6 +263,8 @@ def _verdicts(path: Path, checks: list[tuple[bool, str]]) -> tuple[list[str], li
 def _checker(data: dict):
     if "checks" in data:
         return check_peers, "[average JCT vs load, peer and baseline]({stem}.png)"
+    if "timings" in data:
+        return check_sim_speed, "[wall per policy]({stem}.png)"
     if "open_sessions" in data:
         return check_control_plane, "[segments/s and added latency vs callers]({stem}.png)"
     if "levels" in data:
@@ -291,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
            "(the served API under a concurrency sweep); `vs_vllm_server` from `make bench-vs-vllm` (vLLM's own",
            "server against the drop-in plugin and the Ray runtime); `peers` from `make bench` (each peer against",
            "its own paper's baseline and headline, in the simulator); `control_plane` from",
-           "`make bench-control-plane` (the scheduler actor alone, with a simulated fleet). Each table's first",
+           "`make bench-control-plane` (the scheduler actor alone, with a simulated fleet); `sim_speed` from",
+           "`make bench` (the simulator's own wall time). Each table's first",
            "line is its exact command.",
            "This page is written by `python -m bench.targets` from the JSON files.", ""]
     all_misses = []
