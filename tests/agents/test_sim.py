@@ -209,13 +209,14 @@ def test_a_job_that_moves_has_its_kv_copied_in_where_engines_can_copy_and_recomp
 class _Engine:
     """Just what `GlobalQueue` reads of an engine (`runtime.agents.cluster.PlacementTarget`)."""
 
-    def __init__(self, index, step_s, decoding=0, growth=0.0):
-        """`step_s`: its next step with one more sequence; `growth`: how much longer that is than without it."""
+    def __init__(self, index, step_s, decoding=0, growth=0.0, room=(1000, 4)):
+        """`step_s`: its next step with one more sequence; `growth`: how much longer that is than without it;
+        `room`: (free KV blocks, free sequence slots)."""
         self.index, self.now, self.slowdown, self._step_s = index, 0.0, 1.0, step_s
-        self._decoding, self._growth = decoding, growth
+        self._decoding, self._growth, self._room = decoding, growth, room
 
     def room(self):
-        return 1000, 4
+        return self._room
 
     def backlog_s(self):
         return 0.0
@@ -266,3 +267,17 @@ def test_an_engine_whose_many_sequences_a_segment_would_slow_leaves_it_to_an_idl
     Lifecycle(policy, pred).ready(job, 0.0)
     queue.submit(job)
     assert queue.pull(crowded) == [] and queue.pull(idle) == [job]
+
+
+@pytest.mark.parametrize("room", [(1000, 0), (10, 4)])
+def test_a_cheaper_engine_without_room_for_the_segment_is_not_waited_for(room):
+    """The fast engine has no free slot, or too few free blocks for the segment's 500 tokens: the slow engine
+    takes the segment instead of leaving it to an engine that cannot take it now."""
+    pred = Predictor(LLAMA3_8B_H100.cost, max_len=LLAMA3_8B_H100.max_model_len)
+    policy = make_policy("astraea", PolicyContext(pred, LLAMA3_8B_H100))
+    slow, full = _Engine(0, 0.030), _Engine(1, 0.020, room=room)
+    queue = GlobalQueue(policy, pred, 16, [slow, full], defer_to_cheaper=0.2)
+    job = Job("j", 0.0, (Segment(0, 500, 50, "", 0.0),))
+    Lifecycle(policy, pred).ready(job, 0.0)
+    queue.submit(job)
+    assert queue.pull(slow) == [job]
