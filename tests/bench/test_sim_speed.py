@@ -24,7 +24,8 @@ def test_each_policy_is_timed_and_judged(tmp_path):
 
 
 @pytest.mark.parametrize("bad, field", [("nope:1:1", "unknown mix"), ("swe:x:1", "not mix:rate:load"),
-                                        ("swe:1:0", "must be > 0")])
+                                        ("swe:1:0", "must be > 0"), ("swe:1:2:3", "not mix:rate:load"),
+                                        ("swe:1", "not mix:rate:load")])
 def test_a_malformed_workload_is_refused(bad, field, capsys):
     with pytest.raises(SystemExit):
         sim_speed.main(["--workloads", bad])
