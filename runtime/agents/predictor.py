@@ -16,6 +16,9 @@ from runtime.agents.costmodel import StepCost
 from runtime.agents.job import Job, KVState, Phase
 
 OUTPUT_ESTIMATORS = ("oracle", "online")
+# The learned estimates T_comp reads, each versioned on its own (`Predictor.versions`) so that a cache of values
+# that read only some of them outlives changes to the others.
+ESTIMATES = frozenset({"speed", "outputs", "lengths"})
 
 
 @dataclass
@@ -47,8 +50,10 @@ class Predictor:
     _prefill_cache: dict[int, float] = field(default_factory=dict, init=False, repr=False)
     _job_lengths: dict[str, list[int]] = field(default_factory=dict, init=False, repr=False)
     _remaining: dict[str, list[float]] = field(default_factory=dict, init=False, repr=False)
-    # Bumped whenever an estimate that T_comp depends on moves, so callers may cache per job state.
+    # Bumped whenever an estimate that T_comp depends on moves (per estimate in `versions`), so callers may cache
+    # per job state.
     version: int = field(default=0, init=False)
+    versions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(ESTIMATES, 0), init=False)
     _dps_at_version: float = field(default=0.0, init=False, repr=False)
     min_length_samples: int = 20  # finished jobs of a kind before its own length distribution is used
 
@@ -108,7 +113,7 @@ class Predictor:
         return table[job.seg] if job.seg < len(table) else 1.0
 
     def observe_job_done(self, job: Job) -> None:
-        self.version += 1
+        self._moved("lengths")
         n = len(job.segments)
         for key in (self._job_key(job), "*"):
             self._job_lengths.setdefault(key, []).append(n)
@@ -139,7 +144,7 @@ class Predictor:
 
     def observe_output(self, job: Job, tokens: int) -> None:
         if self.output_estimator == "online":
-            self.version += 1
+            self._moved("outputs")
         self._out.setdefault(self._out_key(job), RunningMean()).add(tokens)
         self._out_all.add(tokens)
 
@@ -148,7 +153,15 @@ class Predictor:
         self.decode_s_per_token += 0.05 * (step_s - self.decode_s_per_token)
         if abs(self.decode_s_per_token - self._dps_at_version) > 0.02 * self._dps_at_version:
             self._dps_at_version = self.decode_s_per_token
-            self.version += 1
+            self._moved("speed")
+
+    def _moved(self, estimate: str) -> None:
+        self.versions[estimate] += 1
+        self.version += 1
+
+    def versions_of(self, estimates: frozenset[str]) -> tuple[int, ...]:
+        """The versions of `estimates` (a value computed from only those stays valid while this does not move)."""
+        return tuple(self.versions[e] for e in sorted(estimates))
 
     @staticmethod
     def _out_key(job: Job) -> str:

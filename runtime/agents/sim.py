@@ -100,12 +100,16 @@ class SimulatedEngine:
         self._blocked = False
         self._blocked_head: Job | None = None
         self._new_ready: list[Job] = []
-        # Wait keys of waiting jobs (`Policy.wait_key`): computed once per wait (dropped at admission), dropped when
-        # a waiting job's KV changes, all dropped when the predictor's version moves. Where the policy's rank is
-        # the wait key alone (`Policy.key_is_static`), each is kept with the job's enqueue number, which breaks
-        # ties as the ready list's order does, so the order is the one `Policy.order` gives.
+        # Wait keys of waiting jobs (`Policy.wait_key`): computed once per wait (dropped at admission), dropped
+        # when a waiting job's KV changes, all dropped when an estimate they read moves (`Policy.wait_key_reads`).
+        # Where the policy's rank is the wait key alone (`Policy.key_is_static`), each is kept with the job's
+        # enqueue number, which breaks ties as the ready list's order does, so the order is `Policy.order`'s.
         self._keys: dict[Job, object] = {}
-        self._keys_version = -1
+        # Blocks each waiting job needs to be admitted with its expected growth (`_footprint`): dropped with its
+        # wait key, all dropped when an estimate the policy's `growth_tokens` reads moves.
+        self._footprints: dict[Job, int] = {}
+        self._keys_version: tuple[int, ...] | None = None
+        self._footprints_version: tuple[int, ...] | None = None
         self._enqueued: dict[Job, int] = {}
         self._enqueue_count = 0
         # Cluster modes: where a job that becomes ready (arrival or tool return) goes instead of this engine's
@@ -142,7 +146,7 @@ class SimulatedEngine:
                     self.route(job, t)
             elif kind == _SWAP_OUT_DONE:
                 self._blocked = False
-                self._keys.pop(job, None)
+                self._forget(job)
                 self.pool.free_job(job.job_id)
                 self.life.kv_kept(job, KVState.SWAPPED, job.kv_tokens)
             elif kind == _SWAP_IN_DONE:
@@ -165,11 +169,26 @@ class SimulatedEngine:
             key = self._keys[job] = self.policy.wait_key(job)
         return key
 
+    def _forget(self, job: Job) -> None:
+        """Drop what is kept about a waiting `job` (its KV changed, or it no longer waits)."""
+        self._keys.pop(job, None)
+        self._footprints.pop(job, None)
+
+    def _footprint(self, job: Job) -> int:
+        """Blocks `job` must find free to be admitted without evicting: the rest of its context, one token and the
+        output its policy reserves (`_admit`'s `need + extra`), kept for as long as it waits (see `_footprints`)."""
+        fp = self._footprints.get(job)
+        if fp is None:
+            tokens = job.resume_tokens + 1 + self.policy.growth_tokens(job)
+            fp = self._footprints[job] = blocks_for(tokens, self.bs) - self.pool.owned.get(job.job_id, 0)
+        return fp
+
     def _in_order(self, cands: list[Job]) -> list[Job]:
         """`cands` in the policy's order (see `_keys`)."""
-        if self._keys_version != self.pred.version:
+        keys_version = self.pred.versions_of(self.policy.wait_key_reads)
+        if self._keys_version != keys_version:
             self._keys.clear()
-            self._keys_version = self.pred.version
+            self._keys_version = keys_version
         if not self.policy.key_is_static:
             return self.policy.order(cands, self.now, self._wait_key)
         keys, wait_key, enqueued = self._keys, self.policy.wait_key, self._enqueued
@@ -208,7 +227,7 @@ class SimulatedEngine:
         if job.kv is KVState.PRESERVED:
             self._set_idle(job, False)
             self._blocked = False
-            self._keys.pop(job, None)
+            self._forget(job)
             self.pool.free_job(job.job_id)
         elif job.kv is KVState.SWAPPED:
             self.cpu.free_job(job.job_id)
@@ -250,7 +269,7 @@ class SimulatedEngine:
         self._set_idle(job, False)
         self.counters.preserve -= 1
         self._blocked = False
-        self._keys.pop(job, None)
+        self._forget(job)
         self._apply_kv(job, action)
 
     def _apply_kv(self, job: Job, action: KVAction, ttl_s: float | None = None) -> None:
@@ -348,7 +367,15 @@ class SimulatedEngine:
         reserved = self._reserved_blocks()
         blocked_head = None
         bs, owned = self.bs, self.pool.owned
-        for job in self._in_order(cands):
+        ordered = self._in_order(cands)
+        visit: Iterator[int] = iter(range(len(ordered)))
+        tail = False  # `visit` narrowed to the packing tail (see `_fitting_tail`)
+        last = -1
+        while (k := next(visit, None)) is not None:
+            job = ordered[k]
+            if tail and self.pool.free <= reserved and self._any_waiting_between(ordered, last, k):
+                break  # a segment the tail left out came first, and with no free block it would end the pass
+            last = k
             if budget <= 0 or len(self.running) + self.swapping_in >= max_seqs:
                 blocked_head = blocked_head or job
                 break
@@ -359,6 +386,8 @@ class SimulatedEngine:
             if need + reserved > self.pool.free and (exhausted or not may_evict):
                 blocked_head = blocked_head or job
                 if self.policy.packs and self.pool.free > reserved:
+                    if not tail:
+                        visit, tail = iter(self._fitting_tail(ordered, k + 1, self.pool.free - reserved)), True
                     continue
                 break
             growth = self.policy.growth_tokens(job)
@@ -372,7 +401,9 @@ class SimulatedEngine:
                     exhausted = True
                     blocked_head = blocked_head or job
                     if self.policy.packs and self.pool.free > reserved:
-                        continue  # a smaller segment further down may still fit
+                        if not tail:  # a smaller segment further down may still fit
+                            visit, tail = iter(self._fitting_tail(ordered, k + 1, self.pool.free - reserved)), True
+                        continue
                     break
             reserved += extra
             admitted.add(id(job))
@@ -386,9 +417,33 @@ class SimulatedEngine:
             self._blocked, self._blocked_head = False, None
         return budget
 
+    def _fitting_tail(self, ordered: list[Job], start: int, room: int) -> list[int]:
+        """The rest of a packing pass once no idle KV can be given up: only segments whose footprint fits in
+        `room` blocks can still be admitted (free blocks only shrink and reservations only grow from here), so
+        the pass visits those positions of `ordered` instead of every waiting segment; in an overloaded queue of
+        hundreds that was most of the simulator's time."""
+        version = self.pred.versions_of(self.policy.growth_reads)
+        if self._footprints_version != version:
+            self._footprints.clear()
+            self._footprints_version = version
+        footprints = self._footprints
+        tail = ordered[start:]
+        fps = list(map(footprints.get, tail))
+        if None in fps:
+            fps = [fp if fp is not None else self._footprint(job) for job, fp in zip(tail, fps, strict=True)]
+        if min(fps, default=room + 1) > room:
+            return []
+        return [start + i for i, fp in enumerate(fps) if fp <= room and tail[i].kv is not KVState.SWAPPING_OUT]
+
+    @staticmethod
+    def _any_waiting_between(ordered: list[Job], after: int, before: int) -> bool:
+        """Whether a segment the full pass would have checked (not one whose swap-out is in flight) lies strictly
+        between positions `after` and `before` of `ordered`."""
+        return any(ordered[p].kv is not KVState.SWAPPING_OUT for p in range(after + 1, before))
+
     def _place(self, job: Job, need: int) -> int:
         """Bring an admitted job's KV into place and start it; returns the tokens it must prefill."""
-        self._keys.pop(job, None)
+        self._forget(job)
         del self._enqueued[job]
         if job.kv is KVState.PRESERVED:
             self._set_idle(job, False)

@@ -88,6 +88,25 @@ def test_kept_wait_keys_give_the_policys_own_order(policy, small_profile, monkey
         assert kept.engines == recomputed.engines
 
 
+@pytest.mark.parametrize("policy", [name for name, cls in POLICIES.items() if cls.packs])
+def test_a_packing_pass_visits_only_segments_that_can_fit_and_admits_what_a_full_pass_admits(policy, small_profile,
+                                                                                              monkeypatch):
+    """Once no idle KV can be given up, a packing pass visits only the waiting segments whose kept footprint fits
+    the free blocks: the simulation is the same, job for job, as with every waiting segment visited. Memory
+    pressure fills the queue with segments that do not fit; the online estimator moves the reservations."""
+    table = generate("infercept", 60, 20.0, seed=3)
+    jobs = [j for j in jobs_from_table(table) if sum(s.prompt_tokens + s.output_tokens for s in j.segments) < 4000]
+    keep = {j.job_id for j in jobs}
+    table = table.filter([jid in keep for jid in table.column("job_id").to_pylist()])
+    for estimator in ("oracle", "online"):
+        narrowed = simulate(jobs_from_table(table), small_profile, policy, output_estimator=estimator)
+        with monkeypatch.context() as m:
+            m.setattr(SimulatedEngine, "_fitting_tail", lambda engine, ordered, start, room: range(start, len(ordered)))
+            full = simulate(jobs_from_table(table), small_profile, policy, output_estimator=estimator)
+        assert [j.finish_s for j in narrowed.jobs] == [j.finish_s for j in full.jobs]
+        assert narrowed.engines == full.engines
+
+
 @pytest.mark.parametrize("policy", ["fcfs", "astraea", "infercept"])
 def test_many_engines_each_job_once(policy):
     table = generate("bfcl", 80, 8.0, seed=1)

@@ -52,6 +52,7 @@ class AstraeaKV(Policy):
 
     packs = True
     evicts_for_admission = True
+    growth_reads = frozenset({"outputs"})
 
     def __init__(self, ctx: PolicyContext, high_watermark: float):
         super().__init__(ctx)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from runtime.agents.costmodel import DeploymentProfile
 from runtime.agents.job import Job, KVState, Phase
 from runtime.agents.kv import KVAction, KVDecision, MemoryView, Waste, blocks_for
-from runtime.agents.predictor import Predictor
+from runtime.agents.predictor import ESTIMATES, Predictor
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,12 @@ class Policy:
     # The rank is the wait key alone (see `wait_key`): it never reads the clock, so a waiting job's rank changes
     # only when its wait key does.
     key_is_static = False
+    # Which of the predictor's estimates (`Predictor.versions`) `wait_key` and `growth_tokens` read: an engine keeps
+    # each waiting job's values until one of those moves (every one, unless a policy says fewer). A value that reads
+    # the decode speed declares every estimate: the speed drifts between its versions, so such a value depends on
+    # when it is refreshed, and refreshing it at every version keeps the simulator's results as measured.
+    wait_key_reads: frozenset[str] = ESTIMATES
+    growth_reads: frozenset[str] = ESTIMATES
 
     def __init__(self, ctx: PolicyContext):
         self.pred = ctx.predictor

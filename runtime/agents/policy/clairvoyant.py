@@ -33,6 +33,7 @@ class Clairvoyant(AstraeaKV):
     def __init__(self, ctx: PolicyContext, config: ClairvoyantConfig | None = None):
         super().__init__(ctx, AstraeaConfig().high_watermark)
         self.cfg = config or ClairvoyantConfig()
+        self.growth_reads = frozenset() if self.cfg.true_kv else frozenset({"outputs"})
 
     def remaining_work_s(self, job: Job) -> float:
         """True compute the job still needs: the rest of this segment (prefill of what is not cached, its remaining
@@ -43,11 +44,23 @@ class Clairvoyant(AstraeaKV):
         dps = self.pred.decode_s_per_token
         left = job.current.output_tokens - job.seg_generated
         work = self.pred.prefill_s(self.pred.uncached_tokens(job)) + left * dps
-        later = [self.pred.prefill_s(seg.prompt_tokens) + seg.output_tokens * dps for seg in job.segments[job.seg + 1:]]
+        count, prefill_s, output_tokens = self._later(job)
+        later = prefill_s + output_tokens * dps
         if self.cfg.true_count:
-            return work + sum(later)
-        mean = sum(later) / len(later) if later else 0.0
-        return work + (self.pred.remaining_segments(job) - 1) * mean
+            return work + later
+        return work + (self.pred.remaining_segments(job) - 1) * (later / count if count else 0.0)
+
+    def _later(self, job: Job) -> tuple[int, float, int]:
+        """The segments after the current one: how many, their prompts' prefill seconds, their output tokens.
+        Fixed per segment, while the decode speed they are priced at moves: kept per segment, so that pricing a
+        waiting job again is a few operations, not a walk over its future."""
+        hit = job.policy_state.get("clairvoyant_later")
+        if hit is None or hit[0] != job.seg:
+            segs = job.segments[job.seg + 1:]
+            hit = job.policy_state["clairvoyant_later"] = (
+                job.seg, len(segs), sum(self.pred.prefill_s(s.prompt_tokens) for s in segs),
+                sum(s.output_tokens for s in segs))
+        return hit[1:]
 
     def wait_key(self, job):
         return (self.remaining_work_s(job), job.arrival_s)

@@ -32,6 +32,7 @@ class ContinuumConfig:
 class Continuum(Policy):
     name = "continuum"
     key_is_static = True
+    wait_key_reads = growth_reads = frozenset()
 
     def __init__(self, ctx: PolicyContext, config: ContinuumConfig | None = None):
         super().__init__(ctx)

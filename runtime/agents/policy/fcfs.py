@@ -7,6 +7,7 @@ from runtime.agents.policy.base import Policy
 class Fcfs(Policy):
     name = "fcfs"
     key_is_static = True
+    wait_key_reads = growth_reads = frozenset()
 
     def wait_key(self, job):
         return (not job.preempted, job.ready_since)

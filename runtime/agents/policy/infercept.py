@@ -12,6 +12,7 @@ from runtime.agents.policy.base import Policy
 class InferCept(Policy):
     name = "infercept"
     key_is_static = True
+    wait_key_reads = growth_reads = frozenset()
     evicts_for_admission = True
 
     def wait_key(self, job):

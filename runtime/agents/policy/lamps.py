@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from runtime.agents.policy.base import PolicyContext
 from runtime.agents.policy.infercept import InferCept
+from runtime.agents.predictor import ESTIMATES
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class Lamps(InferCept):
     key_is_static = False  # starvation: a waiting segment's rank changes with time
     packs = True
     evicts_for_admission = True
+    wait_key_reads = ESTIMATES  # not InferCept's: the memory-time score reads every estimate
+    growth_reads = frozenset({"outputs"})
 
     def __init__(self, ctx: PolicyContext, config: LampsConfig | None = None):
         super().__init__(ctx)

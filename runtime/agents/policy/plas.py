@@ -23,6 +23,7 @@ class PlasConfig:
 
 class Plas(Policy):
     name = "plas"
+    growth_reads = frozenset()
 
     def __init__(self, ctx: PolicyContext, config: PlasConfig | None = None):
         super().__init__(ctx)

@@ -6,6 +6,7 @@ from runtime.agents.policy.base import Policy
 class Sjf(Policy):
     name = "sjf"
     key_is_static = True
+    growth_reads = frozenset()
 
     def wait_key(self, job):
         return self.per_state(job, "sjf_key", self._service_s)
