@@ -59,12 +59,17 @@ def check_result(res, table):
         assert j.jct_s >= min_time - 1e-9, "a job finished faster than its tool calls"
 
 
-@pytest.mark.parametrize("policy", list(POLICIES))
-def test_invariants_under_memory_pressure(policy, small_profile):
+def pressure_table():
+    """A burst of infercept-mix jobs small enough for the tiny-KV profile, which they keep under memory pressure."""
     table = generate("infercept", 60, 20.0, seed=3)
     jobs = [j for j in jobs_from_table(table) if sum(s.prompt_tokens + s.output_tokens for s in j.segments) < 4000]
     keep = {j.job_id for j in jobs}
-    table = table.filter([jid in keep for jid in table.column("job_id").to_pylist()])
+    return table.filter([jid in keep for jid in table.column("job_id").to_pylist()])
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_invariants_under_memory_pressure(policy, small_profile):
+    table = pressure_table()
     res, inv = run_checked(jobs_from_table(table), small_profile, policy)
     check_result(res, table)
     assert inv.steps > 0
@@ -75,10 +80,7 @@ def test_kept_wait_keys_give_the_policys_own_order(policy, small_profile, monkey
     """An engine keeps a waiting job's wait key while its KV and the predictor do not change: the simulation is
     the same, job for job, as with every key recomputed at every pass by the policy's own `order`. Memory pressure
     makes waiting jobs' KV move (evictions, swaps) and the online estimator moves the predictor."""
-    table = generate("infercept", 60, 20.0, seed=3)
-    jobs = [j for j in jobs_from_table(table) if sum(s.prompt_tokens + s.output_tokens for s in j.segments) < 4000]
-    keep = {j.job_id for j in jobs}
-    table = table.filter([jid in keep for jid in table.column("job_id").to_pylist()])
+    table = pressure_table()
     for estimator in ("oracle", "online"):
         kept = simulate(jobs_from_table(table), small_profile, policy, output_estimator=estimator)
         with monkeypatch.context() as m:
@@ -94,10 +96,7 @@ def test_a_packing_pass_visits_only_segments_that_can_fit_and_admits_what_a_full
     """Once no idle KV can be given up, a packing pass visits only the waiting segments whose kept footprint fits
     the free blocks: the simulation is the same, job for job, as with every waiting segment visited. Memory
     pressure fills the queue with segments that do not fit; the online estimator moves the reservations."""
-    table = generate("infercept", 60, 20.0, seed=3)
-    jobs = [j for j in jobs_from_table(table) if sum(s.prompt_tokens + s.output_tokens for s in j.segments) < 4000]
-    keep = {j.job_id for j in jobs}
-    table = table.filter([jid in keep for jid in table.column("job_id").to_pylist()])
+    table = pressure_table()
     for estimator in ("oracle", "online"):
         narrowed = simulate(jobs_from_table(table), small_profile, policy, output_estimator=estimator)
         with monkeypatch.context() as m:
