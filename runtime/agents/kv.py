@@ -140,11 +140,12 @@ class Waste:
     swap: float
 
     def best(self, swap_ok: bool = True) -> KVAction:
-        # Ties go to the least disruptive option: preserve, then swap, then discard.
-        options = [(self.preserve, 0, KVAction.PRESERVE), (self.discard, 2, KVAction.DISCARD)]
-        if swap_ok:
-            options.append((self.swap, 1, KVAction.SWAP))
-        return min(options, key=lambda o: (o[0], o[1]))[2]
+        # Ties go to the least disruptive option: preserve, then swap, then discard (a later option must be
+        # strictly less wasteful to win). Called for every idle job at every search for memory: no lists here.
+        action, least = KVAction.PRESERVE, self.preserve
+        if swap_ok and self.swap < least:
+            action, least = KVAction.SWAP, self.swap
+        return KVAction.DISCARD if self.discard < least else action
 
 
 def astraea_waste(t_api: float, c_self: int, c_batch: int, t_recompute: float, t_swap: float,

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 
 from runtime.agents.kv import (
@@ -62,6 +64,16 @@ def test_ties_prefer_least_disruptive_option():
     assert Waste(2.0, 1.0, 1.0).best() is KVAction.SWAP
     assert Waste(2.0, 1.0, 1.0).best(swap_ok=False) is KVAction.DISCARD
     assert Waste(2.0, 1.0, 1.0 + 1e-9).best() is KVAction.DISCARD
+
+
+@pytest.mark.parametrize("swap_ok", [True, False])
+def test_the_best_option_is_the_least_waste_with_ties_to_the_least_disruptive(swap_ok):
+    rank = {KVAction.PRESERVE: 0, KVAction.SWAP: 1, KVAction.DISCARD: 2}
+    for preserve, discard, swap in itertools.product((0.0, 1.0, 2.0), repeat=3):
+        w = Waste(preserve, discard, swap)
+        allowed = [a for a in rank if swap_ok or a is not KVAction.SWAP]
+        cost = {KVAction.PRESERVE: preserve, KVAction.SWAP: swap, KVAction.DISCARD: discard}
+        assert w.best(swap_ok) is min(allowed, key=lambda a: (cost[a], rank[a])), (w, swap_ok)
 
 
 def _view(used: int, batch_tokens: int = 1000, cpu_free: int = 100) -> MemoryView:

@@ -1,5 +1,7 @@
 """Hand-made cases where the right order / decision of each policy is known."""
 
+import random
+
 import pytest
 
 from runtime.agents.costmodel import LLAMA3_8B_H100
@@ -191,6 +193,39 @@ def test_astraea_ages_starving_lowest_queue_jobs_to_q0(ctx):
     mid.level = 1
     assert names(p.order([mid, starved], 0.0)) == ["starved", "mid"]
     assert starved.level == 0
+
+
+def random_queues(seed, count=20):
+    """Queues of ready jobs with many equal ranks: few distinct arrivals, waits, lengths and levels."""
+    rng = random.Random(seed)
+    for _ in range(count):
+        queue = []
+        for i in range(rng.randrange(0, 40)):
+            j = job(f"j{i}", arrival=float(rng.randrange(5)), ready=float(rng.randrange(50)),
+                    outputs=tuple(rng.choice((10, 200, 2000)) for _ in range(rng.randrange(1, 4))))
+            j.level, j.waited_s = rng.randrange(3), float(rng.choice((0, 0, 30, 900)))
+            j.attained_s, j.seg_generated = float(rng.choice((0, 0.5, 20))), rng.choice((0, 0, 5))
+            queue.append(j)
+        yield queue
+
+
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_order_is_the_rank_order_with_ties_kept_in_queue_order(ctx, name):
+    """`order` (Astraea's is a loop of its own that also ages jobs) is exactly `rank`'s order, ties in the queue's
+    order: the global queue ranks jobs one at a time with `key`, engines a whole queue with `order`."""
+    p = make_policy(name, ctx)
+    for queue in random_queues(7):
+        ordered = p.order(queue, 60.0)
+        assert ordered == sorted(queue, key=lambda j: p.rank(j, 60.0, p.wait_key))
+
+
+def test_astraea_ages_every_lowest_queue_job_it_ranks_past_the_ratio(ctx):
+    p = Astraea(ctx, AstraeaConfig(num_queues=3, aging_ratio=4.0))
+    for queue in random_queues(8):
+        expected = [0 if j.level == 2 and (j.waited_now(60.0) + p.t_proc(j)) / p.t_proc(j) > 4.0 else j.level
+                    for j in queue]
+        p.order(queue, 60.0)
+        assert [j.level for j in queue] == expected
 
 
 def test_astraea_kv_manager_watermark_and_eviction(ctx):

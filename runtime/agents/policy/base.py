@@ -118,11 +118,12 @@ class Policy:
             if j.kv is not KVState.PRESERVED:
                 continue
             w = waste(j, self.remaining_api_s(j, now), view)
-            action = w.best(self.swap_ok(j, view))
+            swap_ok = self.swap_ok(j, view)
+            action = w.best(swap_ok)
             if action is KVAction.PRESERVE:
                 if not forced:
                     continue
-                action = KVAction.SWAP if self.swap_ok(j, view) and w.swap < w.discard else KVAction.DISCARD
+                action = KVAction.SWAP if swap_ok and w.swap < w.discard else KVAction.DISCARD
             scored.append((w.preserve - min(w.discard, w.swap), j, action))
         scored.sort(key=lambda s: -s[0])
         return [(j, a) for _, j, a in scored]
