@@ -383,28 +383,24 @@ class SimulatedEngine:
                 continue  # its blocks are still in flight; it becomes admissible when the swap-out lands
             total = blocks_for(job.resume_tokens + 1, bs)
             need = total - owned.get(job.job_id, 0)
-            if need + reserved > self.pool.free and (exhausted or not may_evict):
+            fits = not (need + reserved > self.pool.free and (exhausted or not may_evict))
+            if fits:
+                growth = self.policy.growth_tokens(job)
+                extra = blocks_for(job.resume_tokens + 1 + growth, bs) - total
+                if need + extra + reserved > self.pool.free:
+                    # Idle KV is given up for new work only by policies that manage it that way - or when
+                    # nothing runs at all, since waiting then could only deadlock.
+                    if may_evict and victims is None:
+                        victims = self._victims(forced=not self.running)
+                    if not (may_evict and self._make_room(need + extra + reserved, victims, exclude=job)):
+                        exhausted, fits = True, False
+            if not fits:
                 blocked_head = blocked_head or job
-                if self.policy.packs and self.pool.free > reserved:
-                    if not tail:
-                        visit, tail = iter(self._fitting_tail(ordered, k + 1, self.pool.free - reserved)), True
-                    continue
-                break
-            growth = self.policy.growth_tokens(job)
-            extra = blocks_for(job.resume_tokens + 1 + growth, bs) - total
-            if need + extra + reserved > self.pool.free:
-                # Idle KV is given up for new work only by policies that manage it that way - or when
-                # nothing runs at all, since waiting then could only deadlock.
-                if may_evict and victims is None:
-                    victims = self._victims(forced=not self.running)
-                if not (may_evict and self._make_room(need + extra + reserved, victims, exclude=job)):
-                    exhausted = True
-                    blocked_head = blocked_head or job
-                    if self.policy.packs and self.pool.free > reserved:
-                        if not tail:  # a smaller segment further down may still fit
-                            visit, tail = iter(self._fitting_tail(ordered, k + 1, self.pool.free - reserved)), True
-                        continue
+                if not (self.policy.packs and self.pool.free > reserved):
                     break
+                if not tail:  # a smaller segment further down may still fit: visit only those from here on
+                    visit, tail = iter(self._fitting_tail(ordered, k + 1, self.pool.free - reserved)), True
+                continue
             reserved += extra
             admitted.add(id(job))
             self.life.admit(job, self.now)
