@@ -93,7 +93,25 @@ class Predictor:
 
     def compute_s(self, job: Job) -> float:
         """T_comp of the job's current segment."""
-        return self.prefill_s(self.uncached_tokens(job)) + self.output_tokens(job) * self.decode_s_per_token
+        prefill_s, output_tokens = self._segment_parts(job)
+        return prefill_s + output_tokens * self.decode_s_per_token
+
+    def uncached_prefill_s(self, job: Job) -> float:
+        """Prefill seconds of the current segment's input that is not cached (kept per job state)."""
+        return self._segment_parts(job)[0]
+
+    def _segment_parts(self, job: Job) -> tuple[float, float]:
+        """T_comp's parts that do not read the decode speed: the prefill seconds of the input not cached and the
+        expected output tokens, kept per job state. The speed moves every few hundred engine steps, and each move
+        prices every waiting job again; in an overloaded queue of hundreds that repricing was a third of the
+        simulator's time when it walked each job's state."""
+        key = (job.seg, job.context_tokens, job.kv, job.kv_tokens, job.segments, job.forecast, self.versions["outputs"])
+        hit = job.policy_state.get("predictor_segment_parts")
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        parts = (self.prefill_s(self.uncached_tokens(job)), self.output_tokens(job))
+        job.policy_state["predictor_segment_parts"] = (key, parts)
+        return parts
 
     def recompute_s(self, tokens: int) -> float:
         return self.prefill_s(tokens)
@@ -104,6 +122,15 @@ class Predictor:
         kind (the category of the job's first tool call, known once its first segment has run)."""
         if job.forecast is not None and job.forecast.segments_left is not None:
             return job.forecast.segments_left
+        memo_key = (job.seg, job.phase, job.segments, self.versions["lengths"])  # what the lookup below reads
+        hit = job.policy_state.get("predictor_remaining_segments")
+        if hit is not None and hit[0] == memo_key:
+            return hit[1]
+        value = self._remaining_segments(job)
+        job.policy_state["predictor_remaining_segments"] = (memo_key, value)
+        return value
+
+    def _remaining_segments(self, job: Job) -> float:
         key = self._job_key(job)
         if len(self._job_lengths.get(key, ())) < self.min_length_samples:
             key = "*"

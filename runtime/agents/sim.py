@@ -104,10 +104,10 @@ class SimulatedEngine:
         # when a waiting job's KV changes, all dropped when an estimate they read moves (`Policy.wait_key_reads`).
         # Where the policy's rank is the wait key alone (`Policy.key_is_static`), each is kept with the job's
         # enqueue number, which breaks ties as the ready list's order does, so the order is `Policy.order`'s.
-        self._keys: dict[Job, object] = {}
+        self._keys = _Memo(self._sort_key if policy.key_is_static else policy.wait_key)
         # Blocks each waiting job needs to be admitted with its expected growth (`_footprint`): dropped with its
         # wait key, all dropped when an estimate the policy's `growth_tokens` reads moves.
-        self._footprints: dict[Job, int] = {}
+        self._footprints = _Memo(self._footprint)
         self._keys_version: tuple[int, ...] | None = None
         self._footprints_version: tuple[int, ...] | None = None
         self._enqueued: dict[Job, int] = {}
@@ -162,12 +162,9 @@ class SimulatedEngine:
         self._new_ready.append(job)
         self._enqueued[job] = self._enqueue_count = self._enqueue_count + 1
 
-    def _wait_key(self, job: Job):
-        """The policy's wait key of a waiting `job`, kept for as long as it stays valid (see `_keys`)."""
-        key = self._keys.get(job)
-        if key is None:
-            key = self._keys[job] = self.policy.wait_key(job)
-        return key
+    def _sort_key(self, job: Job) -> tuple:
+        """A static policy's whole sort key of a waiting `job`: its wait key, then its enqueue number."""
+        return self.policy.wait_key(job), self._enqueued[job]
 
     def _forget(self, job: Job) -> None:
         """Drop what is kept about a waiting `job` (its KV changed, or it no longer waits)."""
@@ -177,11 +174,8 @@ class SimulatedEngine:
     def _footprint(self, job: Job) -> int:
         """Blocks `job` must find free to be admitted without evicting: the rest of its context, one token and the
         output its policy reserves (`_admit`'s `need + extra`), kept for as long as it waits (see `_footprints`)."""
-        fp = self._footprints.get(job)
-        if fp is None:
-            tokens = job.resume_tokens + 1 + self.policy.growth_tokens(job)
-            fp = self._footprints[job] = blocks_for(tokens, self.bs) - self.pool.owned.get(job.job_id, 0)
-        return fp
+        tokens = job.resume_tokens + 1 + self.policy.growth_tokens(job)
+        return blocks_for(tokens, self.bs) - self.pool.owned.get(job.job_id, 0)
 
     def _in_order(self, cands: list[Job]) -> list[Job]:
         """`cands` in the policy's order (see `_keys`)."""
@@ -190,12 +184,8 @@ class SimulatedEngine:
             self._keys.clear()
             self._keys_version = keys_version
         if not self.policy.key_is_static:
-            return self.policy.order(cands, self.now, self._wait_key)
-        keys, wait_key, enqueued = self._keys, self.policy.wait_key, self._enqueued
-        for job in cands:  # kept with the enqueue number: the whole sort key, built once per wait
-            if job not in keys:
-                keys[job] = (wait_key(job), enqueued[job])
-        return sorted(cands, key=keys.__getitem__)
+            return self.policy.order(cands, self.now, self._keys.__getitem__)
+        return sorted(cands, key=self._keys.__getitem__)
 
     # ------------------------------------------------------------------------------------------ cluster
     def room(self) -> tuple[int, int]:
@@ -422,11 +412,8 @@ class SimulatedEngine:
         if self._footprints_version != version:
             self._footprints.clear()
             self._footprints_version = version
-        footprints = self._footprints
         tail = ordered[start:]
-        fps = list(map(footprints.get, tail))
-        if None in fps:
-            fps = [fp if fp is not None else self._footprint(job) for job, fp in zip(tail, fps, strict=True)]
+        fps = list(map(self._footprints.__getitem__, tail))
         if min(fps, default=room + 1) > room:
             return []
         return [start + i for i, fp in enumerate(fps) if fp <= room and tail[i].kv is not KVState.SWAPPING_OUT]
@@ -592,6 +579,19 @@ class SimulatedEngine:
         if busy:
             self.counters.busy_s += dt
         self.now += dt
+
+
+class _Memo(dict):
+    """A dict that computes a missing value with `compute(key)` and keeps it: a hit is a plain dict lookup, with no
+    Python call, which matters where a queue of hundreds is ranked at every admission pass."""
+
+    def __init__(self, compute: Callable):
+        super().__init__()
+        self.compute = compute
+
+    def __missing__(self, key):
+        value = self[key] = self.compute(key)
+        return value
 
 
 def _steps_within(a: float, c: float, room: float) -> int:

@@ -10,7 +10,7 @@ from runtime.agents.costmodel import (
     get_profile,
     prefill_pairs,
 )
-from runtime.agents.job import Job, KVState, Phase, Segment
+from runtime.agents.job import Forecast, Job, KVState, Phase, Segment
 from runtime.agents.predictor import Predictor
 
 COST = StepCost(base_s=0.006, token_s=3e-5, kv_read_s=5e-8, attn_pair_s=1e-12)
@@ -120,3 +120,32 @@ def test_remaining_segments_learned_from_finished_jobs_of_the_same_kind():
     assert pred.remaining_segments(fresh) == 2.0
     fresh.seg = 7
     assert pred.remaining_segments(fresh) == 1.0
+
+
+def test_estimates_kept_per_job_follow_every_change_they_read():
+    """T_comp's parts and the expected segment count are kept per job state (the queue is re-priced whenever the
+    decode speed moves); each must still follow what the dispatcher and the engine change on a job."""
+    pred = Predictor(COST, output_estimator="online", min_length_samples=1)
+    job = _job(outputs=(50, 60, 70), cats=("web", "web", ""), times=(1.0, 1.0, 0.0))
+
+    def fresh() -> float:
+        return pred.prefill_s(pred.uncached_tokens(job)) + pred.output_tokens(job) * pred.decode_s_per_token
+
+    first = pred.compute_s(job)
+    assert first == fresh()
+    job.segments = (Segment(0, 900, 50, "web", 1.0), *job.segments[1:])  # the dispatcher learns the real prompt
+    assert pred.compute_s(job) == fresh() > first
+    job.kv, job.kv_tokens = KVState.PRESERVED, 400
+    assert pred.compute_s(job) == fresh()
+    pred.observe_output(job, 500)  # the online estimate moves
+    assert pred.compute_s(job) == fresh()
+    job.forecast = Forecast(output_tokens=3.0, segments_left=9.0)
+    assert pred.compute_s(job) == fresh() and pred.remaining_segments(job) == 9.0
+    job.forecast = None
+    pred.decode_s_per_token *= 2  # the speed is read live, never kept
+    assert pred.compute_s(job) == fresh()
+    assert pred.remaining_segments(job) == 1.0
+    done = _job(outputs=(5,) * 4, cats=("web",) * 3 + ("",), times=(1.0,) * 3 + (0.0,))
+    done.seg, done.phase = 3, Phase.DONE
+    pred.observe_job_done(done)
+    assert pred.remaining_segments(job) == 4.0

@@ -211,8 +211,9 @@ def random_queues(seed, count=20):
 
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_order_is_the_rank_order_with_ties_kept_in_queue_order(ctx, name):
-    """`order` (Astraea's is a loop of its own that also ages jobs) is exactly `rank`'s order, ties in the queue's
-    order: the global queue ranks jobs one at a time with `key`, engines a whole queue with `order`."""
+    """`order` (Astraea's is a loop of its own that also ages jobs, LAMPS's sorts the starving apart) is exactly
+    `rank`'s order, ties in the queue's order: the global queue ranks jobs one at a time with `key`, engines a whole
+    queue with `order`."""
     p = make_policy(name, ctx)
     for queue in random_queues(7):
         ordered = p.order(queue, 60.0)

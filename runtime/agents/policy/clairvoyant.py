@@ -43,7 +43,7 @@ class Clairvoyant(AstraeaKV):
     def _remaining_work_s(self, job: Job) -> float:
         dps = self.pred.decode_s_per_token
         left = job.current.output_tokens - job.seg_generated
-        work = self.pred.prefill_s(self.pred.uncached_tokens(job)) + left * dps
+        work = self.pred.uncached_prefill_s(job) + left * dps
         count, prefill_s, output_tokens = self._later(job)
         later = prefill_s + output_tokens * dps
         if self.cfg.true_count:

@@ -22,10 +22,13 @@ InferCept's min-waste on live memory, as LAMPS decides it.
 """
 
 from dataclasses import dataclass
+from operator import attrgetter
 
 from runtime.agents.policy.base import PolicyContext
 from runtime.agents.policy.infercept import InferCept
 from runtime.agents.predictor import ESTIMATES
+
+_by_age = attrgetter("ready_since", "arrival_s")
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class Lamps(InferCept):
     def _memory_time(self, job) -> float:
         context = job.resume_tokens
         n = max(self.pred.output_tokens(job) - job.seg_generated, 0.0)
-        score = context * self.pred.prefill_s(self.pred.uncached_tokens(job))
+        score = context * self.pred.uncached_prefill_s(job)
         score += n * (context + n / 2) * self.pred.decode_s_per_token
         if not job.is_last_segment:
             held = int(context + n)
@@ -73,6 +76,18 @@ class Lamps(InferCept):
         if now - job.ready_since >= self.cfg.starvation_s:  # starving: oldest first, before every ranked one
             return (False, job.ready_since, job.arrival_s)
         return (True, wait_key(job), job.arrival_s)
+
+    def order(self, ready, now, wait_key=None):
+        # `rank`'s order, sorted in two parts: the starving (often most of an overloaded queue) by attributes
+        # alone, the rest by score; each sort is stable, so ties keep `ready`'s order as one sort by `rank` does.
+        wk = wait_key or self.wait_key
+        starve = self.cfg.starvation_s
+        starving, ranked = [], []
+        for job in ready:
+            (starving if now - job.ready_since >= starve else ranked).append(job)  # as `rank` tests it
+        starving.sort(key=_by_age)
+        ranked.sort(key=lambda j: (wk(j), j.arrival_s))
+        return starving + ranked
 
     def growth_tokens(self, job):
         return max(int(round(self.pred.output_tokens(job))) - job.seg_generated, 0)

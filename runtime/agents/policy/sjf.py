@@ -12,5 +12,4 @@ class Sjf(Policy):
         return self.per_state(job, "sjf_key", self._service_s)
 
     def _service_s(self, job):
-        uncached = self.pred.uncached_tokens(job)
-        return self.pred.prefill_s(uncached) + job.current.output_tokens * self.pred.decode_s_per_token
+        return self.pred.uncached_prefill_s(job) + job.current.output_tokens * self.pred.decode_s_per_token
