@@ -19,7 +19,6 @@ cheaper a prefill token is than a decode step, so that a long prompt alone does 
 
 from dataclasses import dataclass
 
-from runtime.agents.job import Phase
 from runtime.agents.kv import KVDecision, WatermarkKVManager, astraea_waste
 from runtime.agents.policy.base import Policy, PolicyContext, SegmentStats
 
@@ -125,8 +124,7 @@ class Astraea(AstraeaKV):
         keyed = []
         for i, j in enumerate(ready):
             t, not_started = wk(j)
-            waited = j.waited_s + (now - j.ready_since) if j.phase is Phase.READY else j.waited_s  # waited_now, inlined
-            rr = (waited + t) / t
+            rr = (j.waited_now(now) + t) / t
             if j.level == lowest and lowest > 0 and rr > self.cfg.aging_ratio:
                 j.level = 0
             keyed.append((j.level, not_started, -rr, t, j.arrival_s, i, j))  # i: ties keep ready's order

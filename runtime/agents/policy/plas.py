@@ -8,7 +8,6 @@ calls are served in arrival order. Anti-starvation promotes a program to the top
 from bisect import bisect_right
 from dataclasses import dataclass
 
-from runtime.agents.job import Phase
 from runtime.agents.policy.base import Policy, PolicyContext
 
 
@@ -40,17 +39,3 @@ class Plas(Policy):
         t_call, level = wait_key(job)
         starving = job.waited_now(now) / max(job.attained_s + t_call, 1e-6) >= self.cfg.beta
         return (0 if starving else level, job.ready_since)
-
-    def order(self, ready, now, wait_key=None):
-        # `rank` over the whole queue in one loop (no call per job, the same expressions): an overloaded queue of
-        # hundreds is ranked at every admission pass. The queue index breaks ties, as a stable sort would.
-        wk = wait_key or self.wait_key
-        beta = self.cfg.beta
-        keyed = []
-        for i, job in enumerate(ready):
-            t_call, level = wk(job)
-            waited = job.waited_s + (now - job.ready_since) if job.phase is Phase.READY else job.waited_s
-            starving = waited / max(job.attained_s + t_call, 1e-6) >= beta
-            keyed.append((0 if starving else level, job.ready_since, i, job))
-        keyed.sort()
-        return [k[3] for k in keyed]
