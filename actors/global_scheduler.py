@@ -5,12 +5,14 @@ caller until its segment is granted, and watch the engines (a second each: their
 a dead one stops getting work, a restarted one rejoins, idle sessions expire, and what each engine really runs is
 reconciled with the grants; a fleet of more than WATCH_PER_S engines is asked in turns).
 
-Back-pressure: a caller `acquire`s under a ticket it names (refused at once: QueueFull / SessionBusy / NoEngine;
-else parked until its segment is granted or `within_s` passes, then it `wait`s again). Only queued and retried
-segments park, and `acquire` refuses beyond `max_queue`, so at most `max_queue` + one retry per engine sequence
-slot calls are parked at any time. The actor's concurrency limit is set above that sum by construction
-(`scheduler_concurrency`), which leaves `finish`, `cancel` and the views room to run however many callers wait: a
-burst can be refused, never wedge the scheduler.
+Back-pressure: a caller `acquire`s under a ticket it names and is answered at once (a grant, a refusal: QueueFull /
+SessionBusy / NoEngine, or queued: it then `wait`s, parked until its segment is granted or `within_s` passes, and
+asks again). `acquire` and `finish` take many callers' requests in one call (`runtime.serving.coalesce`): one Ray
+call per segment and kind caps a scheduler far below what it can plan. Only queued and retried segments park, and
+`acquire` refuses beyond `max_queue`, so at most `max_queue` + one retry per engine sequence slot calls are parked
+at any time. The actor's concurrency limit is set above that sum by construction (`scheduler_concurrency`), which
+leaves `finish`, `cancel` and the views room to run however many callers wait: a burst can be refused, never wedge
+the scheduler.
 
 Failure: Ray restarts the actor (`max_restarts`) and re-sends the calls that were in flight or arrive meanwhile
 (`max_task_retries`), so callers see a delay, not an error. Every call is safe to repeat: a ticket is named by its
@@ -35,7 +37,7 @@ from actors.scheduler_journal import SchedulerJournal
 from runtime.engine.job_hints import SegmentOutcome
 from runtime.engine.telemetry import HOLDINGS_NONE
 from runtime.serving.config import VLLM_BASELINE, ServeSettings
-from runtime.serving.dispatch import Dispatcher, Grant, NoEngine, UnknownTicket
+from runtime.serving.dispatch import Dispatcher, Grant, NoEngine, QueueFull, SegmentRequest, SessionBusy, UnknownTicket
 from runtime.serving.metrics import SchedulerMetrics
 
 log = logging.getLogger(__name__)
@@ -136,17 +138,25 @@ class GlobalScheduler:
         self._monitor_task = asyncio.get_running_loop().create_task(self._monitor())
 
     # ------------------------------------------------------------------------------------------ segments
-    async def acquire(self, ticket: str, session_id: str, prompt_tokens: int, max_tokens: int,
-                      tool_category: str = "", kv_action: str = "", last: bool = False,
-                      within_s: float | None = None) -> Grant | None:
-        """Queue a segment under the caller's `ticket` and wait for its grant as `wait` does (None: `within_s`
-        passed; the caller `wait`s again, or `cancel`s the ticket if it gives up). Refused at once with QueueFull,
-        SessionBusy, NoEngine or ValueError. One call and one journal write for a segment an engine has room for
-        (the common case: the ready queue is empty); safe to repeat, as the ticket is the caller's."""
+    async def acquire(self, requests: list[SegmentRequest]) -> list[Grant | None | Exception]:
+        """Queue each caller's segment and answer, per request in order: its grant when an engine has room now, None
+        when it is queued (its caller `wait`s), or the refusal (QueueFull, SessionBusy, NoEngine, ValueError) for
+        that caller alone. Several callers' requests come in one call (`runtime.serving.coalesce`) and share one
+        pass of the policy and one journal write. Safe to repeat: each ticket is its caller's."""
         await self._started()
-        self.d.submit(session_id, prompt_tokens, max_tokens, tool_category, kv_action, last, ticket)
+        answers: list[Grant | None | Exception] = []
+        for r in requests:
+            try:
+                self.d.submit(r.session_id, r.prompt_tokens, r.max_tokens, r.tool_category, r.kv_action, r.last,
+                              r.ticket)
+                answers.append(None)
+            except (QueueFull, SessionBusy, NoEngine, ValueError) as e:
+                answers.append(e)
         self._dispatch()
-        return await self.wait(ticket, within_s)
+        answers = [a if a is not None else self.d.pending[r.ticket].grant for a, r in zip(answers, requests,
+                                                                                       strict=True)]
+        await self.journal.sync()  # after the grants were read: each one handed out is stored
+        return answers
 
     async def wait(self, ticket: str, within_s: float | None = None) -> Grant | None:
         """The grant of a submitted segment, once an engine has room for it (again, if asked again); None when
@@ -193,18 +203,22 @@ class GlobalScheduler:
                 raise
         await self.journal.sync()
 
-    async def finish(self, ticket: str, outcome: SegmentOutcome) -> bool:
-        """The segment ended as its engine reported; False when the ticket had already been given up or finished
-        (nothing recorded then)."""
+    async def finish(self, reports: list[tuple[str, SegmentOutcome]]) -> list[bool]:
+        """Each (ticket, outcome): the segment ended as its engine reported; False for a ticket already given up or
+        finished (nothing recorded then). Several callers' reports come in one call, as `acquire`'s requests do."""
         await self._started()
+        done = [self._finish(ticket, outcome) for ticket, outcome in reports]
+        self._dispatch()
+        await self.journal.sync()
+        return done
+
+    def _finish(self, ticket: str, outcome: SegmentOutcome) -> bool:
         p = self.d.pending.get(ticket)
         if p is None or not self.d.finish(ticket, outcome):
             return False
         rec = self.d.records[p.job.job_id][-1]
         self.metrics.segment.observe(rec.queued_s + rec.service_s)
         self.metrics.queued.observe(rec.queued_s)
-        self._dispatch()
-        await self.journal.sync()
         return True
 
     async def cancel(self, ticket: str) -> None:

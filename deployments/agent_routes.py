@@ -28,7 +28,7 @@ from deployments import openai_api as oai
 from deployments.chat import IncrementalText
 from deployments.errors import ACTOR_LOST, ApiError, api_error
 from runtime.engine.job_hints import SegmentOutcome
-from runtime.serving.dispatch import QueueFull, UnknownSession
+from runtime.serving.dispatch import QueueFull, SegmentRequest, UnknownSession
 
 log = logging.getLogger("ray.serve")
 # After the scheduler says its queue is full, this ingress refuses new calls itself for this long, before tokenising
@@ -141,8 +141,8 @@ class AgentRoutes:
         can take a re-sent acquire for the one it already queued."""
         ticket = f"{session}/{uuid.uuid4().hex}"
         try:
-            grant = await ask(self.scheduler.acquire.remote(ticket, session, prompt_tokens, budget, tool_category, "",
-                                                            one_shot, WAIT_POLL_S), WAIT_POLL_S + SCHEDULER_DEADLINE_S)
+            grant = await ask(self.acquire_calls.call(SegmentRequest(ticket, session, prompt_tokens, budget,
+                                                                     tool_category, "", one_shot)))
         except QueueFull as e:
             refusal = api_error(e)
             self._full = (time.monotonic() + SHED_S, refusal)
@@ -198,7 +198,7 @@ class AgentRoutes:
         outcome = dataclasses.replace(final, output_tokens=len(emitted))  # a retried segment's tokens, all engines
         # The answer is the client's whatever the scheduler does: a report it cannot take now it takes once back.
         with contextlib.suppress(ApiError):
-            await ask(self.scheduler.finish.remote(grant.ticket, outcome))
+            await ask(self.finish_calls.call((grant.ticket, outcome)))
             if one_shot:
                 with contextlib.suppress(UnknownSession):  # reconciled away while its finish was on its way
                     await ask(self.scheduler.close.remote(grant.session_id))

@@ -22,6 +22,7 @@ from deployments.chat import ChatTokenizer
 from deployments.errors import ApiError
 from deployments.river_routes import RiverRoutes
 from runtime.river.train import generic_config
+from runtime.serving.coalesce import Coalescer
 from runtime.serving.config import API_KEY_ENV, ServeSettings
 
 MIB = 2**20
@@ -41,6 +42,9 @@ class AgentIngress(AgentRoutes, RiverRoutes):
         self.replica = serve.get_replica_context().replica_id.unique_id  # answers say which replica served them
         limits = [("/v1/", int(s.max_request_mb * MIB))]
         self.scheduler = scheduler_handle(s)
+        # This replica's segment calls, sent together while earlier ones are on their way (runtime.serving.coalesce)
+        self.acquire_calls = Coalescer(self.scheduler.acquire.remote)
+        self.finish_calls = Coalescer(self.scheduler.finish.remote)
         self.cluster = await self.scheduler.ready.remote()
         self.tokenizer = ChatTokenizer(s.model)
         self._engines: dict = {}  # engine actor handles by name, looked up once

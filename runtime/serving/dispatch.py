@@ -77,6 +77,20 @@ class Grant:
     max_tokens: int
 
 
+@dataclass(frozen=True)
+class SegmentRequest:
+    """A caller's next segment of a session, as it asks the scheduler for it (`Dispatcher.submit`'s arguments; the
+    ticket named by the caller, so asking again is safe)."""
+
+    ticket: str
+    session_id: str
+    prompt_tokens: int
+    max_tokens: int
+    tool_category: str = ""
+    kv_action: str = ""
+    last: bool = False
+
+
 @dataclass
 class SegmentRecord:
     """One segment as the session view shows it."""

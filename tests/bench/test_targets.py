@@ -103,10 +103,13 @@ def test_river_client_and_stream_verdicts(tmp_path):
 
 
 def test_control_plane_verdicts(tmp_path):
-    level = {"concurrency": 64, "segments_per_s": 2500.0, "added_ms": {"p50": 2.0, "p99": 7.5}}
-    path = tmp_path / "control_plane.json"
-    data = {"meta": {"command": "cmd"}, "open_sessions": 100, "levels": [level, {**level, "concurrency": 16,
-                                                                                  "segments_per_s": 900.0}]}
+    def level(callers: int, coalesced: float) -> dict:
+        return {"concurrency": callers,
+                "coalesced": {"segments_per_s": coalesced, "added_ms": {"p50": 2.0, "p99": 7.5}},
+                "one_call_each": {"segments_per_s": 3000.0, "added_ms": {"p50": 1.0, "p99": 2.0}}}
+
+    path = tmp_path / "control_plane.json"  # judged on the coalesced calls, which the ingress makes
+    data = {"meta": {"command": "cmd"}, "open_sessions": 100, "levels": [level(64, 2500.0), level(16, 900.0)]}
     path.write_text(json.dumps(data))
     assert targets._checker(data)[0] is targets.check_control_plane  # not bench.service_load's, which has levels too
     lines, misses = targets.check_control_plane(path)
