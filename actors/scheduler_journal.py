@@ -8,8 +8,10 @@ learned (the predictor's estimates, the policy's statistics, each engine's KV-lo
 
 Sessions are written ahead: the scheduler awaits `sync` before it answers a call that changed one, so a restart
 never forgets a ticket, grant or finish that a caller was told of. Callers that change state together share one
-write (group commit). What was learned is written behind, once a monitor tick: a restart may lose a second of
-statistics, never a session.
+write (group commit), and that write is one entry for the whole group (`runtime.serving.group_log` says which
+entries are still needed and deletes the rest): one store put per session was most of the scheduler's work at
+fleet scale. What was learned is written behind, once a monitor tick: a restart may lose a second of statistics,
+never a session.
 """
 
 from __future__ import annotations
@@ -22,10 +24,15 @@ from prometheus_client import Histogram
 from ray.experimental.internal_kv import internal_kv_get_gcs_client
 
 from runtime.serving.dispatch import Dispatcher, SessionCheckpoint
+from runtime.serving.group_log import GroupLog
 
-SESSION = b"session/"
+GROUP = b"group/"
 LEARNED = b"learned"
 GET_BATCH = 1000  # keys per read when a restarted scheduler loads its sessions
+
+
+def group_key(seq: int) -> bytes:
+    return GROUP + b"%020d" % seq  # ordered as numbers when listed
 
 
 class SchedulerJournal:
@@ -35,6 +42,8 @@ class SchedulerJournal:
         self.write_seconds = write_seconds
         self.namespace = f"agentriver-scheduler/{namespace}".encode()
         self.d: Dispatcher | None = None
+        self.log = GroupLog()
+        self._again: set[str] = set()  # sessions of sparse groups a restore found: written again first
         self._waiting: list[asyncio.Future] = []
         self._writer: asyncio.Task | None = None
         self.wrote_sessions = False  # since the last `save_learned`
@@ -42,6 +51,7 @@ class SchedulerJournal:
     def track(self, d: Dispatcher) -> None:
         """Write the sessions `d` changes from now on (what `load` returned is already stored)."""
         d.changed.clear()
+        d.changed.update(self._again)
         self.d = d
 
     async def sync(self) -> None:
@@ -60,21 +70,30 @@ class SchedulerJournal:
                 self._done(waiting)
                 continue
             started = time.perf_counter()
-            blobs = {SESSION + sid.encode(): None if cp is None else pickle.dumps(cp) for sid, cp in changes.items()}
+            seq = self.log.next_seq
             try:
-                await asyncio.gather(*(self.gcs.async_internal_kv_put(k, v, True, self.namespace) if v is not None
-                                       else self.gcs.async_internal_kv_del(k, False, self.namespace)
-                                       for k, v in blobs.items()))
+                await self.gcs.async_internal_kv_put(group_key(seq), pickle.dumps(changes), True, self.namespace)
             except Exception as e:  # noqa: BLE001 - every waiter hears it; the sessions stay marked changed
                 self.d.changed.update(changes)
                 for f in waiting:
                     if not f.done():
                         f.set_exception(e)
                 continue
+            self.d.changed.update(self.log.written(seq, {sid: cp is not None for sid, cp in changes.items()}))
             if self.write_seconds is not None:
                 self.write_seconds.observe(time.perf_counter() - started)
             self.wrote_sessions = True
             self._done(waiting)
+            await self._collect()
+
+    async def _collect(self) -> None:
+        """Delete the groups no longer needed; one that could not be deleted is tried again when it is next named."""
+        dead = self.log.dead()
+        results = await asyncio.gather(*(self.gcs.async_internal_kv_del(group_key(seq), False, self.namespace)
+                                         for seq in dead), return_exceptions=True)
+        for seq, result in zip(dead, results, strict=True):
+            if not isinstance(result, BaseException):
+                self.log.deleted(seq)
 
     @staticmethod
     def _done(waiting: list[asyncio.Future]) -> None:
@@ -91,14 +110,20 @@ class SchedulerJournal:
             raise
 
     async def load(self) -> tuple[object | None, list[SessionCheckpoint]]:
-        """What an earlier incarnation stored: (what it learned or None, its open sessions)."""
-        keys = await self.gcs.async_internal_kv_keys(SESSION, self.namespace)
-        sessions = []
+        """What an earlier incarnation stored: (what it learned or None, its open sessions). Its groups are
+        replayed in order (a session's last entry wins) into this journal's bookkeeping."""
+        keys = sorted(await self.gcs.async_internal_kv_keys(GROUP, self.namespace))
+        latest: dict[str, SessionCheckpoint | None] = {}
         for i in range(0, len(keys), GET_BATCH):
             got = await self.gcs.async_internal_kv_multi_get(keys[i:i + GET_BATCH], self.namespace)
-            sessions += [pickle.loads(v) for v in got.values()]
+            for key in keys[i:i + GET_BATCH]:
+                if key in got:
+                    changes = pickle.loads(got[key])
+                    latest.update(changes)
+                    self._again |= self.log.written(int(key[len(GROUP):]), {s: cp is not None
+                                                                            for s, cp in changes.items()})
         learned = await self.gcs.async_internal_kv_get(LEARNED, self.namespace)
-        return (None if learned is None else pickle.loads(learned)), sessions
+        return (None if learned is None else pickle.loads(learned)), [cp for cp in latest.values() if cp is not None]
 
     async def clear(self) -> None:
         """Forget everything stored: a scheduler that starts fresh (not restarted) owes nothing to an old one."""

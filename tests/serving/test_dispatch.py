@@ -266,24 +266,23 @@ def test_an_outcome_is_what_the_plugin_reported_with_the_tokens_the_caller_recei
 
 
 class Store:
-    """What the scheduler's journal keeps: the checkpoints `take_changes` hands out, pickled, a closed session's
-    removed, and the learned estimates."""
+    """What the scheduler's journal keeps: each group of checkpoints `take_changes` hands out, pickled as one entry
+    (None: a closed session), replayed in order, and the learned estimates."""
 
     def __init__(self):
-        self.sessions: dict[str, bytes] = {}
+        self.groups: list[bytes] = []
 
     def save(self, d: Dispatcher) -> None:
-        for sid, cp in d.take_changes().items():
-            if cp is None:
-                self.sessions.pop(sid, None)
-            else:
-                self.sessions[sid] = pickle.dumps(cp)
+        self.groups.append(pickle.dumps(d.take_changes()))
         self.learned = pickle.dumps(d.learned())
 
     def restored(self, clock, **kw) -> Dispatcher:
         d, _ = make(n=2, seqs=1, **kw)
         d.clock = clock
-        d.restore(pickle.loads(self.learned), [pickle.loads(b) for b in self.sessions.values()])
+        latest = {}
+        for group in self.groups:
+            latest.update(pickle.loads(group))
+        d.restore(pickle.loads(self.learned), [cp for cp in latest.values() if cp is not None])
         return d
 
 
