@@ -44,7 +44,7 @@ class AgentIngress(AgentRoutes, RiverRoutes):
         self.scheduler = scheduler_handle(s)
         # This replica's segment calls, sent together while earlier ones are on their way (runtime.serving.coalesce)
         self.acquire_calls = Coalescer(self.scheduler.acquire.remote)
-        self.finish_calls = Coalescer(self.scheduler.finish.remote)
+        self.finish_calls = Coalescer(self.scheduler.finish.remote, drop_abandoned=False)  # reports always arrive
         self.cluster = await self.scheduler.ready.remote()
         self.tokenizer = ChatTokenizer(s.model)
         self._engines: dict = {}  # engine actor handles by name, looked up once

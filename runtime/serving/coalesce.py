@@ -10,9 +10,10 @@ load instead of with a timer.
 
 The remote side answers a batch with one result per call, in order; a result that is an exception is raised to its
 own caller only. A transport failure (the remote call itself raised) reaches every caller in the batch. A caller
-that gives up (its task cancelled, a timeout) before its batch is sent is left out of it; once sent, its call runs
-and its answer is dropped, so what the remote side does must be safe to have done for nobody (the scheduler's calls
-are: a ticket nobody waits for is reconciled away).
+that gives up (its task cancelled, a timeout) before its batch is sent is left out of it (`drop_abandoned`, for a
+request nobody waits for any more: a segment's acquire), or sent anyway (a report that must arrive whether or not
+its sender still waits: a segment's finish, which the scheduler needs to end the segment). Once sent, a call runs
+and an answer nobody waits for is dropped.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from typing import Any
 
 
 class Coalescer:
-    def __init__(self, send: Callable[[list], Awaitable[list]], max_in_flight: int = 2, max_batch: int = 1024):
+    def __init__(self, send: Callable[[list], Awaitable[list]], max_in_flight: int = 2, max_batch: int = 1024,
+                 drop_abandoned: bool = True):
         """`send`: takes a list of calls, returns an awaitable of their results in order. `max_batch` 1 sends
         each call alone (what coalescing saves, measured against)."""
         if max_in_flight < 1 or max_batch < 1:
             raise ValueError(f"max_in_flight and max_batch must be >= 1, got {max_in_flight} and {max_batch}")
         self.send, self.max_in_flight, self.max_batch = send, max_in_flight, max_batch
+        self.drop_abandoned = drop_abandoned
         self._waiting: list[tuple[Any, asyncio.Future]] = []
         self._in_flight = 0
         self.batches = 0  # remote calls made
@@ -39,7 +42,7 @@ class Coalescer:
         fut = asyncio.get_running_loop().create_future()
         self._waiting.append((item, fut))
         self._launch()
-        result = await fut
+        result = await (fut if self.drop_abandoned else asyncio.shield(fut))  # shielded: a caller leaving keeps it
         if isinstance(result, BaseException):
             raise result
         return result

@@ -68,6 +68,23 @@ def test_a_caller_that_gave_up_before_its_batch_left_is_not_sent():
     assert (first, kept) == (2, 6) and batches == [[1], [3]]
 
 
+def test_a_report_is_sent_even_when_its_caller_stopped_waiting():
+    """A finish whose caller timed out while earlier calls were stuck (a scheduler restarting) must still reach the
+    scheduler, or its segment would never end there."""
+    async def run():
+        remote = Remote()
+        c = Coalescer(remote, max_in_flight=1, drop_abandoned=False)
+        first = asyncio.ensure_future(c.call(1))
+        await asyncio.sleep(0)
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(c.call(2), 0.001)  # gave up while [1] was on its way
+        await first
+        await asyncio.sleep(0.05)
+        return remote.batches
+
+    assert asyncio.run(run()) == [[1], [2]]
+
+
 def test_max_batch_one_sends_every_call_alone_and_limits_are_checked():
     async def run():
         remote = Remote()
