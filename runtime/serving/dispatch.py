@@ -611,7 +611,6 @@ class Dispatcher:
         for cp in sessions:
             job, p = cp.job, cp.pending
             sid = job.job_id
-            job.policy_state.clear()  # caches stamped with predictor versions of the stored estimates' future
             self.jobs[sid], self.records[sid] = job, cp.records
             if cp.last_done_s is not None:
                 self.last_done_s[sid] = cp.last_done_s

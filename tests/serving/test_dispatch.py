@@ -1,6 +1,7 @@
 """The dispatcher's decisions (pure Python: the GlobalScheduler actor only adds Ray around it)."""
 
 import pickle
+import random
 from dataclasses import asdict
 
 import pytest
@@ -425,3 +426,57 @@ def test_an_engine_that_reports_slower_steps_carries_its_work_at_its_own_speed()
     restored = Dispatcher([slow, fast], clock=clock)  # after a scheduler restart, the same backlogs
     restored.restore(pickle.loads(pickle.dumps(d.learned())), [cp for cp in d.take_changes().values() if cp])
     assert [e.backlog_s() for e in restored.engines] == pytest.approx([e.backlog_s() for e in d.engines])
+
+
+def test_a_job_priced_to_stay_for_its_home_is_decided_as_if_priced_anew():
+    """Engines pull in turn and each prices the queued jobs whose KV another engine holds; a job found to stay is
+    not priced again on an engine no faster while its home's backlog has not grown (`GlobalQueue._moves`). Every
+    decision, through a random walk of engine speeds, home backlogs and decode-speed drift, must equal a fresh
+    pricing, and the kept decision must be the one used most of the time."""
+    rng = random.Random(0)
+    d, clock = make(n=6, blocks=512, seqs=8)
+    t = d.submit("a", 900, 16)
+    d.grant()
+    d.finish(t, SegmentOutcome(16, 0.5, 0.0, 900, "preserved", 916))
+    d.submit("a", 1000, 16)  # queued with its KV held where it ran
+    job = d.jobs["a"]
+    home = d.engines[job.engine]
+    others = [e for e in d.engines if e is not home]
+    scale = d.pred.recompute_s(job.kv_tokens)  # home backlogs around what moving would cost
+    priced, price = [], d.pred.compute_s
+    d.pred.compute_s = lambda j: priced.append(j) or price(j)
+    running, skipped, moved = [], 0, 0
+    for step in range(400):
+        if rng.random() < 0.1:
+            running.append(f"x{step}")
+            home.start(running[-1], 1, rng.uniform(0.0, scale), clock.t)
+        elif running and rng.random() < 0.15:
+            home.end(running.pop(rng.randrange(len(running))))
+        if rng.random() < 0.05:
+            d.pred.decode_s_per_token *= rng.uniform(0.8, 1.25)
+        engine = rng.choice(others)
+        engine.slowdown = rng.choice([0.25, 0.5, 1.0, 2.0])
+        before = len(priced)
+        decided = d.queue._moves(job, engine, home)
+        skipped += len(priced) == before
+        memo = job.policy_state.pop("queue_stays", None)
+        assert decided == d.queue._moves(job, engine, home), f"step {step}"
+        job.policy_state["queue_stays"] = memo
+        moved += decided
+    assert skipped > 50 and 20 < moved < 380, (skipped, moved)
+
+
+def test_a_checkpointed_job_comes_back_whole_without_its_caches():
+    """Jobs, their segments and forecasts pickle as constructor calls (`pickled_by_fields`): every field comes back
+    but the policy's caches, which are stamped with this process's predictor versions."""
+    d, _ = make()
+    t = d.submit("s", 300, 16, tool_category="search")
+    d.grant()
+    d.finish(t, SegmentOutcome(16, 0.5, 0.0, 300, "swapped", 316))
+    d.submit("s", 400, 16)
+    job = d.jobs["s"]
+    d.pred.compute_s(job)
+    assert job.policy_state
+    back = pickle.loads(pickle.dumps(job))
+    assert back.policy_state == {}
+    assert asdict(back) == {**asdict(job), "policy_state": {}}
