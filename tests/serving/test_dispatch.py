@@ -432,7 +432,7 @@ def test_a_job_priced_to_stay_for_its_home_is_decided_as_if_priced_anew():
     """Engines pull in turn and each prices the queued jobs whose KV another engine holds; a job found to stay is
     not priced again on an engine no faster while its home's backlog has not grown (`GlobalQueue._moves`). Every
     decision, through a random walk of engine speeds, home backlogs and decode-speed drift, must equal a fresh
-    pricing, and the kept decision must be the one used most of the time."""
+    pricing, and the kept decision must really be used (a pricing skipped) in many of them."""
     rng = random.Random(0)
     d, clock = make(n=6, blocks=512, seqs=8)
     t = d.submit("a", 900, 16)
