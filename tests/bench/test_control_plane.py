@@ -13,7 +13,8 @@ ROOT = Path(__file__).parents[2]
 def test_the_scheduler_serves_a_simulated_fleet(tiny_model, tmp_path):
     out = tmp_path / "cp.json"
     res = subprocess.run([sys.executable, "-m", "bench.control_plane", "--model", str(tiny_model), "--engines", "40",
-                          "--sessions", "60", "--concurrency", "16", "--duration", "3", "--out", str(out)],
+                          "--sessions", "60", "--concurrency", "16", "--rates", "40", "--duration", "3",
+                          "--out", str(out)],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     data = json.loads(out.read_text())
@@ -29,4 +30,8 @@ def test_the_scheduler_serves_a_simulated_fleet(tiny_model, tmp_path):
         assert bare["segments"] > 0 and bare["added_ms"]["p99"] > 0  # the Ray-call ceiling, measured
     assert level["one_call_each"]["calls_per_remote_call"] == 1.0
     assert level["coalesced"]["calls_per_remote_call"] > 1.0  # 16 callers: calls went together
+    [offered] = data["offered"]  # an open loop at 40 segments/s: served at about that rate, latency measured
+    assert offered["offered_per_s"] == 40 and offered["no_session"] == 0 and offered["segments"] > 0
+    assert 0.5 * 40 < offered["segments_per_s"] < 2 * 40
+    assert 0 < offered["added_ms"]["p50"] <= offered["added_ms"]["p99"]
     assert [t["met"] for t in data["targets"]] and out.with_suffix(".png").exists()

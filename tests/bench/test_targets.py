@@ -114,7 +114,13 @@ def test_control_plane_verdicts(tmp_path):
     assert targets._checker(data)[0] is targets.check_control_plane  # not bench.service_load's, which has levels too
     lines, misses = targets.check_control_plane(path)
     assert lines[0] == "PASS segments/s >= 2000 (best level: 64 callers): 2500.0"
-    assert misses == ["control_plane: p99 added latency <= 5.0 ms at that level: 7.5"]
+    assert misses == ["control_plane: p99 added latency <= 5.0 ms at that level (64 callers): 7.5"]
+    # with open-loop levels, the latency is judged at the lowest offered rate that reaches the target rate
+    data["offered"] = [{"offered_per_s": r, "segments_per_s": r - 10, "added_ms": {"p50": 1.0, "p99": p99}}
+                       for r, p99 in ((500.0, 3.0), (2000.0, 40.0), (4000.0, 900.0))]
+    path.write_text(json.dumps(data))
+    assert targets.check_control_plane(path)[1] == [
+        "control_plane: p99 added latency <= 5.0 ms at 2000 segments/s offered (1990 served): 40.0"]
 
 
 def test_cluster_verdicts_average_seeds_and_ask_more_of_a_mixed_fleet(tmp_path):
