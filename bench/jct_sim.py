@@ -113,14 +113,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-_TABLES: dict[int, pa.Table] = {}
+_TABLES: dict[tuple, pa.Table] = {}
 
 
 def _table(args: argparse.Namespace, seed: int) -> pa.Table:
-    table = _TABLES.get(seed)
+    """The trace of `seed`, kept for the process: every run of a sweep replays it. Keyed by all that makes the
+    trace, since `bench.reproduce` sweeps several mixes in one process."""
+    key = (args.trace, args.mix, args.jobs, args.rate, seed)
+    table = _TABLES.get(key)
     if table is None:
         table = read_trace(args.trace) if args.trace else generate(args.mix, args.jobs, args.rate, seed)
-        _TABLES[seed] = table
+        _TABLES[key] = table
     return table
 
 

@@ -32,6 +32,20 @@ def test_sweep_writes_rows_table_and_plots(tmp_path):
     assert (tmp_path / "res_cdf.png").stat().st_size > 1000
 
 
+def test_sweeps_of_different_mixes_in_one_process_each_replay_their_own_trace(tmp_path):
+    """`bench.reproduce` runs every mix in one process: a trace kept from the first sweep must not be replayed by
+    the next (it once was: the committed bfcl table then showed the infercept mix's JCTs)."""
+    def avg_jct(mix):
+        out = tmp_path / f"{mix}.json"
+        assert jct_sim.main(["--mix", mix, "--jobs", "20", "--rate", "2", "--policies", "fcfs", "--rate-scales", "1",
+                             "--seeds", "0", "--workers", "1", "--out", str(out)]) == 0
+        return json.loads(out.read_text())["rows"][0]["avg_jct_s"]
+
+    first = avg_jct("infercept")
+    assert avg_jct("bfcl") != first
+    assert avg_jct("infercept") == first
+
+
 def test_any_trace_in_the_schema_works_including_unknown_categories(tmp_path):
     rows = [("x", 0, 0.0, 300, 20, "quantum_oracle", 2.0), ("x", 1, 0.0, 50, 10, "teleport", 0.3),
             ("x", 2, 0.0, 40, 5, "", 0.0), ("y", 0, 0.4, 100, 30, "", 0.0)]

@@ -25,6 +25,25 @@ def test_reference_load_and_verdicts(tmp_path):
     assert "infercept 24.00 s" in (tmp_path / "README.md").read_text()
 
 
+def test_where_the_bound_was_run_astraea_is_judged_against_it_and_the_best_peer(tmp_path):
+    rows = []
+    for load, fcfs in ((1, 10.0), (4, 40.0)):
+        rows += [dict(_summary("fcfs", load, fcfs, fcfs * 2), avg_excess_s=fcfs - 8.0),
+                 dict(_summary("infercept", load, fcfs * 0.6, fcfs), avg_excess_s=fcfs * 0.6 - 8.0),
+                 dict(_summary("lamps", load, fcfs * 0.7, fcfs * 0.9), avg_excess_s=fcfs * 0.7 - 8.0),
+                 dict(_summary("astraea", load, fcfs * 0.5, fcfs * 1.05), avg_excess_s=fcfs * 0.5 - 8.0),
+                 dict(_summary("clairvoyant", load, fcfs * 0.45, fcfs), avg_excess_s=fcfs * 0.45 - 8.0)]
+    path = tmp_path / "jct_sim_x.json"
+    path.write_text(json.dumps({"meta": {"command": "cmd"}, "summary": rows}))
+    lines, misses = targets.check(path)
+    # 5.0 vs 4.5 s: 1.111x the bound; p99 10.5 vs lamps' 9.0 s; at the reference load 4: excess 12 vs 16 s = 0.75x
+    assert "MISS load 1: astraea avg JCT = 1.111x the clairvoyant bound's (5.00 vs 4.50 s; target <= 1.05)" in lines
+    assert "MISS load 1: astraea p99 JCT = 1.167x the best peer's (lamps; target <= 1.10)" in lines
+    assert ("PASS reference load 4: astraea avg excess JCT = 0.750x the best peer's (infercept: 12.00 vs 16.00 s; "
+            "target <= 0.80)") in lines
+    assert len(misses) == 4 and all(m.startswith("jct_sim_x: load") for m in misses)
+
+
 def _real(policy, load, avg, p99, tps, sim):
     return {"policy": policy, "load": load, "seed": 0, "avg_jct_s": avg, "p99_jct_s": p99, "tokens_per_s": tps,
             "sim_avg_jct_s": sim, "sim_error": sim / avg - 1}
