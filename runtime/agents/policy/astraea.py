@@ -4,8 +4,10 @@ Levels move on token cost (work received), not time slices: a segment that costs
 marks the job compute-intensive and demotes it; a segment that yields to a tool within its quota marks it
 I/O-intensive and promotes it. Inside a queue, segments are ordered by the response ratio
 (W(job) + T_proc) / T_proc, where W is the job's accumulated waiting time over all its segments (history) and
-T_proc the predicted service time of this segment (future). Jobs stuck in the lowest queue whose ratio passes
-the aging threshold return to Q0. The batch is packed in that order while it fits in KV memory.
+T_proc the predicted service time of this segment (future). A job in any lower queue whose ratio passes the aging
+threshold returns to Q0 (the paper ages only the lowest queue: under sustained overload a job demoted once, to any
+queue, otherwise waits behind every Q0 job, new ones included, for as long as the overload lasts). The batch is
+packed in that order while it fits in KV memory.
 
 Within a queue, jobs already in flight (they hold KV, resident or swapped, and history) go before jobs that have
 not started: when KV memory is the bottleneck, starting a new job spreads the same memory over more resident
@@ -28,7 +30,7 @@ class AstraeaConfig:
     num_queues: int = 4
     base_quota_tokens: float = 256.0  # token cost quota of Q0; Qk has base * growth^k
     quota_growth: float = 4.0
-    aging_ratio: float = 16.0  # response ratio at which a lowest-queue job moves back to Q0
+    aging_ratio: float = 16.0  # response ratio at which a job in a lower queue moves back to Q0
     high_watermark: float = 0.9
     t_proc_includes_api: bool = False
     job_level_hrrn: bool = True  # T_proc = this segment x predicted remaining segments (False: this segment only)
@@ -120,12 +122,11 @@ class Astraea(AstraeaKV):
 
     def order(self, ready, now, wait_key=None):
         wk = wait_key or self.wait_key
-        lowest = self.cfg.num_queues - 1
         keyed = []
         for i, j in enumerate(ready):
             t, not_started = wk(j)
             rr = (j.waited_now(now) + t) / t
-            if j.level == lowest and lowest > 0 and rr > self.cfg.aging_ratio:
+            if j.level > 0 and rr > self.cfg.aging_ratio:
                 j.level = 0
             keyed.append((j.level, not_started, -rr, t, j.arrival_s, i, j))  # i: ties keep ready's order
         keyed.sort()
