@@ -84,6 +84,16 @@ def watched(engines: int, tick: int) -> range:
     return range(tick % turns, engines, turns)
 
 
+async def ask_in_parts(indices: range, ask, period_s: float, parts: int) -> list[asyncio.Future]:
+    """Start `ask(i)` for every index in `parts` groups, `period_s / parts` apart (the first after one gap), and
+    return them started, not awaited: a burst of answers arrives spread over the period instead of at once."""
+    started = []
+    for part in range(parts):
+        await asyncio.sleep(period_s / parts)
+        started += [asyncio.ensure_future(ask(i)) for i in indices[part::parts]]
+    return started
+
+
 def engine_name(index: int) -> str:
     return f"agentriver-engine-{index}"
 
@@ -300,10 +310,7 @@ class GlobalScheduler:
     async def _monitor(self) -> None:
         full_gc_at = time.monotonic() + GC_FULL_S
         for tick in itertools.count():
-            engines, checks = watched(len(self.engines), tick), []
-            for part in range(WATCH_PARTS):
-                await asyncio.sleep(MONITOR_S / WATCH_PARTS)
-                checks += [asyncio.ensure_future(self._check(i)) for i in engines[part::WATCH_PARTS]]
+            checks = await ask_in_parts(watched(len(self.engines), tick), self._check, MONITOR_S, WATCH_PARTS)
             if time.monotonic() >= full_gc_at:
                 gc.unfreeze()
                 gc.collect()

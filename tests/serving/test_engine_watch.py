@@ -2,7 +2,9 @@
 in turns that keep to the per-second budget without leaving any engine unasked past the time it remembers a
 finished segment."""
 
-from actors.global_scheduler import MONITOR_S, WATCH_PER_S, WATCH_PERIOD_MAX_S, watched
+import asyncio
+
+from actors.global_scheduler import MONITOR_S, WATCH_PARTS, WATCH_PER_S, WATCH_PERIOD_MAX_S, ask_in_parts, watched
 
 
 def test_a_small_fleet_is_asked_whole_and_a_large_one_in_turns_that_cover_every_engine():
@@ -14,3 +16,24 @@ def test_a_small_fleet_is_asked_whole_and_a_large_one_in_turns_that_cover_every_
         assert set().union(*rounds) == set(range(engines))  # each at least once within the period
         if engines <= WATCH_PER_S * limit:
             assert max(map(len, rounds)) <= WATCH_PER_S  # within the budget wherever the period allows it
+
+
+def test_a_round_is_asked_in_parts_spread_over_the_period():
+    """Asked at once, 200 engines' answers held the scheduler's event loop for 100-190 ms: the round starts its asks
+    in WATCH_PARTS groups spread over the period, each engine exactly once."""
+    async def round_of(engines: range, period_s: float) -> dict[int, float]:
+        loop, asked = asyncio.get_running_loop(), {}
+
+        async def ask(i):
+            asked[i] = loop.time()
+
+        start = loop.time()
+        await asyncio.gather(*await ask_in_parts(engines, ask, period_s, WATCH_PARTS))
+        return {i: t - start for i, t in asked.items()}
+
+    period = 0.5
+    asked = asyncio.run(round_of(watched(1000, 3), period))
+    assert sorted(asked) == list(watched(1000, 3))
+    groups = sorted({round(t / (period / WATCH_PARTS)) for t in asked.values()})
+    assert groups == list(range(1, WATCH_PARTS + 1))  # one group per gap, none asked before the first gap
+    assert max(asked.values()) - min(asked.values()) >= 0.8 * period * (WATCH_PARTS - 1) / WATCH_PARTS
