@@ -67,9 +67,8 @@ def check(path: Path) -> tuple[list[str], list[str]]:
         if not ok:
             misses.append(f"{path.stem}: {text}")
     if ("clairvoyant", ref) in by:
-        checks = _against_the_bound(by, loads, ref)
-        lines += _verdicts(path, checks)[0]
-        misses += _verdicts(path, checks)[1]
+        bound_lines, bound_misses = _verdicts(path, _against_the_bound(by, loads, ref))
+        lines, misses = lines + bound_lines, misses + bound_misses
     return lines, misses
 
 
