@@ -11,13 +11,15 @@ from runtime.engine.vllm_engine import EngineConfig, VllmEngine
 
 async def _drive(engine: VllmEngine, levels: dict[str, int]) -> dict:
     """A blocker takes the only sequence slot, then three jobs queue behind it; `levels`: the MLFQ level a cluster
-    says some of them have (their history on other engines)."""
+    says some of them have (their history on other engines). A demoted job here is one the cluster also predicts
+    long (many segments left): Astraea ages a job back to Q0 once it has waited 16x its predicted time, which a
+    4-token last segment does within milliseconds behind the blocker."""
     done: list[str] = []
 
     async def job(name: str, prompt: int, output: int) -> None:
         hint = JobHint(job_id=name, arrival_s=time.time(), seg=0, context_tokens=0, prompt_tokens=prompt,
                        output_tokens=output, last=True, forecast_output_tokens=output,  # the caller knows
-                       level=levels.get(name))
+                       level=levels.get(name), forecast_segments=1e6 if name in levels else None)
         await engine.generate([11 + (k * 7 + len(name)) % 1000 for k in range(prompt)], output, hint=hint)
         done.append(name)
 
