@@ -96,6 +96,19 @@ class Predictor:
         prefill_s, output_tokens = self._segment_parts(job)
         return prefill_s + output_tokens * self.decode_s_per_token
 
+    @property
+    def priced_decode_s(self) -> float:
+        """The decode speed as of its last version move. The live estimate drifts at every decode step, its version
+        only when it has moved 2%: a value priced at this one and kept per version (an engine keeps each waiting
+        job's wait key) is the same whenever it is computed, so an engine may compute it as late as a pass needs it
+        (runtime.agents.queue_order)."""
+        return self._dps_at_version
+
+    def priced_compute_s(self, job: Job) -> float:
+        """T_comp at `priced_decode_s`."""
+        prefill_s, output_tokens = self._segment_parts(job)
+        return prefill_s + output_tokens * self._dps_at_version
+
     def uncached_prefill_s(self, job: Job) -> float:
         """Prefill seconds of the current segment's input that is not cached (kept per job state)."""
         return self._segment_parts(job)[0]

@@ -26,6 +26,7 @@ from runtime.agents.kv import CpuBlockPool, GpuBlockPool, KVAction, MemoryView, 
 from runtime.agents.lifecycle import Lifecycle
 from runtime.agents.policy import Policy, PolicyContext, SegmentStats, make_policy
 from runtime.agents.predictor import Predictor
+from runtime.agents.queue_order import Position, QueueOrder
 
 PLACEMENTS = ("round_robin", "least_loaded", "global", "autellix")
 AUTELLIX_SHORT_S = 2.0  # predicted segment compute below which Autellix treats a call as short
@@ -109,6 +110,7 @@ class SimulatedEngine:
         # wait key, all dropped when an estimate the policy's `growth_tokens` reads moves.
         self._footprints = _Memo(self._footprint)
         self._keys_version: tuple[int, ...] | None = None
+        self._stale_keys: list[Job] | None = None  # jobs whose wait key this admission pass drops at its end
         self._footprints_version: tuple[int, ...] | None = None
         self._enqueued: dict[Job, int] = {}
         self._enqueue_count = 0
@@ -167,8 +169,13 @@ class SimulatedEngine:
         return self.policy.wait_key(job), self._enqueued[job]
 
     def _forget(self, job: Job) -> None:
-        """Drop what is kept about a waiting `job` (its KV changed, or it no longer waits)."""
-        self._keys.pop(job, None)
+        """Drop what is kept about a waiting `job` (its KV changed, or it no longer waits). During an admission
+        pass its wait key is dropped only when the pass ends: a pass ranks its queue as it stood when the pass
+        began, though it sorts parts of it later (`QueueOrder`), and evicting a waiting job's KV changes its key."""
+        if self._stale_keys is None:
+            self._keys.pop(job, None)
+        else:
+            self._stale_keys.append(job)
         self._footprints.pop(job, None)
 
     def _footprint(self, job: Job) -> int:
@@ -177,15 +184,16 @@ class SimulatedEngine:
         tokens = job.resume_tokens + 1 + self.policy.growth_tokens(job)
         return blocks_for(tokens, self.bs) - self.pool.owned.get(job.job_id, 0)
 
-    def _in_order(self, cands: list[Job]) -> list[Job]:
-        """`cands` in the policy's order (see `_keys`)."""
+    def _queue_order(self, cands: list[Job]) -> QueueOrder:
+        """`cands` in the policy's order, sorted as far as the pass looks (see `_keys` and `QueueOrder`)."""
         keys_version = self.pred.versions_of(self.policy.wait_key_reads)
         if self._keys_version != keys_version:
             self._keys.clear()
             self._keys_version = keys_version
-        if not self.policy.key_is_static:
-            return self.policy.order(cands, self.now, self._keys.__getitem__)
-        return sorted(cands, key=self._keys.__getitem__)
+        if self.policy.key_is_static:
+            return QueueOrder([cands], lambda jobs: sorted(jobs, key=self._keys.__getitem__))
+        wk, now = self._keys.__getitem__, self.now
+        return QueueOrder(self.policy.order_groups(cands, now, wk), lambda jobs: self.policy.order(jobs, now, wk))
 
     # ------------------------------------------------------------------------------------------ cluster
     def room(self) -> tuple[int, int]:
@@ -357,15 +365,14 @@ class SimulatedEngine:
         reserved = self._reserved_blocks()
         blocked_head = None
         bs, owned = self.bs, self.pool.owned
-        ordered = self._in_order(cands)
-        visit: Iterator[int] = iter(range(len(ordered)))
-        tail = False  # `visit` narrowed to the packing tail (see `_fitting_tail`)
-        last = -1
-        while (k := next(visit, None)) is not None:
-            job = ordered[k]
-            if tail and self.pool.free <= reserved and self._any_waiting_between(ordered, last, k):
+        order = self._queue_order(cands)
+        self._stale_keys = []
+        tail = False  # `order` narrowed to the packing tail (see `_fits_in`)
+        last = None
+        for job in order:
+            if tail and self._tail_ends(job, order, last, reserved):
                 break  # a segment the tail left out came first, and with no free block it would end the pass
-            last = k
+            last = order.position
             if budget <= 0 or len(self.running) + self.swapping_in >= max_seqs:
                 blocked_head = blocked_head or job
                 break
@@ -389,12 +396,18 @@ class SimulatedEngine:
                 if not (self.policy.packs and self.pool.free > reserved):
                     break
                 if not tail:  # a smaller segment further down may still fit: visit only those from here on
-                    visit, tail = iter(self._fitting_tail(ordered, k + 1, self.pool.free - reserved)), True
+                    order.narrow(self._fits_in(self.pool.free - reserved))
+                    tail = True
                 continue
             reserved += extra
             admitted.add(id(job))
             self.life.admit(job, self.now)
             budget -= min(self._place(job, need), budget)
+            if tail:  # less room is left: segments that fitted the tail before may no longer
+                order.narrow(self._fits_in(self.pool.free - reserved))
+        for job in self._stale_keys:
+            self._keys.pop(job, None)
+        self._stale_keys = None
         if admitted:
             self.ready = [j for j in self.ready if id(j) not in admitted]
         if budget > 0 and self.ready:
@@ -403,26 +416,32 @@ class SimulatedEngine:
             self._blocked, self._blocked_head = False, None
         return budget
 
-    def _fitting_tail(self, ordered: list[Job], start: int, room: int) -> list[int]:
+    def _fits_in(self, room: int) -> Callable[[list[Job]], list[Job]]:
         """The rest of a packing pass once no idle KV can be given up: only segments whose footprint fits in
         `room` blocks can still be admitted (free blocks only shrink and reservations only grow from here), so
-        the pass visits those positions of `ordered` instead of every waiting segment; in an overloaded queue of
-        hundreds that was most of the simulator's time."""
+        the pass visits those instead of every waiting segment; in an overloaded queue of hundreds that was most
+        of the simulator's time."""
         version = self.pred.versions_of(self.policy.growth_reads)
         if self._footprints_version != version:
             self._footprints.clear()
             self._footprints_version = version
-        tail = ordered[start:]
-        fps = list(map(self._footprints.__getitem__, tail))
-        if min(fps, default=room + 1) > room:
-            return []
-        return [start + i for i, fp in enumerate(fps) if fp <= room and tail[i].kv is not KVState.SWAPPING_OUT]
+        footprint = self._footprints.__getitem__
 
-    @staticmethod
-    def _any_waiting_between(ordered: list[Job], after: int, before: int) -> bool:
-        """Whether a segment the full pass would have checked (not one whose swap-out is in flight) lies strictly
-        between positions `after` and `before` of `ordered`."""
-        return any(ordered[p].kv is not KVState.SWAPPING_OUT for p in range(after + 1, before))
+        def fitting(jobs: list[Job]) -> list[Job]:
+            fps = list(map(footprint, jobs))
+            if min(fps, default=room + 1) > room:  # the common case in an overloaded queue, decided in C
+                return []
+            return [j for j, fp in zip(jobs, fps, strict=True) if fp <= room and j.kv is not KVState.SWAPPING_OUT]
+        return fitting
+
+    def _tail_ends(self, job: Job, order: QueueOrder, last: Position, reserved: int) -> bool:
+        """Whether the packing tail's pass ends before `job`. With no block free beyond the reservations, a full
+        pass would end at the first segment after `last` that it checks (every one needs a block, so none fits),
+        unless that segment needs none: `job` ends it if it needs a block, else if the tail skipped a segment
+        between the two."""
+        if self.pool.free > reserved:
+            return False
+        return self._footprints[job] > 0 or order.waiting_between(last, order.position)
 
     def _place(self, job: Job, need: int) -> int:
         """Bring an admitted job's KV into place and start it; returns the tokens it must prefill."""

@@ -149,3 +149,17 @@ def test_estimates_kept_per_job_follow_every_change_they_read():
     done.seg, done.phase = 3, Phase.DONE
     pred.observe_job_done(done)
     assert pred.remaining_segments(job) == 4.0
+
+
+def test_a_priced_estimate_moves_with_the_speeds_version_not_with_its_drift():
+    """Wait keys are priced at `priced_decode_s`, so that a key an engine computes late in a pass has the value it
+    had when the pass began: the live speed drifts at every decode step, the priced one only when it moved 2%."""
+    pred = Predictor(COST)
+    job = _job(outputs=(50, 60), cats=("web", ""), times=(1.0, 0.0))
+    priced, version = pred.priced_compute_s(job), pred.versions["speed"]
+    pred.observe_decode_step(pred.decode_s_per_token * 1.1)  # the EWMA moves 0.5%
+    assert pred.versions["speed"] == version and pred.priced_compute_s(job) == priced != pred.compute_s(job)
+    while pred.versions["speed"] == version:
+        pred.observe_decode_step(pred.decode_s_per_token * 1.1)
+    assert pred.priced_decode_s == pred.decode_s_per_token
+    assert pred.priced_compute_s(job) == pred.compute_s(job) > priced

@@ -226,6 +226,23 @@ def test_order_is_the_rank_order_with_ties_kept_in_queue_order(ctx, name):
         assert ordered == sorted(queue, key=lambda j: p.rank(j, 60.0, p.wait_key))
 
 
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_the_groups_of_a_queue_sorted_one_after_another_are_its_order(ctx, name):
+    """`order_groups` splits a queue into groups an engine sorts only when a pass reaches them, and of which it may
+    sort only the part that fits: every job in one group, the groups' orders one after another the queue's order,
+    and a part of a group sorted in the order the whole group has."""
+    p = make_policy(name, ctx)
+    rng = random.Random(3)
+    for queue in random_queues(9):
+        groups = list(p.order_groups(queue, 60.0))
+        assert sorted(id(j) for g in groups for j in g) == sorted(map(id, queue))
+        for g in groups:
+            part = [j for j in g if rng.random() < 0.5]
+            kept = {id(j) for j in part}
+            assert p.order(part, 60.0) == [j for j in p.order(g, 60.0) if id(j) in kept]
+        assert [j for g in groups for j in p.order(g, 60.0)] == p.order(queue, 60.0)
+
+
 def test_astraea_ages_every_lower_queue_job_it_ranks_past_the_ratio(ctx):
     p = Astraea(ctx, AstraeaConfig(num_queues=3, aging_ratio=4.0))
     for queue in random_queues(8):

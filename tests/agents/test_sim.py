@@ -10,6 +10,7 @@ from runtime.agents.job import Job, KVState, Phase, Segment
 from runtime.agents.lifecycle import Lifecycle
 from runtime.agents.policy import POLICIES, PolicyContext, make_policy
 from runtime.agents.predictor import Predictor
+from runtime.agents.queue_order import QueueOrder
 from runtime.agents.sim import PLACEMENTS, SimulatedEngine, simulate
 from runtime.agents.trace import generate, jobs_from_table
 from tests.conftest import SMALL_PROFILE, make_table
@@ -75,16 +76,32 @@ def test_invariants_under_memory_pressure(policy, small_profile):
     assert inv.steps > 0
 
 
+def one_full_sort(engine, cands):
+    """A pass's queue as one group, sorted whole by the policy's own `order` with every wait key computed anew."""
+    return QueueOrder([cands], lambda jobs: engine.policy.order(jobs, engine.now))
+
+
+def every_segment(engine, room):
+    """The packing tail without narrowing: every waiting segment is visited."""
+    return list
+
+
+def no_shortcut(engine, job, order, last, reserved):
+    """The tail's end as a full pass finds it: only by a segment it skipped (none, with `every_segment`)."""
+    return engine.pool.free <= reserved and order.waiting_between(last, order.position)
+
+
 @pytest.mark.parametrize("policy", list(POLICIES))
 def test_kept_wait_keys_give_the_policys_own_order(policy, small_profile, monkeypatch):
-    """An engine keeps a waiting job's wait key while its KV and the predictor do not change: the simulation is
-    the same, job for job, as with every key recomputed at every pass by the policy's own `order`. Memory pressure
-    makes waiting jobs' KV move (evictions, swaps) and the online estimator moves the predictor."""
+    """An engine keeps a waiting job's wait key while its KV and the predictor do not change, and sorts only the
+    groups of the queue (`Policy.order_groups`) a pass reaches: the simulation is the same, job for job, as with
+    the whole queue sorted at every pass by the policy's own `order`, every key recomputed. Memory pressure makes
+    waiting jobs' KV move (evictions, swaps) and the online estimator moves the predictor."""
     table = pressure_table()
     for estimator in ("oracle", "online"):
         kept = simulate(jobs_from_table(table), small_profile, policy, output_estimator=estimator)
         with monkeypatch.context() as m:
-            m.setattr(SimulatedEngine, "_in_order", lambda engine, cands: engine.policy.order(cands, engine.now))
+            m.setattr(SimulatedEngine, "_queue_order", one_full_sort)
             recomputed = simulate(jobs_from_table(table), small_profile, policy, output_estimator=estimator)
         assert [j.finish_s for j in kept.jobs] == [j.finish_s for j in recomputed.jobs]
         assert kept.engines == recomputed.engines
@@ -94,16 +111,34 @@ def test_kept_wait_keys_give_the_policys_own_order(policy, small_profile, monkey
 def test_a_packing_pass_visits_only_segments_that_can_fit_and_admits_what_a_full_pass_admits(policy, small_profile,
                                                                                               monkeypatch):
     """Once no idle KV can be given up, a packing pass visits only the waiting segments whose kept footprint fits
-    the free blocks: the simulation is the same, job for job, as with every waiting segment visited. Memory
+    the free blocks left: the simulation is the same, job for job, as with every waiting segment visited. Memory
     pressure fills the queue with segments that do not fit; the online estimator moves the reservations."""
     table = pressure_table()
     for estimator in ("oracle", "online"):
         narrowed = simulate(jobs_from_table(table), small_profile, policy, output_estimator=estimator)
         with monkeypatch.context() as m:
-            m.setattr(SimulatedEngine, "_fitting_tail", lambda engine, ordered, start, room: range(start, len(ordered)))
+            m.setattr(SimulatedEngine, "_fits_in", every_segment)
+            m.setattr(SimulatedEngine, "_tail_ends", no_shortcut)
             full = simulate(jobs_from_table(table), small_profile, policy, output_estimator=estimator)
         assert [j.finish_s for j in narrowed.jobs] == [j.finish_s for j in full.jobs]
         assert narrowed.engines == full.engines
+
+
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_an_overloaded_queue_ranked_as_far_as_each_pass_looks_is_served_as_one_sorted_whole(policy, monkeypatch):
+    """The simulator's speed-ups together (kept wait keys, groups sorted when reached, the narrowed tail) on the
+    queue they are for: SWE agents at 8x load, hundreds waiting, long contexts filling the KV. Job for job, the
+    same simulation as the plain full pass: the whole queue sorted at every pass, every segment visited."""
+    table = generate("swe", 160, 0.5, seed=4)
+    for estimator in ("oracle", "online"):
+        fast = simulate(jobs_from_table(table, rate_scale=8), LLAMA3_8B_H100, policy, output_estimator=estimator)
+        with monkeypatch.context() as m:
+            m.setattr(SimulatedEngine, "_queue_order", one_full_sort)
+            m.setattr(SimulatedEngine, "_fits_in", every_segment)
+            m.setattr(SimulatedEngine, "_tail_ends", no_shortcut)
+            plain = simulate(jobs_from_table(table, rate_scale=8), LLAMA3_8B_H100, policy, output_estimator=estimator)
+        assert [j.finish_s for j in fast.jobs] == [j.finish_s for j in plain.jobs]
+        assert fast.engines == plain.engines
 
 
 @pytest.mark.parametrize("policy", ["fcfs", "astraea", "infercept"])

@@ -110,7 +110,7 @@ class Astraea(AstraeaKV):
         return self.per_state(job, "astraea_t_proc", self._t_proc)
 
     def _t_proc(self, job) -> float:
-        t = self.pred.compute_s(job)
+        t = self.pred.priced_compute_s(job)
         if self.cfg.job_level_hrrn:
             t *= self.pred.remaining_segments(job)
         if self.cfg.t_proc_includes_api and not job.is_last_segment:
@@ -125,16 +125,40 @@ class Astraea(AstraeaKV):
         keyed = []
         for i, j in enumerate(ready):
             t, not_started = wk(j)
-            rr = (j.waited_now(now) + t) / t
-            if j.level > 0 and rr > self.cfg.aging_ratio:
-                j.level = 0
+            rr = self._aged(j, now, t)
             keyed.append((j.level, not_started, -rr, t, j.arrival_s, i, j))  # i: ties keep ready's order
         keyed.sort()
         return [k[6] for k in keyed]
 
+    def order_groups(self, ready, now, wait_key=None):
+        # By (queue, not started): the jobs of a queue that have not started (most of an overloaded queue) are
+        # ranked by the clock only when an admission pass reaches them. A job in a lower queue is aged first, as
+        # `order` would age it, since that moves it to another group.
+        wk = wait_key or self.wait_key
+        groups: dict[tuple[int, bool], list] = {}
+        for j in ready:
+            level = j.level
+            if level > 0:
+                self._aged(j, now, wk(j)[0])
+                level = j.level
+            key = (level, j.seg == 0 and j.seg_generated == 0 and not j.preempted)  # `_not_started`, inlined
+            group = groups.get(key)
+            if group is None:
+                groups[key] = [j]
+            else:
+                group.append(j)
+        return [groups[k] for k in sorted(groups)]
+
     def rank(self, job, now, wait_key):
         t, not_started = wait_key(job)
         return (job.level, not_started, -(job.waited_now(now) + t) / t, t, job.arrival_s)
+
+    def _aged(self, job, now, t) -> float:
+        """The job's response ratio; a job in a lower queue whose ratio passed the aging threshold returns to Q0."""
+        rr = (job.waited_now(now) + t) / t
+        if job.level > 0 and rr > self.cfg.aging_ratio:
+            job.level = 0
+        return rr
 
     @staticmethod
     def _not_started(job) -> bool:

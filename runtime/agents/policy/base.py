@@ -8,7 +8,7 @@ allocation, transfers) is the engine's business, so a policy is a few dozen line
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from runtime.agents.costmodel import DeploymentProfile
@@ -40,9 +40,10 @@ class Policy:
     # only when its wait key does.
     key_is_static = False
     # Which of the predictor's estimates (`Predictor.versions`) `wait_key` and `growth_tokens` read: an engine keeps
-    # each waiting job's values until one of those moves (every one, unless a policy says fewer). A value that reads
-    # the decode speed declares every estimate: the speed drifts between its versions, so such a value depends on
-    # when it is refreshed, and refreshing it at every version keeps the simulator's results as measured.
+    # each waiting job's values until one of those moves (every one, unless a policy says fewer). A value priced at
+    # `Predictor.priced_decode_s` reads "speed"; one that reads the live speed, which drifts between versions,
+    # declares every estimate: it depends on when it is computed, and an engine that computes it at every version
+    # and never later than a pass's start (one group, `order_groups`) keeps the simulator's results as measured.
     wait_key_reads: frozenset[str] = ESTIMATES
     growth_reads: frozenset[str] = ESTIMATES
 
@@ -71,6 +72,16 @@ class Policy:
         `self.wait_key` (an engine keeps it for as long as each job waits)."""
         wk = wait_key or self.wait_key
         return sorted(ready, key=lambda j: self.rank(j, now, wk))
+
+    def order_groups(self, ready: list[Job], now: float, wait_key: Callable[[Job], object] | None = None
+                     ) -> Iterable[list[Job]]:
+        """`ready` split into groups, each ranking wholly before the next, so that `order` of each group, one
+        after another, is `order(ready)`; `order` of a part of a group must keep the order the whole group has
+        (as a stable sort does when a group keeps `ready`'s relative order). An engine takes the next group, and
+        sorts it, only when its admission pass reaches it (see runtime.agents.queue_order): a policy whose rank
+        starts with something cheap to read saves ranking what a pass does not reach, and one may yield its
+        groups lazily, working each out only when it is asked for. Default: one group."""
+        return [ready]
 
     # ------------------------------------------------------------------------------ lifecycle hooks
     def on_ready(self, job: Job, now: float) -> None:
@@ -117,7 +128,10 @@ class Policy:
         for j in idle:
             if j.kv is not KVState.PRESERVED:
                 continue
-            w = waste(j, self.remaining_api_s(j, now), view)
+            t_api = self.remaining_api_s(j, now)
+            if t_api == 0.0 and not forced:
+                continue  # keeping KV no call holds wastes nothing, and no option wastes less than nothing
+            w = waste(j, t_api, view)
             swap_ok = self.swap_ok(j, view)
             action = w.best(swap_ok)
             if action is KVAction.PRESERVE:

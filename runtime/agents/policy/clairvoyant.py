@@ -34,18 +34,24 @@ class Clairvoyant(AstraeaKV):
         super().__init__(ctx, AstraeaConfig().high_watermark)
         self.cfg = config or ClairvoyantConfig()
         self.growth_reads = frozenset() if self.cfg.true_kv else frozenset({"outputs"})
+        self.wait_key_reads = frozenset({"speed"}) if self.cfg.true_count else frozenset({"speed", "lengths"})
 
     def remaining_work_s(self, job: Job) -> float:
         """True compute the job still needs: the rest of this segment (prefill of what is not cached, its remaining
-        output), then every later segment's prompt and output (their contexts stay cached in the bound)."""
-        return self.per_state(job, "clairvoyant_work", self._remaining_work_s)
-
-    def _remaining_work_s(self, job: Job) -> float:
-        dps = self.pred.decode_s_per_token
-        left = job.current.output_tokens - job.seg_generated
-        work = self.pred.uncached_prefill_s(job) + left * dps
-        count, prefill_s, output_tokens = self._later(job)
-        later = prefill_s + output_tokens * dps
+        output), then every later segment's prompt and output (their contexts stay cached in the bound). Its parts
+        are kept per job state and priced at the decode speed of the call: after each move of the speed an
+        overloaded queue of a thousand is priced again, which was a third of the bound's simulation time when
+        each pricing walked the predictor's caches."""
+        state = (job.seg, job.context_tokens, job.kv, job.kv_tokens, job.seg_generated)
+        parts = job.policy_state.get("clairvoyant_work")
+        if parts is None or parts[0] != state:
+            left = job.current.output_tokens - job.seg_generated
+            parts = job.policy_state["clairvoyant_work"] = (state, self.pred.uncached_prefill_s(job), left,
+                                                            *self._later(job))
+        _, prefill_s, left, count, later_prefill_s, later_tokens = parts
+        dps = self.pred.priced_decode_s
+        work = prefill_s + left * dps
+        later = later_prefill_s + later_tokens * dps
         if self.cfg.true_count:
             return work + later
         return work + (self.pred.remaining_segments(job) - 1) * (later / count if count else 0.0)

@@ -29,6 +29,7 @@ from runtime.agents.policy.infercept import InferCept
 from runtime.agents.predictor import ESTIMATES
 
 _by_age = attrgetter("ready_since", "arrival_s")
+_by_arrival = attrgetter("arrival_s")
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,8 @@ class Lamps(InferCept):
         for job in ready:
             (starving if now - job.ready_since >= starve else ranked).append(job)  # as `rank` tests it
         starving.sort(key=_by_age)
-        ranked.sort(key=lambda j: (wk(j), j.arrival_s))
+        ranked.sort(key=_by_arrival)  # then by score: two stable sorts, by (score, arrival) without a Python key
+        ranked.sort(key=wk)
         return starving + ranked
 
     def growth_tokens(self, job):
