@@ -72,6 +72,17 @@ GC_FULL_S = 600.0
 CONTROL_SLOTS = 256  # concurrent calls left for acquire/finish/cancel/views when every parked caller waits
 
 
+def collect_garbage(full_due_at: float) -> float:
+    """A watch tick's share of garbage collection (see GC_FULL_S): freeze what is alive, after collecting everything
+    when the full collection is due (`full_due_at`, monotonic seconds). Returns when the next one is due."""
+    if time.monotonic() >= full_due_at:
+        gc.unfreeze()
+        gc.collect()
+        full_due_at = time.monotonic() + GC_FULL_S
+    gc.freeze()
+    return full_due_at
+
+
 def scheduler_concurrency(settings: ServeSettings) -> int:
     """The actor's max_concurrency: every call that can park (queued + retried segments) plus room for control."""
     return settings.max_queue + settings.engines * settings.engine.max_num_seqs + CONTROL_SLOTS
@@ -311,11 +322,7 @@ class GlobalScheduler:
         full_gc_at = time.monotonic() + GC_FULL_S
         for tick in itertools.count():
             checks = await ask_in_parts(watched(len(self.engines), tick), self._check, MONITOR_S, WATCH_PARTS)
-            if time.monotonic() >= full_gc_at:
-                gc.unfreeze()
-                gc.collect()
-                full_gc_at = time.monotonic() + GC_FULL_S
-            gc.freeze()
+            full_gc_at = collect_garbage(full_gc_at)
             await asyncio.gather(*checks)
             for done in self.d.expire(self.settings.session_idle_s):
                 self.metrics.jct.observe(done.jct_s)

@@ -1,10 +1,21 @@
 """Which engines the scheduler's watch asks each second: every engine of a small fleet every time; a large fleet
 in turns that keep to the per-second budget without leaving any engine unasked past the time it remembers a
-finished segment."""
+finished segment. And the watch's garbage collection."""
 
 import asyncio
+import gc
+import math
+import weakref
 
-from actors.global_scheduler import MONITOR_S, WATCH_PARTS, WATCH_PER_S, WATCH_PERIOD_MAX_S, ask_in_parts, watched
+from actors.global_scheduler import (
+    MONITOR_S,
+    WATCH_PARTS,
+    WATCH_PER_S,
+    WATCH_PERIOD_MAX_S,
+    ask_in_parts,
+    collect_garbage,
+    watched,
+)
 
 
 def test_a_small_fleet_is_asked_whole_and_a_large_one_in_turns_that_cover_every_engine():
@@ -37,3 +48,24 @@ def test_a_round_is_asked_in_parts_spread_over_the_period():
     groups = sorted({round(t / (period / WATCH_PARTS)) for t in asked.values()})
     assert groups == list(range(1, WATCH_PARTS + 1))  # one group per gap, none asked before the first gap
     assert max(asked.values()) - min(asked.values()) >= 0.8 * period * (WATCH_PARTS - 1) / WATCH_PARTS
+
+
+def test_garbage_the_watch_froze_is_freed_by_the_next_full_collection():
+    """Each watch tick freezes what is alive, so that Python's collections walk only what is newer; a reference
+    cycle that became garbage while frozen stays until the full collection, which thaws and collects everything."""
+
+    class Node:
+        pass
+
+    a, b = Node(), Node()
+    a.peer, b.peer = b, a
+    alive = weakref.ref(a)
+    try:
+        assert collect_garbage(math.inf) == math.inf  # not due: the cycle is frozen with everything alive
+        del a, b
+        gc.collect()
+        assert alive() is not None  # a collection skips what is frozen
+        assert collect_garbage(0.0) > 0.0  # due: everything is thawed and collected, the next one scheduled
+        assert alive() is None
+    finally:
+        gc.unfreeze()
