@@ -141,12 +141,7 @@ class Astraea(AstraeaKV):
             if level > 0:
                 self._aged(j, now, wk(j)[0])
                 level = j.level
-            key = (level, j.seg == 0 and j.seg_generated == 0 and not j.preempted)  # `_not_started`, inlined
-            group = groups.get(key)
-            if group is None:
-                groups[key] = [j]
-            else:
-                group.append(j)
+            groups.setdefault((level, self._not_started(j)), []).append(j)
         return [groups[k] for k in sorted(groups)]
 
     def rank(self, job, now, wait_key):
