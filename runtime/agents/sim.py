@@ -154,8 +154,7 @@ class SimulatedEngine:
             elif kind == _SWAP_IN_DONE:
                 self.swapping_in -= 1
                 self.cpu.free_job(job.job_id)
-                self.life.kv_kept(job, KVState.ACTIVE, job.kv_tokens)
-                self._start(job, t, job.resume_tokens - job.kv_tokens)
+                self._resume(job, t)
             elif kind == _TTL and job.phase is Phase.TOOL and job.kv is KVState.PRESERVED and tag == job.seg - 1:
                 self._evict(job, self.policy.on_pin_expired(job, t, self.view()))  # this call's pin expired
 
@@ -459,16 +458,22 @@ class SimulatedEngine:
             seconds = self.profile.receive_s(job.kv_tokens) if moved else None
             self.push(self._transfer(job.kv_tokens, seconds), _SWAP_IN_DONE, job)
             return 0
-        tokens = job.kv_tokens
         if job.kv in (KVState.NONE, KVState.DISCARDED):
             hit_blocks = self.pool.take_cached(job.job_id)
-            tokens = min(hit_blocks * self.bs, job.resume_tokens - 1)
-            self.counters.cache_hit_tokens += tokens
+            self.counters.cache_hit_tokens += min(hit_blocks * self.bs, job.resume_tokens - 1)
             need -= hit_blocks
+            self.life.kv_kept(job, KVState.ACTIVE, hit_blocks * self.bs)
         self.pool.allocate(job.job_id, max(need, 0))
-        self.life.kv_kept(job, KVState.ACTIVE, tokens)
-        prefill = job.resume_tokens - job.kv_tokens
-        self._start(job, self.now, prefill)
+        return self._resume(job, self.now)
+
+    def _resume(self, job: Job, t: float) -> int:
+        """Start a job on the KV it has in place; returns the tokens it must prefill. Like vLLM, which finds
+        kept KV by its block hashes, only full blocks are reused, and never the whole input (the last token is
+        computed to sample from): the partial tail block is computed again."""
+        kept = min(job.kv_tokens // self.bs * self.bs, job.resume_tokens - 1)
+        self.life.kv_kept(job, KVState.ACTIVE, kept)
+        prefill = job.resume_tokens - kept
+        self._start(job, t, prefill)
         return prefill
 
     def _reserved_blocks(self) -> int:

@@ -205,14 +205,16 @@ def test_fcfs_hits_the_prefix_cache_and_astraea_preserves():
     fcfs = simulate(jobs_from_table(table), LLAMA3_8B_H100, "fcfs")
     assert fcfs.engines[0].discard == 1 and fcfs.engines[0].cache_hit_tokens == 1008  # 63 full blocks
     ast = simulate(jobs_from_table(table), LLAMA3_8B_H100, "astraea")
-    assert ast.engines[0].preserve == 1 and ast.engines[0].prefill_tokens == 1050
+    # the kept 63 blocks are reused, as the cache hit's were; the context's last 12 tokens (a partial block) again
+    assert ast.engines[0].preserve == 1 and ast.engines[0].prefill_tokens == 1000 + 50 + 12
+    assert ast.engines[0].recompute_tokens == 12 and ast.engines[0].cache_hit_tokens == 0
 
 
 def test_swap_round_trip_costs_link_time():
     table = make_table([("a", 0, 0.0, 2000, 10, "t", 30.0), ("a", 1, 0.0, 10, 10, "", 0.0)])
     res = simulate(jobs_from_table(table), replace(LLAMA3_8B_H100, name="x"), "infercept")
     e = res.engines[0]
-    assert e.swap == 1 and e.recompute_tokens == 0
+    assert e.swap == 1 and e.recompute_tokens == 2010 % 16  # the swapped-in full blocks are reused, the tail not
     assert res.jobs[0].kv is KVState.NONE
 
 
