@@ -42,15 +42,15 @@ TARGETS = $(PY) -m bench.targets bench/results/jct_*.json bench/results/river*.j
 	$(wildcard bench/results/service_load.json bench/results/vs_vllm_server.json bench/results/peers.json \
 		bench/results/control_plane.json bench/results/sim_speed.json)
 
-REAL := HF_HUB_OFFLINE=1 $(PY) -m bench.jct_real --model small --seeds 0 --kv-blocks 256
-bench-real: $(STAMP) models/small/config.json  ## the committed real-vLLM (CPU) benchmarks, ~35 min on 2 cores
+REAL := HF_HUB_OFFLINE=1 $(PY) -m bench.jct_real --model small --kv-blocks 256
+bench-real: $(STAMP) models/small/config.json  ## the committed real-vLLM (CPU) benchmarks, ~55 min on 2 cores
 	HF_HUB_OFFLINE=1 $(PY) -m bench.engine_settings --model models/small --out bench/results/engine_settings.json
 	$(PY) -m agentriver trace --mix infercept --jobs 24 --rate 0.25 --seed 0 --out build/traces/infercept24.parquet
 	$(PY) -m agentriver trace --mix infercept --jobs 96 --rate 2 --seed 1 --out build/traces/infercept96.parquet
-	$(REAL) --trace build/traces/infercept24.parquet --policies vllm,astraea --rate-scales 1,4 \
+	$(REAL) --trace build/traces/infercept24.parquet --policies vllm,astraea --rate-scales 1,4 --seeds 0,1,2 \
 		--tool-time-scale 0.1 --out bench/results/jct_real_infercept.json
-	$(REAL) --trace build/traces/infercept96.parquet --policies vllm,fcfs,astraea --rate-scales 4 --single-segment \
-		--out bench/results/jct_real_notools.json
+	$(REAL) --trace build/traces/infercept96.parquet --policies vllm,fcfs,astraea --rate-scales 4 --seeds 0 \
+		--single-segment --out bench/results/jct_real_notools.json
 	$(TARGETS)
 
 HTTP := HF_HUB_OFFLINE=1 $(PY) -m bench.jct_http --model small --kv-blocks 256

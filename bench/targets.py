@@ -8,22 +8,22 @@ fcfs p99; at every load it checks that astraea beats every peer (not the sjf and
 clairvoyant bound was run, at every load astraea avg <= 1.05x the bound's and p99 <= 1.10x the best peer's, and at
 the reference load astraea's average excess JCT <= 0.8x the best peer's (issue 17). peers
 (bench.peers): each peer within 1.5x of its own paper's headline.
-jct_real files (real vLLM): at the heaviest load astraea avg <= 0.80x unmodified vllm and p99 not worse; every
-row's simulated average JCT within 15% of the measured one; on a run without tool calls (--single-segment),
-astraea's output tokens/s >= 0.97x vllm's at every load (and fcfs through the plugin, which isolates its
-overhead). river (bench.river): the targets bench.river judges (PSNR margins over each baseline beyond the seeds'
-spread, training seconds <= 0.5x per_segment, prefetch top-3 hit >= 0.8); river_headroom: whether any setting's
-per-segment fine-tune reaches generic_game + 1.0 dB; river_client: the player at >= 20 frames/s of 720p with
-decode + SR p99 <= 50 ms; river_stream: server time per segment p99 <= 1 s, lookup + vote p99 <= 20 ms per frame,
-0 5xx, prefetch hit >= 0.85, stalls <= 5%, prefetch bytes <= 25% of video bytes; river_lookup: lookup + vote
-<= 5 ms per frame (p50) with >= 1,000 models. service_load (bench.service_load): 0 5xx, 0 hung requests and 0
-connection errors at every concurrency level, and a new session answered within 1 s after the sweep.
+jct_real files (real vLLM; a policy's replays at one load, its --seeds, averaged): at the heaviest load astraea avg
+<= 0.80x unmodified vllm and p99 not worse; the simulated average JCT within 15% of the measured one; on a run
+without tool calls (--single-segment), astraea's output tokens/s >= 0.97x vllm's at every load (and fcfs through the
+plugin, which isolates its overhead). river (bench.river): the targets bench.river judges (PSNR margins over each
+baseline beyond the seeds' spread, training seconds <= 0.5x per_segment, prefetch top-3 hit >= 0.8); river_headroom:
+whether any setting's per-segment fine-tune reaches generic_game + 1.0 dB; river_client: the player at >= 20
+frames/s of 720p with decode + SR p99 <= 50 ms; river_stream: server time per segment p99 <= 1 s, lookup + vote p99
+<= 20 ms per frame, 0 5xx, prefetch hit >= 0.85, stalls <= 5%, prefetch bytes <= 25% of video bytes; river_lookup:
+lookup + vote <= 5 ms per frame (p50) with >= 1,000 models. service_load (bench.service_load): 0 5xx, 0 hung
+requests and 0 connection errors at every concurrency level, and a new session answered within 1 s after the sweep.
 vs_vllm_server (bench.vs_vllm_server): under memory pressure the drop-in plugin and the Ray runtime <= 0.70x the
 average JCT of the stock server configured like ours, p99 not worse; without tools the plugin >= 0.97x its output
-tokens/s; the Ray runtime within 10% of the plugin. control_plane (bench.control_plane): the GlobalScheduler
-actor with 1,000 simulated engines and 100,000 sessions >= 2,000 segments/s with p99 added latency <= 5 ms.
-sim_speed (bench.sim_speed): every policy's run of a 2,000-job trace at the heaviest load <= 20 s wall. It reports
-what it finds, wins and losses alike.
+tokens/s; the Ray runtime within 10% of the plugin. control_plane (bench.control_plane): the GlobalScheduler actor
+with 1,000 simulated engines and 100,000 sessions >= 2,000 segments/s with p99 added latency <= 5 ms. sim_speed
+(bench.sim_speed): every policy's run of a 2,000-job trace at the heaviest load <= 20 s wall. It reports what it
+finds, wins and losses alike.
 """
 
 from __future__ import annotations
@@ -95,10 +95,32 @@ def _against_the_bound(by: dict, loads: list[float], ref: float) -> list[tuple[b
     return checks
 
 
+def replay_means(rows: list[dict]) -> dict[tuple[str, float], dict]:
+    """One row per (policy, load): the mean over its replays (bench.jct_real's --seeds repeat a replay, because
+    one replay of an overloaded engine is noisy: astraea at load 4 on infercept24 measured 17.5-20.7 s average
+    JCT in five replays of one hour), with `replays` and the range of their average JCTs. The simulator's figure
+    is the same for every replay, so it is compared with the mean."""
+    groups: dict[tuple[str, float], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["policy"], r["load"]), []).append(r)
+    means = {}
+    for key, group in groups.items():
+        m = dict(group[0], replays=len(group), avg_range=(min(r["avg_jct_s"] for r in group),
+                                                         max(r["avg_jct_s"] for r in group)))
+        for field in ("avg_jct_s", "p99_jct_s", "tokens_per_s"):
+            m[field] = sum(r[field] for r in group) / len(group)
+        if "http_errors" in m:
+            m["http_errors"] = sum(r["http_errors"] for r in group)
+        if "sim_avg_jct_s" in m:
+            m["sim_error"] = m["sim_avg_jct_s"] / m["avg_jct_s"] - 1.0
+        means[key] = m
+    return means
+
+
 def check_real(path: Path) -> tuple[list[str], list[str]]:
     data = json.loads(path.read_text())
-    rows = [r for r in data["rows"] if r["seed"] == min(r["seed"] for r in data["rows"])]
-    by = {(r["policy"], r["load"]): r for r in rows}
+    by = replay_means(data["rows"])
+    rows = list(by.values())
     loads = sorted({r["load"] for r in rows})
     checks = []
     if data["meta"].get("single_segment"):
@@ -120,9 +142,12 @@ def check_real(path: Path) -> tuple[list[str], list[str]]:
             checks.append((r["http_errors"] == 0, f"{r['policy']} load {r['load']:g}: {r['http_errors']} failed HTTP "
                                                   f"calls (target 0)"))
         if "sim_error" in r:
+            lo, hi = r["avg_range"]
+            measured = (f"{r['avg_jct_s']:.2f} s" if r["replays"] == 1 else
+                        f"{r['avg_jct_s']:.2f} s (mean of {r['replays']} replays, {lo:.2f}-{hi:.2f} s)")
             checks.append((abs(r["sim_error"]) <= 0.15,
                            f"simulator vs engine, {r['policy']} load {r['load']:g}: {r['sim_avg_jct_s']:.2f} s vs "
-                           f"{r['avg_jct_s']:.2f} s ({r['sim_error']:+.1%}, target within 15%)"))
+                           f"{measured} ({r['sim_error']:+.1%}, target within 15%)"))
     return _verdicts(path, checks)
 
 

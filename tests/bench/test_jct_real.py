@@ -46,3 +46,15 @@ def test_bad_arguments(tmp_path, capsys):
         with pytest.raises(SystemExit):
             jct_real.parse_args(argv)
         assert msg in capsys.readouterr().err
+
+
+def test_replays_of_a_policy_are_averaged_in_the_table():
+    def row(policy, seed, avg):
+        return {"policy": policy, "load": 4.0, "seed": seed, "jobs": 3, "avg_jct_s": avg, "p50_jct_s": avg,
+                "p99_jct_s": 2 * avg, "tokens_per_s": 10.0, "kv_preserve": 0, "kv_swap": 0, "kv_discard": 0,
+                "kv_released": 0, "sim_avg_jct_s": 11.0, "sim_error": 11.0 / avg - 1}
+    md = jct_real.markdown([row("vllm", 0, 40.0), row("vllm", 1, 60.0), row("astraea", 0, 9.0),
+                            row("astraea", 1, 11.0)], "cmd", None)
+    assert "| 4 | vllm | 2 | 50.00 | 40.00-60.00 | 100.00 | 1.000 | 11.00 | -78.0% |" in md
+    assert "| 4 | astraea | 2 | 10.00 | 9.00-11.00 | 20.00 | 0.200 | 11.00 | +10.0% |" in md
+    assert "Mean of each policy's replays" not in jct_real.markdown([row("vllm", 0, 40.0)], "cmd", None)

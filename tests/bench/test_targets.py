@@ -68,6 +68,20 @@ def test_real_engine_verdicts(tmp_path):
     assert targets.main([str(path), str(notools)]) == 0
 
 
+def test_real_engine_verdicts_take_the_mean_of_a_policys_replays(tmp_path):
+    rows = [_real("vllm", 4, 30.0, 60.0, 150.0, 33.0)]
+    for seed, avg in enumerate((16.0, 20.0, 21.0)):
+        rows.append(dict(_real("astraea", 4, avg, 30.0 + seed, 150.0, 17.1), seed=seed))
+    path = tmp_path / "jct_real_x.json"
+    path.write_text(json.dumps({"meta": {"command": "cmd"}, "rows": rows}))
+    lines, misses = targets.check_real(path)
+    assert "PASS load 4: astraea avg JCT = 0.633x vllm (target <= 0.80)" in lines
+    assert "PASS load 4: astraea p99 JCT = 0.517x vllm (target <= 1.0)" in lines
+    assert ("PASS simulator vs engine, astraea load 4: 17.10 s vs 19.00 s (mean of 3 replays, 16.00-21.00 s) "
+            "(-10.0%, target within 15%)") in lines
+    assert misses == []
+
+
 def test_river_verdicts(tmp_path):
     from bench.river import summarize
 
