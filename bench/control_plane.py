@@ -290,17 +290,17 @@ async def offer(sessions: Sessions, rate: float, duration: float) -> dict:
 TRANSPORTS = {"coalesced": True, "one_call_each": False}  # as the ingress sends them; one Ray call per call
 
 
-async def drive_both(sessions: Sessions, target, concurrency: int, duration: float, scheduler=None,
-                     fleet=None) -> dict:
-    """One level with each transport; for the real scheduler also its journal writes and engine calls."""
+async def drive_both(sessions: Sessions, target, concurrency: int, duration: float, fleet=None) -> dict:
+    """One level with each transport. Given the simulated engines' `fleet`, `target` is the real scheduler: then
+    also its journal writes and the calls it made to engines."""
     out = {}
     for name, coalesce in TRANSPORTS.items():
         sessions.calls_to(target, coalesce)
-        before = journal_writes(await scheduler.metrics_text.remote()) if scheduler else None
-        fleet_before = await fleet.count.remote() if fleet else 0
+        if fleet is not None:
+            before, fleet_before = journal_writes(await target.metrics_text.remote()), await fleet.count.remote()
         level = await drive(sessions, concurrency, duration)
-        if scheduler is not None:
-            after = journal_writes(await scheduler.metrics_text.remote())
+        if fleet is not None:
+            after = journal_writes(await target.metrics_text.remote())
             writes = after["count"] - before["count"]
             level.update(journal_writes_per_s=writes / level["seconds"],
                          journal_write_ms_mean=(after["sum_s"] - before["sum_s"]) / writes * 1e3 if writes else 0.0,
@@ -314,7 +314,7 @@ async def run_levels(args, scheduler, sessions: Sessions, fleet, bare: dict[int,
     levels = []
     for concurrency in args.levels:
         level = {"concurrency": concurrency,
-                 **await drive_both(sessions, scheduler, concurrency, args.duration, scheduler, fleet),
+                 **await drive_both(sessions, scheduler, concurrency, args.duration, fleet),
                  "bare": bare[concurrency]}
         levels.append(level)
         print(f"{concurrency} callers: " + "; ".join(
