@@ -1,6 +1,6 @@
 """Job completion time on a real vLLM engine (CPU build here, the `vllm` wheel on GPU nodes).
 
-    python -m bench.jct_real --trace FILE --model small --policies vllm,astraea --rate-scales 1,4 --seeds 0 \\
+    python -m bench.jct_real --trace FILE --model small --policies vllm,astraea --rate-scales 1,4 --seeds 0,1,2 \\
         --tool-time-scale 0.1 --kv-blocks 256 --out results.json
 
 `vllm` is unmodified vLLM as users run it (FCFS, prefix caching on, every segment a new request with the full
@@ -14,9 +14,10 @@ pressure is real. --single-segment keeps only each job's first segment: the same
 for the plugin's overhead on plain serving.
 
 Beside the JSON rows (the jct_sim row schema, measured fields only), a Markdown table and plots, it checks the
-simulator against the engine: the cost model is fitted (`costmodel.fit`) from the step log of the `vllm` runs,
+simulator against the engine: the cost model is fitted (`costmodel.fit`) from the step logs of every run,
 the same trace is simulated with that profile for every policy, and the table reports simulated vs measured
-average JCT.
+average JCT. --seeds 0,1,2 replays each policy and load three times (an overloaded engine's order depends on
+timing, so one replay is noisy) and adds a table of the replays' means, which bench.targets checks.
 """
 
 from __future__ import annotations
