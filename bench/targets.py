@@ -104,16 +104,17 @@ def replay_means(rows: list[dict]) -> dict[tuple[str, float], dict]:
     for r in rows:
         groups.setdefault((r["policy"], r["load"]), []).append(r)
     means = {}
-    for key, group in groups.items():
-        m = dict(group[0], replays=len(group), avg_range=(min(r["avg_jct_s"] for r in group),
-                                                         max(r["avg_jct_s"] for r in group)))
+    for (policy, load), group in groups.items():
+        avgs = [r["avg_jct_s"] for r in group]
+        m = {"policy": policy, "load": load, "replays": len(group), "avg_range": (min(avgs), max(avgs))}
         for field in ("avg_jct_s", "p99_jct_s", "tokens_per_s"):
             m[field] = sum(r[field] for r in group) / len(group)
-        if "http_errors" in m:
+        if "http_errors" in group[0]:
             m["http_errors"] = sum(r["http_errors"] for r in group)
-        if "sim_avg_jct_s" in m:
+        if "sim_avg_jct_s" in group[0]:
+            m["sim_avg_jct_s"] = group[0]["sim_avg_jct_s"]
             m["sim_error"] = m["sim_avg_jct_s"] / m["avg_jct_s"] - 1.0
-        means[key] = m
+        means[(policy, load)] = m
     return means
 
 
