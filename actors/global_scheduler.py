@@ -41,6 +41,7 @@ from runtime.engine.telemetry import HOLDINGS_NONE
 from runtime.serving.config import VLLM_BASELINE, ServeSettings
 from runtime.serving.dispatch import Dispatcher, Grant, NoEngine, QueueFull, SegmentRequest, SessionBusy, UnknownTicket
 from runtime.serving.metrics import SchedulerMetrics
+from runtime.serving.shards import shard_engines
 
 log = logging.getLogger(__name__)
 SCHEDULER_NAME = "agentriver-scheduler"
@@ -88,10 +89,12 @@ def scheduler_concurrency(settings: ServeSettings) -> int:
     return settings.max_queue + settings.engines * settings.engine.max_num_seqs + CONTROL_SLOTS
 
 
-def watched(engines: int, tick: int) -> range:
-    """The engines the watch asks at its `tick`-th round: all of a fleet up to WATCH_PER_S, else every k-th, in
-    turns, with k as small as keeps to WATCH_PER_S and no larger than WATCH_PERIOD_MAX_S allows."""
-    turns = max(1, min(math.ceil(engines / WATCH_PER_S), int(WATCH_PERIOD_MAX_S / MONITOR_S)))
+def watched(engines: int, tick: int, per_s: float = WATCH_PER_S) -> range:
+    """The engines the watch asks at its `tick`-th round: all of a fleet up to `per_s`, else every k-th, in turns,
+    with k as small as keeps to `per_s` and no larger than WATCH_PERIOD_MAX_S allows. A scheduler shard watches
+    its own engines at its share of WATCH_PER_S, so a sharded fleet's engines are asked as often as one
+    scheduler would ask them, and no more (on a shared machine, each extra ask is a Ray call)."""
+    turns = max(1, min(math.ceil(engines / per_s), int(WATCH_PERIOD_MAX_S / MONITOR_S)))
     return range(tick % turns, engines, turns)
 
 
@@ -103,6 +106,11 @@ async def ask_in_parts(indices: range, ask, period_s: float, parts: int) -> list
         await asyncio.sleep(period_s / parts)
         started += [asyncio.ensure_future(ask(i)) for i in indices[part::parts]]
     return started
+
+
+def scheduler_name(shard: int) -> str:
+    """Shard 0 keeps the unsharded scheduler's name, so a deployment that adds shards keeps its first one."""
+    return SCHEDULER_NAME if shard == 0 else f"{SCHEDULER_NAME}-{shard}"
 
 
 def engine_name(index: int) -> str:
@@ -126,11 +134,15 @@ def engine_handle(s: ServeSettings, index: int):
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)
 class GlobalScheduler:
-    def __init__(self, settings: dict, engines: list | None = None):
-        """`engines`: handles to plan with instead of the engine actors, each answering `info`, `stats`,
-        `release`, `abort` and `shutdown` as `EngineActor` does (a simulated fleet: bench.control_plane)."""
+    def __init__(self, settings: dict, engines: list | None = None, shard: int = 0):
+        """`shard`: which of `settings.scheduler_shards` this is; it plans for its own engines only
+        (`runtime.serving.shards`). `engines`: handles to plan with instead of the engine actors, each answering
+        `info`, `stats`, `release`, `abort` and `shutdown` as `EngineActor` does (a simulated fleet:
+        bench.control_plane)."""
         self.settings = s = ServeSettings(**settings)
-        self.engines = engines if engines is not None else [engine_handle(s, i) for i in range(s.engines)]
+        self.shard = shard
+        self.fleet_indices = list(shard_engines(s.engines, s.scheduler_shards, shard))  # by its local index
+        self.engines = engines if engines is not None else [engine_handle(s, i) for i in self.fleet_indices]
         self.d: Dispatcher | None = None
         self.journal: SchedulerJournal | None = None
         self.waiters: dict[str, asyncio.Future] = {}
@@ -154,7 +166,8 @@ class GlobalScheduler:
         """A restarted scheduler takes back what its journal holds, and plans with the engines' shapes stored
         there (an engine that died meanwhile, perhaps with its node, could not answer; the first poll marks it
         down). A fresh one clears the journal and asks each engine its shape."""
-        journal = SchedulerJournal(self.settings.namespace, self.metrics.journal_write)
+        journal = SchedulerJournal(self.settings.namespace if self.shard == 0 else
+                                   f"{self.settings.namespace}/shard-{self.shard}", self.metrics.journal_write)
         learned, sessions = None, []
         if ray.get_runtime_context().was_current_actor_reconstructed:
             learned, sessions = await journal.load()
@@ -165,7 +178,7 @@ class GlobalScheduler:
         else:
             infos, self.kv_seq = learned["engines"], learned["kv_seq"]
         policy = "fcfs" if self.settings.policy == VLLM_BASELINE else self.settings.policy
-        self.d = Dispatcher(list(infos), policy, self.settings.max_queue)
+        self.d = Dispatcher(list(infos), policy, math.ceil(self.settings.max_queue / self.settings.scheduler_shards))
         self.d.restore(None if learned is None else learned["estimates"], sessions)
         journal.track(self.d)
         self.journal = journal
@@ -310,10 +323,10 @@ class GlobalScheduler:
         """The cluster as operators see it: per engine, the dispatcher's view and what the engine says it holds for
         jobs between their segments (jobs it keeps state for, pinned KV blocks, host-swap blocks in use)."""
         engines = []
-        for e in self.d.engines:
+        for index, e in zip(self.fleet_indices, self.d.engines, strict=True):
             report = self.metrics.engines.reports.get(e.info.name, {})
-            engines.append({**e.view(), "node": report.get("node"), "kv_usage": report.get("kv_usage"),
-                            "holds": report.get("holdings", dict(HOLDINGS_NONE))})
+            engines.append({**e.view(), "index": index, "shard": self.shard, "node": report.get("node"),
+                            "kv_usage": report.get("kv_usage"), "holds": report.get("holdings", dict(HOLDINGS_NONE))})
         return {"policy": self.settings.policy, "max_model_len": self.d.max_model_len, "engines": engines,
                 "ready": len(self.d.queue), "sessions": len(self.d.jobs)}
 
@@ -321,7 +334,8 @@ class GlobalScheduler:
     async def _monitor(self) -> None:
         full_gc_at = time.monotonic() + GC_FULL_S
         for tick in itertools.count():
-            checks = await ask_in_parts(watched(len(self.engines), tick), self._check, MONITOR_S, WATCH_PARTS)
+            asked = watched(len(self.engines), tick, WATCH_PER_S / self.settings.scheduler_shards)
+            checks = await ask_in_parts(asked, self._check, MONITOR_S, WATCH_PARTS)
             full_gc_at = collect_garbage(full_gc_at)
             await asyncio.gather(*checks)
             for done in self.d.expire(self.settings.session_idle_s):
@@ -371,8 +385,19 @@ class GlobalScheduler:
             ray.kill(e, no_restart=True)
 
 
-def scheduler_handle(settings: ServeSettings):
-    """The cluster's scheduler actor (created on first use, found by name afterwards)."""
-    return GlobalScheduler.options(name=SCHEDULER_NAME, namespace=settings.namespace, lifetime="detached",
-                                   get_if_exists=True, max_concurrency=scheduler_concurrency(settings),
-                                   resources=dict(settings.scheduler_resources)).remote(settings.model_dump())
+def scheduler_handles(settings: ServeSettings) -> list:
+    """The cluster's scheduler actors, one per shard (created on first use, found by name afterwards)."""
+    return [GlobalScheduler.options(name=scheduler_name(k), namespace=settings.namespace, lifetime="detached",
+                                    get_if_exists=True, max_concurrency=scheduler_concurrency(settings),
+                                    resources=dict(settings.scheduler_resources)
+                                    ).remote(settings.model_dump(), None, k)
+            for k in range(settings.scheduler_shards)]
+
+
+def shutdown_schedulers(settings: ServeSettings) -> None:
+    """Stop every shard for good, with its engines and checkpoint (those never started are skipped)."""
+    for k in range(settings.scheduler_shards):
+        with contextlib.suppress(ValueError):
+            scheduler = ray.get_actor(scheduler_name(k), namespace=settings.namespace)
+            ray.get(scheduler.shutdown.remote())
+            ray.kill(scheduler)

@@ -29,6 +29,8 @@ from deployments.chat import IncrementalText
 from deployments.errors import ACTOR_LOST, ApiError, api_error
 from runtime.engine.job_hints import SegmentOutcome
 from runtime.serving.dispatch import QueueFull, SegmentRequest, UnknownSession
+from runtime.serving.metrics import merge_metrics
+from runtime.serving.shards import merge_cluster_views
 
 log = logging.getLogger("ray.serve")
 # After the scheduler says its queue is full, this ingress refuses new calls itself for this long, before tokenising
@@ -64,8 +66,8 @@ async def ask(ref, deadline_s: float = SCHEDULER_DEADLINE_S):
 class AgentRoutes:
     @router.get("/health")
     async def health(self) -> dict:
-        """200 when this replica can reach a working scheduler."""
-        await ask(self.scheduler.ping.remote(), HEALTH_S)
+        """200 when this replica can reach every scheduler shard, each working."""
+        await ask(asyncio.gather(*(s.ping.remote() for s in self.shards.schedulers)), HEALTH_S)
         return {"status": "ok"}
 
     @router.get("/v1/models")
@@ -76,19 +78,19 @@ class AgentRoutes:
 
     @router.get("/v1/cluster")
     async def cluster(self) -> dict:
-        return await ask(self.scheduler.ready.remote())
+        return merge_cluster_views(await ask(asyncio.gather(*(s.ready.remote() for s in self.shards.schedulers))))
 
     @router.get("/v1/sessions/{session_id}")
     async def session(self, session_id: str) -> dict:
-        return await ask(self.scheduler.session.remote(session_id))
+        return await ask(self.shards.of(session_id).scheduler.session.remote(session_id))
 
     @router.post("/v1/sessions/{session_id}/close")
     async def close(self, session_id: str) -> dict:
-        return await ask(self.scheduler.close.remote(session_id))
+        return await ask(self.shards.of(session_id).scheduler.close.remote(session_id))
 
     @router.get("/metrics")
     async def metrics(self) -> Response:
-        text = await ask(self.scheduler.metrics_text.remote())
+        text = merge_metrics(await ask(asyncio.gather(*(s.metrics_text.remote() for s in self.shards.schedulers))))
         return Response(text, media_type="text/plain; version=0.0.4")
 
     @router.post("/v1/chat/completions")
@@ -102,8 +104,9 @@ class AgentRoutes:
                            param="session_id")
         one_shot = session is None
         session = session or f"call-{uuid.uuid4().hex}"
-        if self._full is not None and time.monotonic() < self._full[0]:
-            full = self._full[1]
+        shedding = self.shards.of(session).shedding  # this shard's queue was full a moment ago
+        if shedding is not None and time.monotonic() < shedding[0]:
+            full = shedding[1]
             raise ApiError(full.status, full.message, full.type, full.param, full.headers)
         budget = body.output_budget(self.settings.default_max_tokens)
         limit = self.cluster["max_model_len"]
@@ -140,26 +143,27 @@ class AgentRoutes:
         error) gives its ticket back, so nothing is granted to nobody. The ticket is named here, so the scheduler
         can take a re-sent acquire for the one it already queued."""
         ticket = f"{session}/{uuid.uuid4().hex}"
+        shard = self.shards.of(session)
         try:
-            grant = await ask(self.acquire_calls.call(SegmentRequest(ticket, session, prompt_tokens, budget,
-                                                                     tool_category, "", one_shot)))
+            grant = await ask(shard.acquire.call(SegmentRequest(ticket, session, prompt_tokens, budget,
+                                                                tool_category, "", one_shot)))
         except QueueFull as e:
             refusal = api_error(e)
-            self._full = (time.monotonic() + SHED_S, refusal)
+            shard.shedding = (time.monotonic() + SHED_S, refusal)
             raise refusal from None
         except BaseException:
-            fire_and_forget(lambda: self.scheduler.cancel.remote(ticket))
+            fire_and_forget(lambda: shard.scheduler.cancel.remote(ticket))
             raise
-        return grant if grant is not None else await self._wait(ticket)
+        return grant if grant is not None else await self._wait(shard.scheduler, ticket)
 
-    async def _wait(self, ticket: str):
+    async def _wait(self, scheduler, ticket: str):
         try:
             while True:
-                grant = await ask(self.scheduler.wait.remote(ticket, WAIT_POLL_S), WAIT_POLL_S + SCHEDULER_DEADLINE_S)
+                grant = await ask(scheduler.wait.remote(ticket, WAIT_POLL_S), WAIT_POLL_S + SCHEDULER_DEADLINE_S)
                 if grant is not None:
                     return grant
         except BaseException:
-            fire_and_forget(lambda: self.scheduler.cancel.remote(ticket))
+            fire_and_forget(lambda: scheduler.cancel.remote(ticket))
             raise
 
     async def _segment(self, grant, prompt: list[int], temperature: float, ignore_eos: bool, one_shot: bool):
@@ -168,6 +172,7 @@ class AgentRoutes:
         engine and gives the ticket back, so the session's next call starts clean."""
         emitted: list[int] = []
         final: SegmentOutcome | None = None
+        shard = self.shards.of(grant.session_id)
         try:
             while final is None:
                 try:
@@ -175,7 +180,7 @@ class AgentRoutes:
                     stream = engine.stream.remote(grant.ticket, prompt + emitted, grant.max_tokens, temperature,
                                                   ignore_eos, grant.hint)
                 except ValueError:  # the engine actor is gone for good (not even restarting)
-                    grant = await self._retry(grant, len(emitted))
+                    grant = await self._retry(shard.scheduler, grant, len(emitted))
                     continue
                 try:
                     async for ref in stream:
@@ -188,26 +193,27 @@ class AgentRoutes:
                     if final is None:
                         raise RuntimeError(f"engine {grant.engine_name} ended a stream without its summary")
                 except ACTOR_LOST:
-                    grant = await self._retry(grant, len(emitted))
+                    grant = await self._retry(shard.scheduler, grant, len(emitted))
                 except BaseException:
                     fire_and_forget(lambda s=stream: ray.cancel(s))  # the engine stops generating for nobody
                     raise
         except BaseException:
-            fire_and_forget(lambda: self.scheduler.cancel.remote(grant.ticket))
+            fire_and_forget(lambda: shard.scheduler.cancel.remote(grant.ticket))
             raise
         outcome = dataclasses.replace(final, output_tokens=len(emitted))  # a retried segment's tokens, all engines
         # The answer is the client's whatever the scheduler does: a report it cannot take now it takes once back.
         with contextlib.suppress(ApiError):
-            await ask(self.finish_calls.call((grant.ticket, outcome)))
+            await ask(shard.finish.call((grant.ticket, outcome)))
             if one_shot:
                 with contextlib.suppress(UnknownSession):  # reconciled away while its finish was on its way
-                    await ask(self.scheduler.close.remote(grant.session_id))
+                    await ask(shard.scheduler.close.remote(grant.session_id))
         yield outcome
 
-    async def _retry(self, grant, emitted_tokens: int):
-        """Queue the rest of a segment whose engine died, and wait for its new engine."""
-        await ask(self.scheduler.retry.remote(grant.ticket, emitted_tokens, grant.engine))
-        return await self._wait(grant.ticket)
+    async def _retry(self, scheduler, grant, emitted_tokens: int):
+        """Queue the rest of a segment whose engine died with `scheduler` (its session's shard), and wait for its
+        new engine."""
+        await ask(scheduler.retry.remote(grant.ticket, emitted_tokens, grant.engine))
+        return await self._wait(scheduler, grant.ticket)
 
     async def _sse(self, segment, cid: str, model: str, session: str, prompt_tokens: int):
         """Server-sent events that always end with `[DONE]`: after the usage chunk, or after an error event when

@@ -8,22 +8,22 @@ its error handlers and middlewares, and the replica's state.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections import OrderedDict
 
 from fastapi import FastAPI
 from ray import serve
 
-from actors.global_scheduler import scheduler_handle
+from actors.global_scheduler import scheduler_handles
 from actors.model_store import STORE_NAME, ModelStoreActor
 from deployments import agent_routes, errors, middleware, river_routes
 from deployments.agent_routes import AgentRoutes
 from deployments.chat import ChatTokenizer
-from deployments.errors import ApiError
 from deployments.river_routes import RiverRoutes
 from runtime.river.train import generic_config
-from runtime.serving.coalesce import Coalescer
 from runtime.serving.config import API_KEY_ENV, ServeSettings
+from runtime.serving.shards import ShardRouter, merge_cluster_views
 
 MIB = 2**20
 
@@ -41,11 +41,10 @@ class AgentIngress(AgentRoutes, RiverRoutes):
         self.settings = s = ServeSettings(**settings)
         self.replica = serve.get_replica_context().replica_id.unique_id  # answers say which replica served them
         limits = [("/v1/", int(s.max_request_mb * MIB))]
-        self.scheduler = scheduler_handle(s)
-        # This replica's segment calls, sent together while earlier ones are on their way (runtime.serving.coalesce)
-        self.acquire_calls = Coalescer(self.scheduler.acquire.remote)
-        self.finish_calls = Coalescer(self.scheduler.finish.remote, drop_abandoned=False)  # reports always arrive
-        self.cluster = await self.scheduler.ready.remote()
+        # Each session's calls go to its scheduler shard, this replica's segment calls to one shard sent together
+        # while earlier ones are on their way (runtime.serving.shards, runtime.serving.coalesce)
+        self.shards = ShardRouter(scheduler_handles(s))
+        self.cluster = merge_cluster_views(await asyncio.gather(*(h.ready.remote() for h in self.shards.schedulers)))
         self.tokenizer = ChatTokenizer(s.model)
         self._engines: dict = {}  # engine actor handles by name, looked up once
         self.river, self.river_scale = None, None
@@ -61,7 +60,6 @@ class AgentIngress(AgentRoutes, RiverRoutes):
                 gate_cpus=r.gate_cpus)
         middleware.set_body_limits(limits)
         self._sr_models: OrderedDict[int, object] = OrderedDict()
-        self._full: tuple[float, ApiError] | None = None  # (until, the 429) while shedding load
 
 
 def build_app(args: dict) -> serve.Application:

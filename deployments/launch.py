@@ -41,12 +41,9 @@ def stop(settings: ServeSettings) -> None:
     import ray
     from ray import serve
 
-    from actors.global_scheduler import SCHEDULER_NAME
+    from actors.global_scheduler import shutdown_schedulers
 
-    with contextlib.suppress(ValueError):
-        scheduler = ray.get_actor(SCHEDULER_NAME, namespace=settings.namespace)
-        ray.get(scheduler.shutdown.remote())
-        ray.kill(scheduler)
+    shutdown_schedulers(settings)
     serve.shutdown()
     ray.shutdown()
 

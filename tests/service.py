@@ -6,7 +6,7 @@ import contextlib
 import ray
 from ray import serve
 
-from actors.global_scheduler import SCHEDULER_NAME
+from actors.global_scheduler import shutdown_schedulers
 from bench.stock_server import free_port
 from deployments.app import AgentIngress, ingress_actor_options
 from runtime.serving.config import ServeSettings
@@ -32,9 +32,6 @@ def local_service(settings: dict, address: str | None = None):
         deploy(settings)
         yield f"http://127.0.0.1:{port}"
     finally:
-        with contextlib.suppress(ValueError):  # no scheduler: the deployment never started
-            scheduler = ray.get_actor(SCHEDULER_NAME, namespace=settings.get("namespace", "agentriver"))
-            ray.get(scheduler.shutdown.remote())
-            ray.kill(scheduler)
+        shutdown_schedulers(ServeSettings(**settings))
         serve.shutdown()
         ray.shutdown()

@@ -89,9 +89,12 @@ class ServeSettings(BaseModel):
     # The same for each ingress replica (the HTTP front end): pinned with the scheduler, a lost worker node never
     # takes the replica that holds open streams along with it.
     ingress_resources: dict[str, float] = Field(default_factory=dict)
+    # Scheduler actors, each owning the sessions that hash to it and every N-th engine (runtime.serving.shards):
+    # more than one when one actor's event loop cannot take the fleet's segment rate (bench.control_plane).
+    scheduler_shards: int = Field(default=1, ge=1)
     engine: EngineSettings = EngineSettings()
     policy: str = "astraea"
-    max_queue: int = Field(default=1024, ge=1)  # ready segments cluster-wide before 429
+    max_queue: int = Field(default=1024, ge=1)  # ready segments cluster-wide before 429 (split between shards)
     max_request_mb: float = Field(default=4.0, gt=0)  # a chat request's body, enforced while it is read
     session_idle_s: float = Field(default=600.0, gt=0)  # a session whose tool call lasts longer is closed
     default_max_tokens: int = Field(default=128, ge=1)
@@ -108,6 +111,9 @@ class ServeSettings(BaseModel):
     def _model(self) -> ServeSettings:
         if not Path(self.model, "config.json").exists():
             raise ValueError(f"model directory {self.model!r} has no config.json (build it with `make model`)")
+        if self.scheduler_shards > self.engines:
+            raise ValueError(f"scheduler_shards: {self.scheduler_shards} shards need at least as many engines "
+                             f"(engines is {self.engines}): each shard plans for engines of its own")
         if not self.served_model_name:
             self.served_model_name = Path(self.model).name
         return self

@@ -4,7 +4,8 @@ served as text by the ingress's `/metrics`."""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 60, 120, 300)
 JCT_BUCKETS = (0.5, 1, 2, 5, 10, 20, 60, 120, 300, 600, 1800)
@@ -62,3 +63,28 @@ class SchedulerMetrics:
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Families:
+    """A collector that yields families already built (what `merge_metrics` assembled)."""
+
+    def __init__(self, families: list[Metric]):
+        self.families = families
+
+    def collect(self):
+        yield from self.families
+
+
+def merge_metrics(texts: list[bytes]) -> bytes:
+    """One exposition of every scheduler shard's metrics (`runtime.serving.shards`): shard k's samples labelled
+    shard="k" (Prometheus sums across shards: `sum without (shard)`). A single shard's text is returned as is."""
+    if len(texts) == 1:
+        return texts[0]
+    merged: dict[str, Metric] = {}
+    for shard, text in enumerate(texts):
+        for family in text_string_to_metric_families(text.decode()):
+            into = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+            into.samples += [s._replace(labels={**s.labels, "shard": str(shard)}) for s in family.samples]
+    registry = CollectorRegistry()
+    registry.register(_Families(list(merged.values())))
+    return generate_latest(registry)

@@ -27,6 +27,10 @@ def test_a_small_fleet_is_asked_whole_and_a_large_one_in_turns_that_cover_every_
         assert set().union(*rounds) == set(range(engines))  # each at least once within the period
         if engines <= WATCH_PER_S * limit:
             assert max(map(len, rounds)) <= WATCH_PER_S  # within the budget wherever the period allows it
+    # one of two shards of 1,000 engines, at half the budget: the two together ask as many engines a second as one
+    # scheduler would, and each of its engines once in the period
+    half = [list(watched(500, tick, WATCH_PER_S / 2)) for tick in range(limit)]
+    assert max(map(len, half)) <= WATCH_PER_S / 2 and sorted(sum(half, [])) == list(range(500))
 
 
 def test_a_round_is_asked_in_parts_spread_over_the_period():
