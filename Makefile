@@ -71,9 +71,9 @@ bench-vs-vllm: $(STAMP) models/small/config.json  ## vLLM's own server vs the dr
 		--out bench/results/vs_vllm_server.json
 	$(TARGETS)
 
-bench-control-plane: $(STAMP) models/small/config.json  ## the scheduler actor alone: 1,000 simulated engines, ~7 min
+bench-control-plane: $(STAMP) models/small/config.json  ## the scheduler actor alone, in 1, 2 and 4 shards: 1,000 simulated engines, ~17 min
 	$(PY) -m bench.control_plane --model small --engines 1000 --sessions 100000 --concurrency 16,64,256 \
-		--rates 500,1000,2000 --duration 20 --out bench/results/control_plane.json
+		--rates 500,1000,2000 --duration 20 --shards 1,2,4 --out bench/results/control_plane.json
 	$(TARGETS)
 
 bench-load: $(STAMP) models/small/config.json  ## the served API under a concurrency sweep to 4x its queue bound, ~4 min

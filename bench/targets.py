@@ -319,7 +319,7 @@ def _checker(data: dict):
         return check_peers, "[average JCT vs load, peer and baseline]({stem}.png)"
     if "timings" in data:
         return check_sim_speed, "[wall per policy]({stem}.png)"
-    if "open_sessions" in data:
+    if "shard_runs" in data:
         return check_control_plane, "[segments/s and added latency vs callers]({stem}.png)"
     if "levels" in data:
         return check_service_load, "[throughput and added latency vs clients]({stem}.png)"

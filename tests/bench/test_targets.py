@@ -142,18 +142,21 @@ def test_control_plane_verdicts(tmp_path):
                 "one_call_each": {"segments_per_s": 3000.0, "added_ms": {"p50": 1.0, "p99": 2.0}}}
 
     path = tmp_path / "control_plane.json"  # judged on the coalesced calls, which the ingress makes
-    data = {"meta": {"command": "cmd"}, "open_sessions": 100, "levels": [level(64, 2500.0), level(16, 900.0)]}
+    data = {"meta": {"command": "cmd"}, "shard_runs": [{"shards": 1, "levels": [level(64, 1500.0), level(16, 900.0)]},
+                                                       {"shards": 2, "levels": [level(64, 2500.0)]}]}
     path.write_text(json.dumps(data))
-    assert targets._checker(data)[0] is targets.check_control_plane  # not bench.service_load's, which has levels too
+    assert targets._checker(data)[0] is targets.check_control_plane  # not bench.service_load's, which has levels
     lines, misses = targets.check_control_plane(path)
-    assert lines[0] == "PASS segments/s >= 2000 (best level: 64 callers): 2500.0"
-    assert misses == ["control_plane: p99 added latency <= 5.0 ms at that level (64 callers): 7.5"]
-    # with open-loop levels, the latency is judged at the lowest offered rate that reaches the target rate
-    data["offered"] = [{"offered_per_s": r, "segments_per_s": r - 10, "added_ms": {"p50": 1.0, "p99": p99}}
-                       for r, p99 in ((500.0, 3.0), (2000.0, 40.0), (4000.0, 900.0))]
+    assert lines[0] == "PASS segments/s >= 2000 (best: 2 shard(s), 64 callers): 2500.0"  # the best shard count
+    assert misses == ["control_plane: p99 added latency <= 5.0 ms at that level (64 callers, 2 shard(s)): 7.5"]
+    # with open-loop levels, the latency is judged at the lowest offered rate that reaches the target rate, in the
+    # shard count where it is lowest
+    for run, p99_at_2000 in zip(data["shard_runs"], (40.0, 30.0), strict=True):
+        run["offered"] = [{"offered_per_s": r, "segments_per_s": r - 10, "added_ms": {"p50": 1.0, "p99": p99}}
+                          for r, p99 in ((500.0, 3.0), (2000.0, p99_at_2000), (4000.0, 900.0))]
     path.write_text(json.dumps(data))
     assert targets.check_control_plane(path)[1] == [
-        "control_plane: p99 added latency <= 5.0 ms at 2000 segments/s offered (1990 served): 40.0"]
+        "control_plane: p99 added latency <= 5.0 ms at 2000 segments/s offered (1990 served, 2 shard(s)): 30.0"]
 
 
 def test_cluster_verdicts_average_seeds_and_ask_more_of_a_mixed_fleet(tmp_path):
