@@ -62,6 +62,8 @@ bench-http: $(STAMP) models/small/config.json  ## the agent service benchmarks: 
 		--out bench/results/jct_cluster.json
 	$(PY) -m bench.jct_cluster --fleet mixed --mixes swe,infercept --engines 8,64 --jobs-per-engine 60 --seeds 0,1,2 --bound \
 		--out bench/results/jct_cluster_mixed.json
+	$(PY) -m bench.jct_cluster --fleet kv --mixes swe,infercept --engines 8,64 --jobs-per-engine 60 --seeds 0,1,2 --bound \
+		--out bench/results/jct_cluster_kv.json
 	$(TARGETS)
 
 bench-vs-vllm: $(STAMP) models/small/config.json  ## vLLM's own server vs the drop-in plugin and the Ray runtime, ~45 min

@@ -13,7 +13,8 @@ Every arrangement runs the same trace on N engines of the Llama-3-8B/H100 profil
 The trace's rate grows with N (`--rates-per-engine` jobs/s per engine), so every N sees the same load per engine.
 `--fleet mixed`: every second engine an A100 (`LLAMA3_8B_A100`: same KV room, steps 1.7-3x slower), the fleet a
 cluster grown over hardware generations has; the policies plan in H100 time, each engine's backlog scaled by its
-own slowness.
+own slowness. `--fleet kv`: every second engine an H100 that shares its memory with another model
+(`LLAMA3_8B_H100_SHARED`: the same speed, under a third of the KV room).
 
 `--bound` adds the no-contention bound: each job alone on an idle engine of the fleet's fastest kind (its tool
 time and its compute at batch 1), a floor no arrangement of the fleet can reach; `bench.targets` states it next to
@@ -37,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.output import command_line, save_figure, write_results
-from runtime.agents.costmodel import LLAMA3_8B_A100, LLAMA3_8B_H100
+from runtime.agents.costmodel import LLAMA3_8B_A100, LLAMA3_8B_H100, LLAMA3_8B_H100_SHARED
 from runtime.agents.metrics import alone_s, jct_summary, summarize
 from runtime.agents.sim import simulate
 from runtime.agents.trace import generate, jobs_from_table
@@ -49,7 +50,8 @@ ARRANGEMENTS = {"rr+astraea": ("round_robin", "astraea"), "ll+astraea": ("least_
                 "global+astraea": ("global", "astraea")}
 BOUND = "no-contention bound"  # `--bound`: a floor no arrangement of this fleet can reach, not an arrangement
 PER_ENGINE = ("rr+astraea", "ll+astraea", "autellix+plas", "autellix+astraea")
-FLEETS = {"h100": (LLAMA3_8B_H100,), "mixed": (LLAMA3_8B_H100, LLAMA3_8B_A100)}  # engine i is kinds[i % len]
+FLEETS = {"h100": (LLAMA3_8B_H100,), "mixed": (LLAMA3_8B_H100, LLAMA3_8B_A100),  # engine i is kinds[i % len]
+          "kv": (LLAMA3_8B_H100, LLAMA3_8B_H100_SHARED)}
 RATES = {"swe": 1.0, "infercept": 10.0, "bfcl": 8.0}  # jobs/s per engine: the loaded regime of bench.jct_sim
 
 

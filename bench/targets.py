@@ -190,8 +190,8 @@ def check_river_lookup(path: Path) -> tuple[list[str], list[str]]:
 
 def check_cluster(path: Path) -> tuple[list[str], list[str]]:
     """bench.jct_cluster against issue 18: global scheduling's average JCT over the best per-engine arrangement's,
-    seed by seed, then averaged: <= 0.90x where the fleet is imbalanced (engines of different speed), <= 1.01x on
-    a fleet of one kind."""
+    seed by seed, then averaged: <= 0.90x where the fleet is imbalanced (engines of different speed or KV room),
+    <= 1.01x on a fleet of one kind."""
     data = json.loads(path.read_text())
     rows, checks = data["rows"], []
     fleet = data["meta"].get("fleet", "h100")

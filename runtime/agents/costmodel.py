@@ -138,6 +138,16 @@ LLAMA3_8B_A100 = replace(
     source="roofline: A100 SXM 2.04 TB/s HBM, 312 TFLOPS bf16; efficiencies 80%/50%/70%/40%",
 )
 
+# The same model on an H100 that shares its memory with another model (an embedding or reranking server beside it,
+# this engine started at vLLM's gpu_memory_utilization 0.45): 80 GB x 0.45 - 16.06 GB weights - ~4 GB activations =
+# ~16 GB of KV, under a third of a whole H100's, at the same speed (bench.jct_cluster --fleet kv).
+LLAMA3_8B_H100_SHARED = replace(
+    LLAMA3_8B_H100,
+    name="llama3-8b-h100-shared",
+    gpu_kv_tokens=int(16e9 // _L8_KV),
+    source=LLAMA3_8B_H100.source + "; gpu_memory_utilization 0.45 (KV room of ~16 GB)",
+)
+
 # Llama-3-70B (80 layers, 8 KV heads x 128, 70.6 B params), tensor parallel over 4 H100 SXM.
 _L70_KV = kv_bytes_per_token(80, 8, 128)
 LLAMA3_70B_4XH100 = DeploymentProfile(
@@ -156,7 +166,7 @@ LLAMA3_70B_4XH100 = DeploymentProfile(
     source="roofline: 4x H100 SXM, TP=4, efficiencies as the 8B profile, 15 us per all-reduce",
 )
 
-PROFILES: dict[str, DeploymentProfile] = {p.name: p for p in (LLAMA3_8B_H100, LLAMA3_8B_A100,
+PROFILES: dict[str, DeploymentProfile] = {p.name: p for p in (LLAMA3_8B_H100, LLAMA3_8B_A100, LLAMA3_8B_H100_SHARED,
                                                                    LLAMA3_70B_4XH100)}
 
 

@@ -27,7 +27,7 @@ def test_profiles_have_plausible_h100_numbers():
     assert 0.005 < p.cost.base_s < 0.009  # ~150 tok/s single stream
     assert p.kv_bytes_per_token == 131072
     assert 300_000 < p.gpu_kv_tokens < 500_000
-    assert set(PROFILES) == {"llama3-8b-h100", "llama3-8b-a100", "llama3-70b-4xh100"}
+    assert set(PROFILES) == {"llama3-8b-h100", "llama3-8b-a100", "llama3-8b-h100-shared", "llama3-70b-4xh100"}
     a100 = get_profile("llama3-8b-a100")  # the same model a hardware generation older: slower steps, same KV room
     assert a100.gpu_kv_tokens == p.gpu_kv_tokens
     assert 1.5 < a100.cost.decode_s_per_token(64, 2048) / p.cost.decode_s_per_token(64, 2048) < 2.0

@@ -46,3 +46,17 @@ def test_the_no_contention_bound_is_below_every_arrangement_and_named_in_the_ver
                                                        if r["arrangement"] != jct_cluster.BOUND)
     [verdict] = [v for v in targets.check_cluster(out)[0] if "bfcl" in v]
     assert "no arrangement can go below" in verdict and "global+astraea" in verdict
+
+
+def test_a_kv_fleet_differs_only_in_kv_room(tmp_path):
+    """`--fleet kv`: every second engine has the same speed and under a third of the KV room (another model shares
+    its GPU)."""
+    from runtime.agents.costmodel import LLAMA3_8B_H100, LLAMA3_8B_H100_SHARED
+
+    assert LLAMA3_8B_H100_SHARED.cost == LLAMA3_8B_H100.cost
+    assert 0 < LLAMA3_8B_H100_SHARED.gpu_blocks < LLAMA3_8B_H100.gpu_blocks / 3
+    out = tmp_path / "kv.json"
+    assert jct_cluster.main(["--mixes", "bfcl", "--engines", "2", "--jobs-per-engine", "10", "--fleet", "kv",
+                             "--arrangements", "rr+astraea", "--ready", "50", "--dispatches", "5",
+                             "--out", str(out)]) == 0
+    assert "llama3-8b-h100 + llama3-8b-h100-shared" in out.with_suffix(".md").read_text()
