@@ -21,7 +21,8 @@ requests and 0 connection errors at every concurrency level, and a new session a
 vs_vllm_server (bench.vs_vllm_server): under memory pressure the drop-in plugin and the Ray runtime <= 0.70x the
 average JCT of the stock server configured like ours, p99 not worse; without tools the plugin >= 0.97x its output
 tokens/s; the Ray runtime within 10% of the plugin. control_plane (bench.control_plane): the GlobalScheduler actor
-with 1,000 simulated engines and 100,000 sessions >= 2,000 segments/s with p99 added latency <= 5 ms. sim_speed
+with 1,000 simulated engines and 100,000 sessions >= 2,000 segments/s with p99 added latency <= 5 ms (at the best
+count of scheduler shards). sim_speed
 (bench.sim_speed): every policy's run of a 2,000-job trace at the heaviest load <= 20 s wall. It reports what it
 finds, wins and losses alike.
 """
