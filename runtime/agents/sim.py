@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from runtime.agents.cluster import GlobalQueue, NextStep, autellix_engine, engine_slowdown
+from runtime.agents.cluster import DEFER_TO_CHEAPER, GlobalQueue, NextStep, autellix_engine, engine_slowdown
 from runtime.agents.costmodel import DeploymentProfile, prefill_pairs
 from runtime.agents.job import Job, KVState, Phase
 from runtime.agents.kv import CpuBlockPool, GpuBlockPool, KVAction, MemoryView, blocks_for
@@ -60,13 +60,6 @@ class EngineCounters:
     idle_kv_token_s: float = 0.0  # integral of preserved-but-idle KV tokens over time
     moved_out: int = 0  # jobs whose KV another engine copied in from here
     moved_in_tokens: int = 0  # KV tokens copied in from other engines
-
-
-# Engines here pull on their own clocks: one leaves a segment to another engine where it costs this much less
-# (runtime.agents.cluster.NextStep.join_cost_s). A small margin: estimates of nearly equal engines differ by a few
-# sequences' KV, which is no reason to hold a segment back. On swe, 8 mixed engines, 3 seeds: 0.900x the best
-# per-engine arrangement with 0, 0.898x with 0.05, 0.902x with 0.1.
-DEFER_TO_CHEAPER = 0.05
 
 
 class SimulatedEngine:

@@ -4,9 +4,10 @@ An agent session is one `Job`. Its history (waited time, attained service, MLFQ 
 lives here across its segments, whichever engine runs them. Ready segments of every session wait in one
 `GlobalQueue` - the code the simulator's "global" placement runs - ordered by the policy (Astraea: Stateful-MLFQ
 + HRRN) and pulled by an engine only while its KV room and sequence slots allow (admission control). Engines pull
-one segment at a time, least predicted backlog first, so a new job goes where it would finish soonest; a resuming
-job stays with the engine that holds its KV unless recomputing it elsewhere costs less than that engine's
-backlog.
+one segment at a time, least predicted backlog first, so a new job goes where it would finish soonest; an engine
+leaves a new segment to another that takes it at a lower join cost (the simulator's deferral, answered from a
+`JoinCostIndex`); a resuming job stays with the engine that holds its KV unless recomputing it elsewhere costs less
+than that engine's backlog.
 
 The data path does not pass through here: a caller `submit`s a segment, waits for its `Grant` (an engine and the
 `JobHint` to send with the request), talks to that engine itself, then reports `finish` with the engine's
@@ -31,7 +32,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 
-from runtime.agents.cluster import GlobalQueue, engine_slowdown
+from runtime.agents.cluster import DEFER_TO_CHEAPER, GlobalQueue, JoinCostIndex, NextStep, engine_slowdown
 from runtime.agents.costmodel import CPU_DEFAULT_COST, HOST_COPY_BYTES_PER_S, DeploymentProfile, StepCost
 from runtime.agents.job import Job, KVState, Phase, Segment
 from runtime.agents.kv import blocks_for
@@ -162,9 +163,8 @@ class SessionCheckpoint:
 
 
 class EngineLedger:
-    """One engine as the dispatcher sees it (implements `runtime.agents.cluster.PlacementTarget` except
-    `next_step`, which only the simulator's deferral reads): capacity from its report, in-flight work from the
-    grants, KV kept between segments from its KV log."""
+    """One engine as the dispatcher sees it (implements `runtime.agents.cluster.PlacementTarget`): capacity from
+    its report, in-flight work from the grants, KV kept between segments from its KV log."""
 
     def __init__(self, index: int, info: EngineShape, dispatcher: Dispatcher):
         self.index, self.info, self._d = index, info, dispatcher
@@ -216,6 +216,14 @@ class EngineLedger:
 
     def held_blocks(self, job: Job) -> int:
         return self.held.get(job.job_id, 0)
+
+    def next_step(self) -> NextStep:
+        """Its decode step as its grants make it, priced with the cost it reported: every granted segment decoding
+        over the KV reserved for it (its context and the output it may generate; the engine's own step log is not
+        seen here)."""
+        cost, decoding = self.info.cost, len(self.inflight)
+        return NextStep(cost.step_s(0, decoding, self._reserved * self.info.block_size, 0.0), cost.token_s,
+                        cost.kv_read_s, decoding)
 
     def receive_s(self, tokens: int) -> None:
         """Real engines do not copy KV from each other (yet): a job that moves is recomputed."""
@@ -277,6 +285,7 @@ class Dispatcher:
         self._by_backlog: list[tuple[float, float, int]] = []
         self._backlog_key: dict[int, tuple[float, float, int]] = {}
         self.engines = [EngineLedger(i, info, self) for i, info in enumerate(self.engines_info)]
+        self.join_costs = JoinCostIndex(self.engines)
         pred = Predictor(profile.cost, output_estimator=ONLINE, max_len=self.max_model_len)
         self._learn_with(pred, make_policy(self.policy_name, PolicyContext(pred, profile), self.policy_config))
 
@@ -286,7 +295,8 @@ class Dispatcher:
             eng.slowdown = engine_slowdown(eng.info.cost, pred)
             self.reorder(eng)
         self.life = Lifecycle(policy, pred)
-        self.queue = GlobalQueue(policy, pred, self.bs, self.engines, self.refresh_s)
+        self.queue = GlobalQueue(policy, pred, self.bs, self.engines, self.refresh_s,
+                                 defer_to_cheaper=DEFER_TO_CHEAPER, elsewhere=self.join_costs.seen_from)
 
     # ------------------------------------------------------------------------------------------ segments
     def submit(self, session_id: str, prompt_tokens: int, max_tokens: int, tool_category: str = "",
@@ -351,8 +361,9 @@ class Dispatcher:
         return grants
 
     def reorder(self, eng: EngineLedger) -> None:
-        """Keep `eng` at its place in the backlog order (called when its backlog or liveness changed): sorting a
-        thousand engines at every grant would cost more than the grant."""
+        """Keep `eng` at its place in the backlog order and the join-cost index (called when its grants or liveness
+        changed): sorting a thousand engines at every grant would cost more than the grant."""
+        self.join_costs.update(eng, eng.alive)
         old = self._backlog_key.pop(eng.index, None)
         if old is not None:
             del self._by_backlog[bisect.bisect_left(self._by_backlog, old)]

@@ -1,10 +1,11 @@
+import random
 from dataclasses import replace
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.agents.cluster import GlobalQueue, NextStep
+from runtime.agents.cluster import GlobalQueue, JoinCostIndex, NextStep, _OtherEngines
 from runtime.agents.costmodel import LLAMA3_8B_A100, LLAMA3_8B_H100
 from runtime.agents.job import Job, KVState, Phase, Segment
 from runtime.agents.lifecycle import Lifecycle
@@ -322,6 +323,50 @@ def test_an_engine_whose_many_sequences_a_segment_would_slow_leaves_it_to_an_idl
     Lifecycle(policy, pred).ready(job, 0.0)
     queue.submit(job)
     assert queue.pull(crowded) == [] and queue.pull(idle) == [job]
+
+
+class _Stepped:
+    def __init__(self, index, step, room):
+        self.index, self.step, self._room = index, step, room
+
+    def next_step(self):
+        return self.step
+
+    def room(self):
+        return self._room
+
+
+def test_the_join_cost_index_answers_as_asking_every_engine():
+    """The dispatcher asks a `JoinCostIndex` whether another engine takes a segment at a lower join cost; the
+    simulator asks every engine (`_OtherEngines`). Over engines of two kinds with few distinct step shapes (groups
+    of equal growth, steps tied), room of every sort, changes and deaths, both answer alike every time."""
+    rng = random.Random(0)
+
+    def step():
+        per_seq, per_token = rng.choice([(1e-5, 1e-8), (2e-5, 3e-8)])
+        return NextStep(rng.choice([0.007, 0.008, 0.0085, 0.01, 0.012]), per_seq, per_token, rng.randint(0, 3))
+
+    engines = [_Stepped(i, step(), (rng.choice([0, 5, 40, 1000]), rng.choice([0, 1, 4]))) for i in range(40)]
+    index = JoinCostIndex(engines)
+    for e in engines:
+        index.update(e)
+    asked = 0
+    for _round in range(30):
+        for e in rng.sample(engines, 5):  # engines change between pulls; the owner says so
+            e.step, e._room = step(), (rng.choice([0, 5, 40, 1000]), rng.choice([0, 1, 4]))
+            index.update(e)
+        dead = rng.choice(engines)
+        dead._room = (0, 0)  # a dead engine has no room, and leaves the index
+        index.update(dead, alive=False)
+        for puller in rng.sample(engines, 8):
+            every, indexed = _OtherEngines(puller, engines), index.seen_from(puller)
+            for _ in range(10):
+                tokens, need, margin = rng.choice([10, 500, 20000]), rng.choice([1, 10, 50]), rng.choice([0.0, 0.05])
+                expected = every.cheaper(tokens, need, margin)
+                assert indexed.cheaper(tokens, need, margin) == expected
+                asked += expected
+        index.update(dead)
+    assert 0 < asked < 30 * 8 * 10  # both answers occurred
 
 
 @pytest.mark.parametrize("room", [(1000, 0), (10, 4)])

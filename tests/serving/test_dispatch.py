@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 import pytest
 
-from runtime.agents.costmodel import StepCost
+from runtime.agents.costmodel import LLAMA3_8B_A100, LLAMA3_8B_H100, StepCost
 from runtime.engine.job_hints import SegmentOutcome
 from runtime.serving.dispatch import (
     Dispatcher,
@@ -408,7 +408,7 @@ def test_an_engine_that_reports_slower_steps_carries_its_work_at_its_own_speed()
     estimates in the first engine's time, so a segment granted to an engine twice as slow must weigh twice as much
     in that engine's backlog, or placement queues work behind it as if it were as fast."""
     clock = Clock()
-    fast = EngineShape("fast", 256, 32, 8, 1024)
+    fast = EngineShape("fast", 256, 32, 1, 1024)  # one sequence slot: the second segment must go to the slow one
     slow = EngineShape("slow", 256, 32, 8, 1024, cost=StepCost(**{k: 2 * v for k, v in asdict(fast.cost).items()}))
     d = Dispatcher([slow, fast], clock=clock)  # the predictor plans in the first engine's time: the slow one's
     assert [e.slowdown for e in d.engines] == pytest.approx([1.0, 0.5])
@@ -420,12 +420,34 @@ def test_an_engine_that_reports_slower_steps_carries_its_work_at_its_own_speed()
     assert gb.engine == 0
     fast_s, slow_s = d.engines[1].backlog_s(), d.engines[0].backlog_s()
     assert slow_s == pytest.approx(2 * fast_s) and fast_s > 0
-    d.submit("c", 300, 64)  # the next goes where less work is ahead of it, in each engine's own time: the fast one
-    [gc] = d.grant()
-    assert gc.engine == 1
     restored = Dispatcher([slow, fast], clock=clock)  # after a scheduler restart, the same backlogs
     restored.restore(pickle.loads(pickle.dumps(d.learned())), [cp for cp in d.take_changes().values() if cp])
     assert [e.backlog_s() for e in restored.engines] == pytest.approx([e.backlog_s() for e in d.engines])
+
+
+@pytest.mark.parametrize("running", [1, 12])
+def test_a_new_segment_goes_where_it_joins_at_the_lower_cost_not_where_less_work_is_queued(running):
+    """The simulator's deferral (`GlobalQueue`'s `defer_to_cheaper`), in the dispatcher (an H100 and an A100 as
+    the simulator prices them). The idle slow engine has
+    the least backlog and pulls first; but one more sequence costs less on the fast engine while few run there, so
+    it leaves the segment to the fast one. With 12 long sequences on the fast engine, one more slows each of them
+    (`NextStep.join_cost_s`): then the idle slow engine is the cheaper place and keeps it."""
+    clock = Clock()
+    fast = EngineShape("fast", 4096, 32, 16, 8192, cost=LLAMA3_8B_H100.cost)
+    slow = EngineShape("slow", 4096, 32, 16, 8192, cost=LLAMA3_8B_A100.cost)
+    d = Dispatcher([slow, fast], clock=clock)
+    d.engine_down(0)  # while the fast engine's sequences are placed
+    for i in range(running):
+        d.submit(f"run{i}", 6000, 64)
+        [g] = d.grant()
+    d.engine_up(0, slow)
+    slow_step, fast_step = d.engines[0].next_step(), d.engines[1].next_step()
+    assert d._by_backlog[0][-1] == 0  # the slow engine pulls first
+    d.submit("new", 300, 64)
+    [g] = d.grant()
+    fast_is_cheaper = fast_step.join_cost_s(300) < slow_step.join_cost_s(300)
+    assert fast_is_cheaper == (running == 1)
+    assert g.engine == (1 if fast_is_cheaper else 0)
 
 
 def test_a_job_priced_to_stay_for_its_home_is_decided_as_if_priced_anew():
