@@ -60,9 +60,9 @@ bench-http: $(STAMP) models/small/config.json  ## the agent service benchmarks: 
 		--out bench/results/jct_http_infercept.json
 	$(PY) -m bench.jct_cluster --mixes swe,infercept --engines 8,64 --jobs-per-engine 60 --seeds 0 \
 		--out bench/results/jct_cluster.json
-	$(PY) -m bench.jct_cluster --fleet mixed --mixes swe,infercept --engines 8,64 --jobs-per-engine 60 --seeds 0,1,2 --bound \
+	$(PY) -m bench.jct_cluster --fleet mixed --mixes swe,infercept --engines 8,64 --jobs-per-engine 60 --seeds 0,1,2 --bound --best-kind \
 		--out bench/results/jct_cluster_mixed.json
-	$(PY) -m bench.jct_cluster --fleet kv --mixes swe,infercept --engines 8,64 --jobs-per-engine 60 --seeds 0,1,2 --bound \
+	$(PY) -m bench.jct_cluster --fleet kv --mixes swe,infercept --engines 8,64 --jobs-per-engine 60 --seeds 0,1,2 --bound --best-kind \
 		--out bench/results/jct_cluster_kv.json
 	$(TARGETS)
 

@@ -18,7 +18,10 @@ own slowness. `--fleet kv`: every second engine an H100 that shares its memory w
 
 `--bound` adds the no-contention bound: each job alone on an idle engine of the fleet's fastest kind (its tool
 time and its compute at batch 1), a floor no arrangement of the fleet can reach; `bench.targets` states it next to
-each verdict.
+each verdict. It is far below what contention leaves reachable, so `--best-kind` (a fleet of several kinds) adds a
+reference closer to it: the global queue on the same trace with every engine of the fleet's best kind (the one as
+fast as any and with as much KV room as any), i.e. the fleet with its imbalance removed. Not a bound (a better
+arrangement of the uniform fleet would lower it), but what removing the imbalance is worth to the global queue.
 
 The decision cost is measured on the real dispatcher (`runtime.serving.dispatch.Dispatcher`, what the actor
 runs): with `--ready` segments waiting and every engine full, one segment finishes and `grant()` picks the next:
@@ -38,7 +41,7 @@ import numpy as np
 from tqdm import tqdm
 
 from bench.output import command_line, save_figure, write_results
-from runtime.agents.costmodel import LLAMA3_8B_A100, LLAMA3_8B_H100, LLAMA3_8B_H100_SHARED
+from runtime.agents.costmodel import LLAMA3_8B_A100, LLAMA3_8B_H100, LLAMA3_8B_H100_SHARED, DeploymentProfile
 from runtime.agents.metrics import alone_s, jct_summary, summarize
 from runtime.agents.sim import simulate
 from runtime.agents.trace import generate, jobs_from_table
@@ -49,6 +52,7 @@ ARRANGEMENTS = {"rr+astraea": ("round_robin", "astraea"), "ll+astraea": ("least_
                 "autellix+plas": ("autellix", "plas"), "autellix+astraea": ("autellix", "astraea"),
                 "global+astraea": ("global", "astraea")}
 BOUND = "no-contention bound"  # `--bound`: a floor no arrangement of this fleet can reach, not an arrangement
+BEST_KIND = "global+astraea, best-kind fleet"  # `--best-kind`: the same fleet without its imbalance, a reference
 PER_ENGINE = ("rr+astraea", "ll+astraea", "autellix+plas", "autellix+astraea")
 FLEETS = {"h100": (LLAMA3_8B_H100,), "mixed": (LLAMA3_8B_H100, LLAMA3_8B_A100),  # engine i is kinds[i % len]
           "kv": (LLAMA3_8B_H100, LLAMA3_8B_H100_SHARED)}
@@ -66,6 +70,8 @@ def parse_args(argv):
     p.add_argument("--fleet", default="h100", choices=sorted(FLEETS), help="the engines' hardware")
     p.add_argument("--bound", action="store_true",
                    help="also run the no-contention bound: every job alone on an engine of the fleet's fastest kind")
+    p.add_argument("--best-kind", action="store_true",
+                   help="also run the global queue with every engine of the fleet's best kind (several kinds)")
     p.add_argument("--seeds", default="0")
     p.add_argument("--ready", type=int, default=10_000, help="waiting segments for the decision-cost test")
     p.add_argument("--dispatches", type=int, default=200)
@@ -78,6 +84,8 @@ def parse_args(argv):
     bad = [x for x in a.arr_list if x not in ARRANGEMENTS]
     if bad:
         p.error(f"unknown arrangement(s) {bad}; choose from {', '.join(ARRANGEMENTS)}")
+    if a.best_kind and best_kind(FLEETS[a.fleet]) is None:
+        p.error(f"--best-kind: the {a.fleet} fleet has no kind as fast and as roomy as every other (or only one kind)")
     a.rates = dict(RATES)
     for kv in filter(None, a.rates_per_engine.split(",")):
         mix, rate = kv.split("=")
@@ -85,9 +93,21 @@ def parse_args(argv):
     return a
 
 
+def best_kind(kinds: tuple[DeploymentProfile, ...]) -> DeploymentProfile | None:
+    """The kind of a fleet of several that is as fast as any other and has as much KV room as any; None if none
+    is both, or the fleet has one kind."""
+    def speed(p: DeploymentProfile) -> float:
+        return p.cost.decode_s_per_token(64, 2048)
+
+    if len(set(kinds)) < 2:
+        return None
+    return next((k for k in kinds if all(speed(k) <= speed(o) and k.gpu_kv_tokens >= o.gpu_kv_tokens for o in kinds)),
+                None)
+
+
 def run_sweep(a) -> list[dict]:
     rows = []
-    arrs = a.arr_list + [BOUND] * a.bound
+    arrs = a.arr_list + [BOUND] * a.bound + [BEST_KIND] * a.best_kind
     specs = [(m, n, s, arr) for m in a.mix_list for n in a.engine_list for s in a.seed_list for arr in arrs]
     for mix, n, seed, arr in tqdm(specs, desc="simulations", unit="run", file=sys.stderr):
         table = generate(mix, a.jobs_per_engine * n, a.rates[mix] * n, seed)
@@ -101,9 +121,9 @@ def run_sweep(a) -> list[dict]:
             row.update(mix=mix, engines=n, arrangement=arr)
             rows.append(row)
             continue
-        placement, policy = ARRANGEMENTS[arr]
-        res = simulate(jobs_from_table(table), LLAMA3_8B_H100, policy, engines=n, placement=placement,
-                       fleet=[kinds[i % len(kinds)] for i in range(n)])
+        placement, policy = ARRANGEMENTS["global+astraea" if arr == BEST_KIND else arr]
+        fleet = [best_kind(kinds)] * n if arr == BEST_KIND else [kinds[i % len(kinds)] for i in range(n)]
+        res = simulate(jobs_from_table(table), LLAMA3_8B_H100, policy, engines=n, placement=placement, fleet=fleet)
         row = summarize(res, load=a.rates[mix], seed=seed)
         row.update(mix=mix, engines=n, arrangement=arr, sim_wall_s=time.perf_counter() - t0)
         rows.append(row)
@@ -168,7 +188,7 @@ def plot(data: dict, stem: Path) -> None:
 
     rows = data["rows"]
     groups = sorted({(r["mix"], r["engines"]) for r in rows})
-    arrs = [a for a in (*ARRANGEMENTS, BOUND) if any(r["arrangement"] == a for r in rows)]
+    arrs = [a for a in (*ARRANGEMENTS, BEST_KIND, BOUND) if any(r["arrangement"] == a for r in rows)]
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(groups), 4))
     width = 0.8 / len(arrs)
     for k, arr in enumerate(arrs):

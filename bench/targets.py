@@ -33,7 +33,7 @@ import json
 import sys
 from pathlib import Path
 
-from bench.jct_cluster import BOUND
+from bench.jct_cluster import BEST_KIND, BOUND
 
 OTHERS = ("fcfs", "plas", "infercept", "continuum", "lamps")  # the peers; sjf and clairvoyant are bounds
 
@@ -198,19 +198,25 @@ def check_cluster(path: Path) -> tuple[list[str], list[str]]:
     fleet = data["meta"].get("fleet", "h100")
     limit = 1.01 if fleet == "h100" else 0.90
     for mix, n in sorted({(r["mix"], r["engines"]) for r in rows}):
-        ratios, floors = [], []  # floors: the no-contention bound (bench.jct_cluster --bound) over the same best
+        ratios, floors, uniform = [], [], []  # floors: the no-contention bound (--bound) over the same best; uniform:
+        # the global queue on the fleet made all of its best kind (--best-kind), over the same best
         for seed in sorted({r["seed"] for r in rows}):
             group = {r["arrangement"]: r["avg_jct_s"] for r in rows
                      if (r["mix"], r["engines"], r["seed"]) == (mix, n, seed)}
-            per_engine = [v for a, v in group.items() if not a.startswith("global") and a != BOUND]
+            per_engine = [v for a, v in group.items() if a not in ("global+astraea", BEST_KIND, BOUND)]
             if "global+astraea" in group and per_engine:
                 ratios.append(group["global+astraea"] / min(per_engine))
                 if BOUND in group:
                     floors.append(group[BOUND] / min(per_engine))
+                if BEST_KIND in group:
+                    uniform.append(group[BEST_KIND] / min(per_engine))
         if ratios:
             mean = sum(ratios) / len(ratios)
             seeds = ", ".join(f"{r:.3f}" for r in ratios)
             floor = f"; no arrangement can go below {sum(floors) / len(floors):.3f}x" if floors else ""
+            if uniform:
+                floor += (f"; with every engine of the fleet's best kind the global queue is "
+                          f"{sum(uniform) / len(uniform):.3f}x")
             checks.append((mean <= limit, f"{fleet} fleet, {mix}, {n} engines: global+astraea avg JCT = {mean:.3f}x "
                                           f"the best per-engine arrangement (seeds {seeds}; target <= {limit}{floor})"))
     c = data["decision_cost"]

@@ -3,6 +3,8 @@ fleet's slower engines make the same trace's jobs wait longer."""
 
 import json
 
+import pytest
+
 from bench import jct_cluster
 
 
@@ -60,3 +62,26 @@ def test_a_kv_fleet_differs_only_in_kv_room(tmp_path):
                              "--arrangements", "rr+astraea", "--ready", "50", "--dispatches", "5",
                              "--out", str(out)]) == 0
     assert "llama3-8b-h100 + llama3-8b-h100-shared" in out.with_suffix(".md").read_text()
+
+
+def test_the_best_kind_reference_runs_the_global_queue_on_the_fleet_without_its_imbalance(tmp_path, capsys):
+    """`--best-kind` runs the global queue with every engine of the fleet's best kind (an H100 with its whole KV
+    room, for both imbalanced fleets): its row differs from the imbalanced fleet's, the verdict names it, and a fleet
+    of one kind, which has nothing to remove, is refused with the flag named."""
+    from bench import targets
+    from runtime.agents.costmodel import LLAMA3_8B_H100
+
+    assert jct_cluster.best_kind(jct_cluster.FLEETS["mixed"]) is LLAMA3_8B_H100
+    assert jct_cluster.best_kind(jct_cluster.FLEETS["kv"]) is LLAMA3_8B_H100
+    out = tmp_path / "jct_cluster_kv.json"
+    assert jct_cluster.main(["--mixes", "swe", "--engines", "2", "--jobs-per-engine", "20", "--fleet", "kv",
+                             "--arrangements", "ll+astraea,global+astraea", "--best-kind", "--ready", "50",
+                             "--dispatches", "5", "--out", str(out)]) == 0
+    rows = {r["arrangement"]: r for r in json.loads(out.read_text())["rows"]}
+    assert rows[jct_cluster.BEST_KIND]["avg_jct_s"] != rows["global+astraea"]["avg_jct_s"]
+    [verdict] = [v for v in targets.check_cluster(out)[0] if "swe" in v]
+    assert "with every engine of the fleet's best kind the global queue is" in verdict
+    with pytest.raises(SystemExit) as refused:
+        jct_cluster.main(["--fleet", "h100", "--best-kind"])
+    assert refused.value.code == 2
+    assert "--best-kind" in capsys.readouterr().err
