@@ -404,8 +404,9 @@ async def measure_sharded(args, shards: int, bare: dict[int, dict]) -> dict:
 async def measure(args) -> dict:
     from actors.global_scheduler import scheduler_concurrency
 
-    actor = BareActor.options(max_concurrency=scheduler_concurrency(settings_for(args, 1))).remote()
-    callers = Sessions([actor], args.sessions, settings_for(args, 1).engine.max_model_len, random.Random(args.seed))
+    one = settings_for(args, 1)
+    actor = BareActor.options(max_concurrency=scheduler_concurrency(one)).remote()
+    callers = Sessions([actor], args.sessions, one.engine.max_model_len, random.Random(args.seed))
     bare = {c: await drive_both(callers, [actor], c, args.duration)
             for c in tqdm(args.levels, desc="bare actor", file=sys.stderr)}
     ray.kill(actor)  # measured first, alone: the scheduler's engine watch would take CPU from it

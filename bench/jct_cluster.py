@@ -93,16 +93,18 @@ def parse_args(argv):
     return a
 
 
+def step_s(kind: DeploymentProfile) -> float:
+    """A kind's decode step at a typical batch: what `--bound` and `--best-kind` call its speed."""
+    return kind.cost.decode_s_per_token(64, 2048)
+
+
 def best_kind(kinds: tuple[DeploymentProfile, ...]) -> DeploymentProfile | None:
     """The kind of a fleet of several that is as fast as any other and has as much KV room as any; None if none
     is both, or the fleet has one kind."""
-    def speed(p: DeploymentProfile) -> float:
-        return p.cost.decode_s_per_token(64, 2048)
-
     if len(set(kinds)) < 2:
         return None
-    return next((k for k in kinds if all(speed(k) <= speed(o) and k.gpu_kv_tokens >= o.gpu_kv_tokens for o in kinds)),
-                None)
+    return next((k for k in kinds if all(step_s(k) <= step_s(o) and k.gpu_kv_tokens >= o.gpu_kv_tokens
+                                         for o in kinds)), None)
 
 
 def run_sweep(a) -> list[dict]:
@@ -114,7 +116,7 @@ def run_sweep(a) -> list[dict]:
         kinds = FLEETS[a.fleet]
         t0 = time.perf_counter()
         if arr == BOUND:  # each job alone on an idle engine of the fastest kind: only its own steps and tools delay it
-            fastest = min(kinds, key=lambda p: p.cost.decode_s_per_token(64, 2048))
+            fastest = min(kinds, key=step_s)
             jcts = np.array(list(alone_s(jobs_from_table(table), fastest).values()))
             row = {"jobs": len(jcts), **jct_summary(jcts), "preemptions": 0, "recompute_frac": 0.0,
                    "load": a.rates[mix], "seed": seed, "sim_wall_s": time.perf_counter() - t0}
