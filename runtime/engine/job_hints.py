@@ -73,6 +73,13 @@ def hint_of(request) -> JobHint | None:
     return None
 
 
+def job_id_of(request) -> str | None:
+    """The job a vLLM `Request` is a segment of: its hint's, else the stock server's `session_id` (drop-in mode,
+    where a session is the job: sessions.py); None for a plain request."""
+    hint = hint_of(request)
+    return hint.job_id if hint is not None else getattr(request, "session_id", None) or None
+
+
 OUTCOME_KEY = "agentriver.outcome"  # where the plugin puts a segment's outcome in vLLM's kv_transfer_params
 
 

@@ -56,6 +56,27 @@ def test_a_session_keeps_its_kv_across_tool_calls_and_ends_with_its_last_call(se
     assert log[-1]["holdings"]["jobs"] == 0
 
 
+def test_a_swapped_session_gets_its_kv_back_from_host_memory(server):
+    """The caller asks for a swap at the tool call; plain requests then fill the pool, so the session's blocks
+    are gone from vLLM's prefix cache too: only the connector's host copy can bring them back, and the resume
+    says how many tokens came from it (the session, not a hint, names the job whose copy it is)."""
+    client = OpenAI(base_url=server["url"] + "/v1", api_key="unused")
+    messages = [{"role": "user", "content": f"swap these: {words('swapme', 300)}"}]
+    r = client.chat.completions.create(model="tiny", messages=messages, max_tokens=8, temperature=0,
+                                       extra_body={"session_id": "swapped", "ignore_eos": True,
+                                                   "vllm_xargs": {"tool_category": "search", "kv_action": "swap"}})
+    for flood in ("flood", "deluge"):  # two, since each leaves the blocks freed last in the LRU
+        client.completions.create(model="tiny", prompt=words(flood, POOL_TOKENS * 0.45), max_tokens=1)
+    messages += [{"role": "assistant", "content": r.choices[0].message.content},
+                 {"role": "user", "content": "tool result: found"}]
+    client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, temperature=0,
+                                   extra_body={"session_id": "swapped", "vllm_xargs": {"last": 1}})
+    log = events(server["kv_log"], "swapped")
+    assert [(e["event"], e["cause"]) for e in log][:1] == [("swap", "tool_call")]
+    resume = next(e for e in log if e["event"] == "resume")
+    assert resume["cause"] == "from_swapped" and resume["host_tokens"] >= 256 and resume["tokens"] >= 256
+
+
 def test_a_silent_session_expires_and_plain_requests_stay_plain(server):
     client = OpenAI(base_url=server["url"] + "/v1", api_key="unused")
     client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": f"search {WORDS}"}],
@@ -68,7 +89,7 @@ def test_a_silent_session_expires_and_plain_requests_stay_plain(server):
     log = events(server["kv_log"], "quiet")
     assert log[-1]["event"] == "end" and log[-1]["cause"] == "expired" and log[-1]["holdings"]["jobs"] == 0
     jobs = {e["job"] for e in map(json.loads, server["kv_log"].read_text().splitlines())}
-    assert jobs <= {"agent-1", "quiet", "early", "resumed"}  # the request without a session made no job
+    assert jobs <= {"agent-1", "quiet", "early", "resumed", "swapped"}  # the request without a session made no job
 
 
 def test_under_memory_pressure_the_policy_serves_a_resumed_session_before_a_new_one(server):
