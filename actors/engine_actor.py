@@ -23,6 +23,7 @@ import ray
 
 from actors.global_scheduler import WATCH_PERIOD_MAX_S
 from runtime.engine.job_hints import JobHint, SegmentOutcome
+from runtime.engine.sampling import Sampling
 from runtime.engine.telemetry import KvLogTail
 from runtime.engine.vllm_engine import EngineConfig, VllmEngine
 from runtime.serving.config import VLLM_BASELINE
@@ -62,8 +63,8 @@ class EngineActor:
     def pid(self) -> int:
         return os.getpid()
 
-    async def stream(self, ticket: str, prompt_token_ids: list[int], max_tokens: int, temperature: float,
-                     ignore_eos: bool, hint: JobHint):
+    async def stream(self, ticket: str, prompt_token_ids: list[int], max_tokens: int, sampling: Sampling,
+                     hint: JobHint):
         """Yields {"token_ids", "finish_reason"} per step, then the segment's `SegmentOutcome` (its measured
         service, prefill and where the job's KV stays for its tool call). Cancelled (by the caller or `abort`), vLLM
         aborts the request and frees what it held."""
@@ -73,8 +74,8 @@ class EngineActor:
         self.active[ticket] = (hint.job_id, asyncio.current_task(), ended)
         outcome, emitted = None, 0
         try:
-            async for c in self.engine.stream(prompt_token_ids, max_tokens, temperature=temperature,
-                                              ignore_eos=ignore_eos, request_id=ticket, hint=hint):
+            async for c in self.engine.stream(prompt_token_ids, max_tokens, sampling=sampling, request_id=ticket,
+                                              hint=hint):
                 emitted += len(c.token_ids)
                 outcome = c.outcome
                 yield {"token_ids": c.token_ids, "finish_reason": c.finish_reason}

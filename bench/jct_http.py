@@ -81,15 +81,31 @@ def text_maker(model_dir: str):
     return text_of
 
 
+def round_trip_ids(model_dir: str) -> list[int]:
+    """The tokens a replay's answers are drawn from: whole words (a space, then ASCII letters), whose text
+    re-tokenises to the same ids in any sequence. A chat client sends each answer back as text in the next call,
+    and a server that re-renders the conversation (vLLM's own) finds the answer's KV again only if the text gives
+    the same tokens. A trained model's text nearly always does; a random-weight model's random ids do not (in
+    300 random ids of the `small` tokenizer only the first 5-32 survive decoding and encoding again), which
+    would leave every earlier answer's KV unreachable there for a reason no real deployment has."""
+    from transformers import AutoTokenizer
+
+    vocab = AutoTokenizer.from_pretrained(model_dir).get_vocab()
+    return sorted(i for piece, i in vocab.items()
+                  if len(piece) > 2 and piece[0] == "\u0120" and piece[1:].isascii() and piece[1:].isalpha())
+
+
 def turns_of(job: Job, text_of, tool_time_scale: float) -> list[Turn]:
     return [Turn(text_of(job.job_id, s.index, s.prompt_tokens), s.output_tokens, s.api_category,
                  s.api_time_s * tool_time_scale) for s in job.segments]
 
 
 async def replay_http(url: str, model: str, jobs: list[Job], text_of, tool_time_scale: float, desc: str,
-                      session_api: bool = True, on_call=None) -> tuple[list[AgentResult], list[float], int]:
+                      session_api: bool = True, on_call=None,
+                      answer_ids: list[int] | None = None) -> tuple[list[AgentResult], list[float], int]:
     """Every job as one session, arriving on schedule; returns results, JCTs and the count of failed calls.
-    `session_api`: as `run_agent`'s; `on_call(job_id, prompt_tokens, completion_tokens)` hears every finished call."""
+    `session_api`: as `run_agent`'s; `on_call(job_id, prompt_tokens, completion_tokens)` hears every finished call;
+    `answer_ids`: the tokens answers are made of (`round_trip_ids`)."""
     from openai import APIError, AsyncOpenAI
 
     client = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=3600)
@@ -102,7 +118,8 @@ async def replay_http(url: str, model: str, jobs: list[Job], text_of, tool_time_
         try:
             res = await run_agent(client, model, job.job_id, turns_of(job, text_of, tool_time_scale),
                                   ignore_eos=True, session_api=session_api,
-                                  on_call=on_call and (lambda p, c: on_call(job.job_id, p, c)))
+                                  on_call=on_call and (lambda p, c: on_call(job.job_id, p, c)),
+                                  allowed_token_ids=answer_ids)
         except APIError as e:
             errors += 1
             print(f"{job.job_id}: {e}", file=sys.stderr)

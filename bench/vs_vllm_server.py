@@ -36,7 +36,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.jct_http import kv_decisions, replay_http, text_maker
+from bench.jct_http import kv_decisions, replay_http, round_trip_ids, text_maker
 from bench.output import command_line, save_figure, write_results
 from bench.stock_server import OURS, StockServer, free_port, running
 from runtime.agents.job import Job
@@ -158,7 +158,8 @@ def run_point(url: str, model: str, session_api: bool, jobs: list[Job], text_of,
 
     before = scrape(url)
     results, jcts, errors = asyncio.run(replay_http(url, model, jobs, text_of, args.tool_time_scale, desc,
-                                                    session_api=session_api, on_call=on_call))
+                                                    session_api=session_api, on_call=on_call,
+                                                    answer_ids=args.answer_ids))
     wall = time.monotonic() - t0
     if session_api:
         time.sleep(2.5)  # the Ray runtime's engines report their KV logs to the scheduler every second
@@ -288,6 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     table = read_trace(args.trace)
     text_of = text_maker(args.model_dir)
+    args.answer_ids = round_trip_ids(args.model_dir)
     data = {"meta": {"command": command_line("bench.vs_vllm_server", argv), "trace": args.trace, "model": args.model,
                      "tool_time_scale": args.tool_time_scale, "max_model_len": args.max_model_len,
                      "max_num_seqs": args.max_num_seqs}, "comparison": True, "rows": []}

@@ -28,6 +28,7 @@ from deployments import openai_api as oai
 from deployments.chat import IncrementalText
 from deployments.errors import ACTOR_LOST, ApiError, api_error
 from runtime.engine.job_hints import SegmentOutcome
+from runtime.engine.sampling import Sampling
 from runtime.serving.dispatch import QueueFull, SegmentRequest, UnknownSession
 from runtime.serving.metrics import merge_metrics
 from runtime.serving.shards import merge_cluster_views
@@ -108,6 +109,9 @@ class AgentRoutes:
         if shedding is not None and time.monotonic() < shedding[0]:
             full = shedding[1]
             raise ApiError(full.status, full.message, full.type, full.param, full.headers)
+        if body.allowed_token_ids is not None and max(body.allowed_token_ids) >= self.tokenizer.vocab_size:
+            raise ApiError(400, f"allowed_token_ids: {max(body.allowed_token_ids)} is not a token id of this model "
+                                f"(its vocabulary has {self.tokenizer.vocab_size})", param="allowed_token_ids")
         budget = body.output_budget(self.settings.default_max_tokens)
         limit = self.cluster["max_model_len"]
         at_least = self.tokenizer.min_tokens(body.messages, body.tools)
@@ -120,7 +124,7 @@ class AgentRoutes:
                                 f"over the model's context length {limit}", param="messages")
         started = time.monotonic()
         grant = await self._acquire(session, len(prompt), budget, body.tool_category, one_shot)
-        segment = self._segment(grant, prompt, body.temperature, body.ignore_eos, one_shot)
+        segment = self._segment(grant, prompt, body.sampling(), one_shot)
         cid = oai.completion_id()
         if body.stream:
             return StreamingResponse(self._sse(segment, cid, body.model, session, len(prompt)),
@@ -166,7 +170,7 @@ class AgentRoutes:
             fire_and_forget(lambda: scheduler.cancel.remote(ticket))
             raise
 
-    async def _segment(self, grant, prompt: list[int], temperature: float, ignore_eos: bool, one_shot: bool):
+    async def _segment(self, grant, prompt: list[int], sampling: Sampling, one_shot: bool):
         """The segment's token chunks, then its `SegmentOutcome`, from whichever engine ends up serving it
         (engine deaths are retried). Whatever ends it early - the client leaving, an error - cancels it on its
         engine and gives the ticket back, so the session's next call starts clean."""
@@ -177,8 +181,8 @@ class AgentRoutes:
             while final is None:
                 try:
                     engine = self._engine(grant.engine_name)
-                    stream = engine.stream.remote(grant.ticket, prompt + emitted, grant.max_tokens, temperature,
-                                                  ignore_eos, grant.hint)
+                    stream = engine.stream.remote(grant.ticket, prompt + emitted, grant.max_tokens, sampling,
+                                                  grant.hint)
                 except ValueError:  # the engine actor is gone for good (not even restarting)
                     grant = await self._retry(shard.scheduler, grant, len(emitted))
                     continue

@@ -29,6 +29,7 @@ class ChatTokenizer:
         # No token covers more UTF-8 bytes than the longest vocabulary entry: a text of N bytes is at least
         # N / max_token_bytes tokens, a bound checked before tokenising anything large.
         self.max_token_bytes = max(len(t.encode()) for t in self.tok.get_vocab())
+        self.vocab_size = len(self.tok)
         self._specials = [t for t in self.tok.all_special_tokens if t]
         probe = self.tok.apply_chat_template([{"role": "user", "content": self._placeholder(0)}], tokenize=False,
                                              add_generation_prompt=True)

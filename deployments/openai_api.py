@@ -13,9 +13,11 @@ import json
 import re
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from runtime.engine.sampling import Sampling
 
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # used with fullmatch: no trailing newline
 
@@ -67,6 +69,7 @@ class ChatCompletionRequest(BaseModel):
     session_id: str | None = None
     tool_category: str = Field(default="", max_length=64)
     ignore_eos: bool = False  # vLLM's extension: generate exactly max_tokens (benchmarks replaying traces)
+    allowed_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)  # vLLM's too
     user: str | None = None
 
     @field_validator("session_id")
@@ -78,6 +81,10 @@ class ChatCompletionRequest(BaseModel):
 
     def output_budget(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default
+
+    def sampling(self) -> Sampling:
+        allowed = tuple(self.allowed_token_ids) if self.allowed_token_ids is not None else None
+        return Sampling(self.temperature, self.ignore_eos, allowed)
 
 
 def completion_id() -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from runtime.agents.costmodel import DeploymentProfile
 from runtime.engine.host_swap import CONNECTOR_NAME, MODULE_PATH
 from runtime.engine.job_hints import OUTCOME_KEY, JobHint
+from runtime.engine.sampling import Sampling
 from runtime.engine.telemetry import VllmLoad, load_logger_factory
 from runtime.engine.vllm_scheduler import (
     KV_LOG_ENV,
@@ -31,6 +32,8 @@ from runtime.engine.vllm_scheduler import (
 )
 
 RESERVED_CPUS_ENV = "VLLM_CPU_NUM_OF_RESERVED_CPU"
+REPLAY = Sampling()  # greedy, exactly max_tokens: what trace replays draw
+
 PLUGINS = {"steplog": "runtime.engine.vllm_scheduler.StepLogScheduler",
            "policy": "runtime.engine.vllm_scheduler.PolicyScheduler"}
 
@@ -149,11 +152,9 @@ class VllmEngine:
             tokens += delta.token_ids
         return tokens
 
-    async def stream(self, prompt_token_ids: list[int], max_tokens: int, *, temperature: float = 0.0,
-                     ignore_eos: bool = True, request_id: str | None = None, hint: JobHint | None = None):
+    async def stream(self, prompt_token_ids: list[int], max_tokens: int, *, sampling: Sampling = REPLAY,
+                     request_id: str | None = None, hint: JobHint | None = None):
         """Yield a `Completion` with each step's new tokens; the last one carries the finish reason."""
-        from vllm import SamplingParams
-
         if self._llm is None:
             raise RuntimeError("engine not started: call start() first")
         if not prompt_token_ids:
@@ -163,9 +164,7 @@ class VllmEngine:
         if len(prompt_token_ids) + max_tokens > self.config.max_model_len:
             raise ValueError(f"context {len(prompt_token_ids)} + {max_tokens} new tokens exceeds max_model_len "
                              f"{self.config.max_model_len}")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        params = SamplingParams(temperature=temperature, max_tokens=max_tokens, ignore_eos=ignore_eos)
+        params = sampling.params(max_tokens)
         if hint is not None:
             if hint.job_id in self._running_jobs:
                 raise JobBusyError(f"job {hint.job_id!r} already has a segment running on this engine")

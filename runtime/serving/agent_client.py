@@ -31,11 +31,13 @@ class AgentResult:
 
 
 async def run_agent(client, model: str, session_id: str, turns: list[Turn], stream: bool = False,
-                    ignore_eos: bool = False, session_api: bool = True, on_call=None) -> AgentResult:
+                    ignore_eos: bool = False, session_api: bool = True, on_call=None,
+                    allowed_token_ids: list[int] | None = None) -> AgentResult:
     """Run every turn through `client` (an `openai.AsyncOpenAI`), then close the session. `ignore_eos`: every
     answer has exactly its turn's max_tokens (trace replays). `session_api`: the server has this service's
     /v1/sessions endpoints (False for vLLM's own server: the last call's `last` flag ends the session there, and
-    the result's view is empty). `on_call(prompt_tokens, completion_tokens)` hears each finished call's usage."""
+    the result's view is empty). `on_call(prompt_tokens, completion_tokens)` hears each finished call's usage.
+    `allowed_token_ids` (vLLM's extension, which this service also takes): answers only of these tokens."""
     start = time.monotonic()
     messages: list[dict] = []
     tokens = 0
@@ -47,6 +49,8 @@ async def run_agent(client, model: str, session_id: str, turns: list[Turn], stre
             xargs["last"] = 1
         extra = {"session_id": session_id, "tool_category": turn.tool_category, "ignore_eos": ignore_eos,
                  "vllm_xargs": xargs}
+        if allowed_token_ids is not None:
+            extra["allowed_token_ids"] = allowed_token_ids
         usage = None
         if stream:
             parts = []

@@ -27,3 +27,24 @@ def test_http_replay_writes_rows_for_each_policy(tiny_model, tool_trace, tmp_pat
         # 5 segments); vllm has no KV manager
         assert decided == (5 if r["policy"] == "astraea" else 0)
     assert "| astraea |" in out.with_suffix(".md").read_text() and (tmp_path / "r_jct_vs_load.png").exists()
+
+
+def test_answers_of_round_trip_tokens_come_back_as_the_same_tokens(tiny_model):
+    """A chat client sends each answer back as text; answers drawn from `round_trip_ids` re-tokenise to the very
+    ids the model drew, in any order (random ids of a byte-level BPE mostly do not: the check below fails for
+    them), so a server that re-renders the conversation can find the answer's KV again."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from bench.jct_http import round_trip_ids
+
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    words = round_trip_ids(str(tiny_model))
+    assert len(words) > 100
+    rng = random.Random(0)
+    for _ in range(50):
+        ids = [rng.choice(words) for _ in range(200)]
+        assert tok.encode(tok.decode(ids), add_special_tokens=False) == ids
+    noise = [rng.randrange(len(tok)) for _ in range(200)]
+    assert tok.encode(tok.decode(noise, skip_special_tokens=True), add_special_tokens=False) != noise

@@ -85,6 +85,12 @@ def test_streaming_sends_deltas_then_usage(service):
     ({"model": MODEL, "messages": [{"role": "user", "content": "word " * 2000}]}, 400, "messages"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "session_id": "../etc"}, 400, "session_id"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "temperature": -1}, 400, "temperature"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "allowed_token_ids": []}, 400,
+     "allowed_token_ids"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "allowed_token_ids": [-1]}, 400,
+     "allowed_token_ids.0"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "allowed_token_ids": [5, 10 ** 9]}, 400,
+     "allowed_token_ids"),
 ])
 def test_malformed_requests_get_a_json_4xx_naming_the_field(service, body, status, param):
     kw = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, str) else {"json": body}
@@ -94,6 +100,23 @@ def test_malformed_requests_get_a_json_4xx_naming_the_field(service, body, statu
     assert err["param"] == param and err["message"]
     if param:
         assert param.split(".")[0] in err["message"]
+
+
+def test_allowed_token_ids_limit_the_answer_as_vllm_does(service, tiny_model):
+    """vLLM's extension, taken as vLLM takes it; the replays of bench.vs_vllm_server send it to every server."""
+    from transformers import AutoTokenizer
+
+    from bench.jct_http import round_trip_ids
+
+    words = round_trip_ids(str(tiny_model))[:3]
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "say something"}], "max_tokens": 12,
+            "ignore_eos": True, "temperature": 1.0, "allowed_token_ids": words}
+    r = httpx.post(service["url"] + "/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    text = r.json()["choices"][0]["message"]["content"]
+    tok = AutoTokenizer.from_pretrained(str(tiny_model))
+    assert tok.encode(text, add_special_tokens=False) and set(tok.encode(text, add_special_tokens=False)) <= set(words)
+    assert r.json()["usage"]["completion_tokens"] == 12
 
 
 def test_unknown_session_and_paths_answer_json(service):
