@@ -408,7 +408,12 @@ class PolicyScheduler(StepLogScheduler):
         return job
 
     def _reorder(self) -> None:
+        """Put the waiting requests in the policy's order. Skipped when vLLM will admit none of them this step (every
+        slot is taken): ordering a few hundred waiting jobs each step is what the plugin costs where calls queue
+        without tool calls (bench.vs_vllm_server's no-tool run)."""
         if self.policy.name == "fcfs" or not isinstance(self.waiting, deque) or len(self.waiting) < 2:
+            return
+        if len(self.running) + self.num_waiting_for_streaming_input >= self.max_num_active_reqs:
             return
         hinted = [r for r in self.waiting if r.request_id in self._live]
         if len(hinted) < 2:
