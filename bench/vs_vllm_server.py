@@ -204,6 +204,7 @@ def run(args, table, text_of, server: str) -> list[dict]:
     for pressure, pool in pools.items():
         logs = Path(args.logs) / f"{server}-p{pressure:g}"
         logs.mkdir(parents=True, exist_ok=True)
+        (logs / "kv.jsonl").unlink(missing_ok=True)  # the plugin appends: an earlier sweep's resumes are not ours
         print(f"{LABELS[server]}: KV pool {pool} tokens (pressure {pressure:g})", file=sys.stderr, flush=True)
         with serving(server, args, pool, logs) as (url, model, session_api):
             points = [(load, False) for load in args.load_list]
