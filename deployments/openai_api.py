@@ -4,7 +4,8 @@ Only what an agent client sends is modelled; unknown fields are ignored (clients
 every field that is present is checked strictly (no `true` for a number, no `1` for a boolean), so a bad value is
 refused with its name instead of reaching an engine.
 Two fields are this runtime's own: `session_id` (ties calls into one agent job; the `X-Session-Id` header does the
-same) and `tool_category` (the tool this call's answer will invoke, which feeds the service-time predictor).
+same) and `tool_category` (the tool this call's answer will invoke, which feeds the service-time predictor). Two
+are vLLM's, taken as its own server takes them: `ignore_eos` and `allowed_token_ids`.
 """
 
 from __future__ import annotations
