@@ -409,8 +409,8 @@ class PolicyScheduler(StepLogScheduler):
 
     def _reorder(self) -> None:
         """Put the waiting requests in the policy's order. Skipped when vLLM will admit none of them this step (every
-        slot is taken): ordering a few hundred waiting jobs each step is what the plugin costs where calls queue
-        without tool calls (bench.vs_vllm_server's no-tool run)."""
+        slot is taken): the order cannot matter then, and hundreds of calls may wait. Its effect on the no-tool
+        run of bench.vs_vllm_server is within that run's spread (docs/ARCHITECTURE.md)."""
         if self.policy.name == "fcfs" or not isinstance(self.waiting, deque) or len(self.waiting) < 2:
             return
         if len(self.running) + self.num_waiting_for_streaming_input >= self.max_num_active_reqs:
