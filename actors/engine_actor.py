@@ -64,10 +64,10 @@ class EngineActor:
         return os.getpid()
 
     async def stream(self, ticket: str, prompt_token_ids: list[int], max_tokens: int, sampling: Sampling,
-                     hint: JobHint):
-        """Yields {"token_ids", "finish_reason"} per step, then the segment's `SegmentOutcome` (its measured
-        service, prefill and where the job's KV stays for its tool call). Cancelled (by the caller or `abort`), vLLM
-        aborts the request and frees what it held."""
+                     hint: JobHint, steps: bool = True):
+        """Yields {"token_ids", "finish_reason"} per step (`steps=False`: once, with the whole answer), then the
+        segment's `SegmentOutcome` (its measured service, prefill and where the job's KV stays for its tool call).
+        Cancelled (by the caller or `abort`), vLLM aborts the request and frees what it held."""
         started = time.monotonic()
         await self._supersede(hint.job_id)
         ended = asyncio.Event()
@@ -75,7 +75,7 @@ class EngineActor:
         outcome, emitted = None, 0
         try:
             async for c in self.engine.stream(prompt_token_ids, max_tokens, sampling=sampling, request_id=ticket,
-                                              hint=hint):
+                                              hint=hint, steps=steps):
                 emitted += len(c.token_ids)
                 outcome = c.outcome
                 yield {"token_ids": c.token_ids, "finish_reason": c.finish_reason}
@@ -112,7 +112,8 @@ class EngineActor:
         load = self.engine.load
         return {"name": self.name, "node": ray.get_runtime_context().get_node_id(), "alive": True,
                 "running": load.running, "waiting": load.waiting,
-                "kv_usage": load.kv_usage, "kv_changes": self.kv.changes_since(kv_seq), "kv_seq": self.kv.seq,
+                "kv_usage": load.kv_usage, "generated_tokens": load.generated_tokens,
+                "kv_changes": self.kv.changes_since(kv_seq), "kv_seq": self.kv.seq,
                 "holdings": self.kv.holdings, "kv_events": list(self.kv.counts.items()),
                 "active": list(self.active), "finished": {t: now - at for t, at in self.finished.items()}}
 

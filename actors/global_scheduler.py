@@ -252,7 +252,9 @@ class GlobalScheduler:
 
     async def finish(self, reports: list[tuple[str, SegmentOutcome]]) -> list[bool]:
         """Each (ticket, outcome): the segment ended as its engine reported; False for a ticket already given up or
-        finished (nothing recorded then). Several callers' reports come in one call, as `acquire`'s requests do."""
+        finished (nothing recorded then). A job's last segment (a one-shot call, or one that said `last`) closes its
+        session here, without one more call. Several callers' reports come in one call, as `acquire`'s requests
+        do."""
         await self._started()
         done = [self._finish(ticket, outcome) for ticket, outcome in reports]
         self._dispatch()
@@ -266,6 +268,8 @@ class GlobalScheduler:
         rec = self.d.records[p.job.job_id][-1]
         self.metrics.segment.observe(rec.queued_s + rec.service_s)
         self.metrics.queued.observe(rec.queued_s)
+        if p.last:
+            self._close(p.job.job_id)
         return True
 
     async def cancel(self, ticket: str) -> None:
@@ -304,11 +308,15 @@ class GlobalScheduler:
 
     async def close(self, session_id: str) -> dict:
         await self._started()
+        done = self._close(session_id)
+        await self.journal.sync()
+        return asdict(done)
+
+    def _close(self, session_id: str):
         done = self.d.close(session_id)
         self.metrics.jct.observe(done.jct_s)
         self.metrics.sessions.set(len(self.d.jobs))
-        await self.journal.sync()
-        return asdict(done)
+        return done
 
     def ping(self) -> bool:
         return self.d is not None

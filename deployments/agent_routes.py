@@ -123,8 +123,9 @@ class AgentRoutes:
             raise ApiError(400, f"messages: the prompt is {len(prompt)} tokens and max_tokens {budget}: together "
                                 f"over the model's context length {limit}", param="messages")
         started = time.monotonic()
-        grant = await self._acquire(session, len(prompt), budget, body.tool_category, one_shot)
-        segment = self._segment(grant, prompt, body.sampling(), one_shot)
+        ends = one_shot or body.vllm_xargs.last  # the job ends with this segment, and the session with it
+        grant = await self._acquire(session, len(prompt), budget, body.tool(), body.vllm_xargs.kv_action, ends)
+        segment = self._segment(grant, prompt, body.sampling(), ends, steps=body.stream)
         cid = oai.completion_id()
         if body.stream:
             return StreamingResponse(self._sse(segment, cid, body.model, session, len(prompt)),
@@ -142,7 +143,8 @@ class AgentRoutes:
                                            "" if one_shot else session),
                             headers={"Server-Timing": timing, "X-Replica": self.replica})
 
-    async def _acquire(self, session: str, prompt_tokens: int, budget: int, tool_category: str, one_shot: bool):
+    async def _acquire(self, session: str, prompt_tokens: int, budget: int, tool_category: str, kv_action: str,
+                       last: bool):
         """Queue the segment and wait for its engine. A caller that goes away while waiting (client disconnect,
         error) gives its ticket back, so nothing is granted to nobody. The ticket is named here, so the scheduler
         can take a re-sent acquire for the one it already queued."""
@@ -150,7 +152,7 @@ class AgentRoutes:
         shard = self.shards.of(session)
         try:
             grant = await ask(shard.acquire.call(SegmentRequest(ticket, session, prompt_tokens, budget,
-                                                                tool_category, "", one_shot)))
+                                                                tool_category, kv_action, last)))
         except QueueFull as e:
             refusal = api_error(e)
             shard.shedding = (time.monotonic() + SHED_S, refusal)
@@ -170,8 +172,9 @@ class AgentRoutes:
             fire_and_forget(lambda: scheduler.cancel.remote(ticket))
             raise
 
-    async def _segment(self, grant, prompt: list[int], sampling: Sampling, one_shot: bool):
-        """The segment's token chunks, then its `SegmentOutcome`, from whichever engine ends up serving it
+    async def _segment(self, grant, prompt: list[int], sampling: Sampling, last: bool, steps: bool):
+        """The segment's token chunks (each step's for a streaming client; else one, as every token that crosses
+        from the engine actor is a Ray object), then its `SegmentOutcome`, from whichever engine ends up serving it
         (engine deaths are retried). Whatever ends it early - the client leaving, an error - cancels it on its
         engine and gives the ticket back, so the session's next call starts clean."""
         emitted: list[int] = []
@@ -182,7 +185,7 @@ class AgentRoutes:
                 try:
                     engine = self._engine(grant.engine_name)
                     stream = engine.stream.remote(grant.ticket, prompt + emitted, grant.max_tokens, sampling,
-                                                  grant.hint)
+                                                  grant.hint, steps)
                 except ValueError:  # the engine actor is gone for good (not even restarting)
                     grant = await self._retry(shard.scheduler, grant, len(emitted))
                     continue
@@ -206,9 +209,10 @@ class AgentRoutes:
             raise
         outcome = dataclasses.replace(final, output_tokens=len(emitted))  # a retried segment's tokens, all engines
         # The answer is the client's whatever the scheduler does: a report it cannot take now it takes once back.
+        # A job's last segment closes its session in the scheduler's `finish`; one given up before its report came
+        # (a slow caller) is closed here.
         with contextlib.suppress(ApiError):
-            await ask(shard.finish.call((grant.ticket, outcome)))
-            if one_shot:
+            if not await ask(shard.finish.call((grant.ticket, outcome))) and last:
                 with contextlib.suppress(UnknownSession):  # reconciled away while its finish was on its way
                     await ask(shard.scheduler.close.remote(grant.session_id))
         yield outcome

@@ -4,8 +4,9 @@ Only what an agent client sends is modelled; unknown fields are ignored (clients
 every field that is present is checked strictly (no `true` for a number, no `1` for a boolean), so a bad value is
 refused with its name instead of reaching an engine.
 Two fields are this runtime's own: `session_id` (ties calls into one agent job; the `X-Session-Id` header does the
-same) and `tool_category` (the tool this call's answer will invoke, which feeds the service-time predictor). Two
-are vLLM's, taken as its own server takes them: `ignore_eos` and `allowed_token_ids`.
+same) and `tool_category` (the tool this call's answer will invoke, which feeds the service-time predictor). Three
+are vLLM's, taken as its own server takes them: `ignore_eos`, `allowed_token_ids` and `vllm_xargs`, which carries
+what the drop-in plugin reads (`tool_category`, `last`, `kv_action`), so one client serves both.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from runtime.engine.job_hints import KV_ACTIONS
 from runtime.engine.sampling import Sampling
 
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # used with fullmatch: no trailing newline
@@ -56,6 +58,25 @@ class ChatMessage(BaseModel):
         return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
 
 
+class CallArgs(BaseModel):
+    """`vllm_xargs` as the drop-in plugin reads them (`runtime.engine.sessions.call_args`): the tool this call's
+    answer invokes, whether it is the session's last call (the session ends with it, as after a close), and a KV
+    action for its tool wait. Other keys are vLLM's or another plugin's: ignored."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+    tool_category: str = Field(default="", max_length=64)
+    last: Any = False
+    kv_action: Literal[KV_ACTIONS] = ""
+
+    @field_validator("last")
+    @classmethod
+    def _last(cls, v: Any) -> bool:
+        if type(v) not in (bool, int) or v not in (0, 1):
+            raise ValueError("must be 0 or 1 (or a boolean)")
+        return bool(v)
+
+
 class ChatCompletionRequest(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True)
 
@@ -71,6 +92,7 @@ class ChatCompletionRequest(BaseModel):
     tool_category: str = Field(default="", max_length=64)
     ignore_eos: bool = False  # vLLM's extension: generate exactly max_tokens (benchmarks replaying traces)
     allowed_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)  # vLLM's too
+    vllm_xargs: CallArgs = Field(default_factory=CallArgs)
     user: str | None = None
 
     @field_validator("session_id")
@@ -79,6 +101,10 @@ class ChatCompletionRequest(BaseModel):
         if v is not None and not SESSION_ID.fullmatch(v):
             raise ValueError("must be 1-128 characters of letters, digits and ._:- starting with a letter or digit")
         return v
+
+    def tool(self) -> str:
+        """The tool this call's answer invokes: the field of this runtime, else the drop-in plugin's."""
+        return self.tool_category or self.vllm_xargs.tool_category
 
     def output_budget(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default

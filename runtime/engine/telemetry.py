@@ -1,9 +1,10 @@
 """What an engine can tell a cluster scheduler about itself, read from the engine's own outputs.
 
-Two sources, both real: vLLM's per-iteration `SchedulerStats` (running and waiting requests, KV usage), received
-through a stat-logger factory, and the policy plugin's KV log (JSONL written in the engine-core process), which
-says for every job whether its KV is preserved, swapped or discarded across its tool call - and changes when
-memory pressure or a TTL releases it later - and, with every record, what the engine holds for jobs.
+Two sources, both real: vLLM's per-iteration `SchedulerStats` (running and waiting requests, KV usage) and
+`IterationStats` (output tokens), received through a stat-logger factory, and the policy plugin's KV log (JSONL
+written in the engine-core process), which says for every job whether its KV is preserved, swapped or discarded
+across its tool call - and changes when memory pressure or a TTL releases it later - and, with every record, what
+the engine holds for jobs.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class VllmLoad:
     running: int = 0
     waiting: int = 0
     kv_usage: float = 0.0  # fraction of the KV pool in use
+    generated_tokens: int = 0  # output tokens since the engine started (vLLM's `vllm:generation_tokens`)
 
 
 def load_logger_factory(load: VllmLoad):
@@ -42,6 +44,8 @@ def load_logger_factory(load: VllmLoad):
                 load.running = scheduler_stats.num_running_reqs
                 load.waiting = scheduler_stats.num_waiting_reqs
                 load.kv_usage = scheduler_stats.kv_cache_usage
+            if iteration_stats is not None:
+                load.generated_tokens += iteration_stats.num_generation_tokens
 
         def log_engine_initialized(self):
             pass

@@ -153,8 +153,10 @@ class VllmEngine:
         return tokens
 
     async def stream(self, prompt_token_ids: list[int], max_tokens: int, *, sampling: Sampling = REPLAY,
-                     request_id: str | None = None, hint: JobHint | None = None):
-        """Yield a `Completion` with each step's new tokens; the last one carries the finish reason."""
+                     request_id: str | None = None, hint: JobHint | None = None, steps: bool = True):
+        """Yield a `Completion` with each step's new tokens; the last one carries the finish reason. `steps=False`:
+        one `Completion` with the whole answer at the end (for a caller that waits for it whole anyway, every
+        step's tokens would be one more message to pass on)."""
         if self._llm is None:
             raise RuntimeError("engine not started: call start() first")
         if not prompt_token_ids:
@@ -164,7 +166,7 @@ class VllmEngine:
         if len(prompt_token_ids) + max_tokens > self.config.max_model_len:
             raise ValueError(f"context {len(prompt_token_ids)} + {max_tokens} new tokens exceeds max_model_len "
                              f"{self.config.max_model_len}")
-        params = sampling.params(max_tokens)
+        params = sampling.params(max_tokens, final_only=not steps)
         if hint is not None:
             if hint.job_id in self._running_jobs:
                 raise JobBusyError(f"job {hint.job_id!r} already has a segment running on this engine")

@@ -2,8 +2,8 @@
 
 Used by the demo (`make run`) and the HTTP benchmarks. Each turn appends the tool's output as a `tool` message
 and the model's answer as an `assistant` message, so the context grows as a real agent's does. Every call says
-what it is twice: in this service's fields (`tool_category`) and in `vllm_xargs` (`tool_category`, `last`), which is
-what the drop-in plugin inside vLLM's own server reads; each server ignores the other's. So one client drives both.
+what it is in `vllm_xargs` (`tool_category`, `last`), which both this service and the drop-in plugin inside vLLM's
+own server read (and in this service's own `tool_category` field too). So one client drives both.
 """
 
 from __future__ import annotations
@@ -33,11 +33,13 @@ class AgentResult:
 async def run_agent(client, model: str, session_id: str, turns: list[Turn], stream: bool = False,
                     ignore_eos: bool = False, session_api: bool = True, on_call=None,
                     allowed_token_ids: list[int] | None = None) -> AgentResult:
-    """Run every turn through `client` (an `openai.AsyncOpenAI`), then close the session. `ignore_eos`: every
-    answer has exactly its turn's max_tokens (trace replays). `session_api`: the server has this service's
-    /v1/sessions endpoints (False for vLLM's own server: the last call's `last` flag ends the session there, and
-    the result's view is empty). `on_call(prompt_tokens, completion_tokens)` hears each finished call's usage.
-    `allowed_token_ids` (vLLM's extension, which this service also takes): answers only of these tokens."""
+    """Run every turn through `client` (an `openai.AsyncOpenAI`), then end the session. `ignore_eos`: every
+    answer has exactly its turn's max_tokens (trace replays). `session_api`: read the session's record from this
+    service's /v1/sessions, then close it (so the last call does not say `last`, which would end the session with
+    it); False (vLLM's own server with the plugin, or this service, which read `vllm_xargs` alike): the last call's
+    `last` flag ends the session, and the result's view is empty. `on_call(prompt_tokens, completion_tokens)` hears
+    each finished call's usage. `allowed_token_ids` (vLLM's extension, which this service also takes): answers
+    only of these tokens."""
     start = time.monotonic()
     messages: list[dict] = []
     tokens = 0
@@ -45,7 +47,7 @@ async def run_agent(client, model: str, session_id: str, turns: list[Turn], stre
         messages.append({"role": "user" if i == 0 else "tool", "content": turn.prompt,
                          **({"tool_call_id": f"call-{i - 1}"} if i else {})})
         xargs = {"tool_category": turn.tool_category} if turn.tool_category else {}
-        if i == len(turns) - 1:
+        if i == len(turns) - 1 and not session_api:
             xargs["last"] = 1
         extra = {"session_id": session_id, "tool_category": turn.tool_category, "ignore_eos": ignore_eos,
                  "vllm_xargs": xargs}

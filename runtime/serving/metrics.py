@@ -24,6 +24,8 @@ class EngineCollector:
         running = GaugeMetricFamily("agentriver_engine_requests", "Requests in the engine by vLLM state",
                                     labels=["engine", "state"])
         alive = GaugeMetricFamily("agentriver_engine_alive", "1 while the engine answers", labels=["engine"])
+        tokens = CounterMetricFamily("agentriver_engine_generation_tokens", "Output tokens the engine generated",
+                                     labels=["engine"])
         kv = CounterMetricFamily("agentriver_kv_decisions", "KV decisions at tool calls and releases later",
                                  labels=["engine", "action", "cause"])
         for name, r in sorted(self.reports.items()):
@@ -33,10 +35,11 @@ class EngineCollector:
             usage.add_metric([name], r["kv_usage"])
             running.add_metric([name, "running"], r["running"])
             running.add_metric([name, "waiting"], r["waiting"])
+            tokens.add_metric([name], r.get("generated_tokens", 0))
             for (action, cause), n in r["kv_events"]:
                 if action != "resume":
                     kv.add_metric([name, action, cause], n)
-        yield from (usage, running, alive, kv)
+        yield from (usage, running, alive, tokens, kv)
 
 
 class SchedulerMetrics:

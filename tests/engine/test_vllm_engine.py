@@ -26,10 +26,15 @@ def test_segments_generate_exactly_and_deterministically(run):
     assert out["again"] == out["first"][:2]  # greedy, and a prefix-cache hit changes nothing
 
 
+def test_a_caller_that_wants_the_answer_whole_gets_it_in_one_piece(run):
+    out, _ = run
+    assert out["whole"] == [[out["first"][2], "length"]]
+
+
 def test_step_log_accounts_for_every_token(run):
     out, steps = run
     assert len(steps) >= 11  # at least one step per generated position
-    assert sum(s.decode_seqs for s in steps) == 7 * 11  # the first token of each request comes with its prefill
+    assert sum(s.decode_seqs for s in steps) == 8 * 11  # the first token of each request comes with its prefill
     prefilled = sum(s.prefill_tokens for s in steps)
     assert 0 < prefilled <= out["prompt_tokens"] + 2 * 60  # the repeats hit the prefix cache
     assert all(s.wall_s > 0 for s in steps)

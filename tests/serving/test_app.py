@@ -43,8 +43,13 @@ def test_models_and_a_three_segment_session_is_one_job(service):
         assert [m.id for m in models.data] == [MODEL]
         return await run_agent(c, MODEL, "three", turns(3))
 
+    tokens_before = metric(service, "agentriver_engine_generation_tokens_total")
     r = asyncio.run(go())
     assert r.segments == 3 and r.completion_tokens <= 36
+    deadline = time.monotonic() + 10  # engines report to the scheduler every second
+    while metric(service, "agentriver_engine_generation_tokens_total") - tokens_before < r.completion_tokens:
+        assert time.monotonic() < deadline, "the engines' output tokens did not reach /metrics"
+        time.sleep(0.2)
     v = r.view
     assert v["session_id"] == "three" and v["segments"] == 3 and v["state"] == "tool"
     assert [s["index"] for s in v["segment_log"]] == [0, 1, 2]
@@ -91,6 +96,10 @@ def test_streaming_sends_deltas_then_usage(service):
      "allowed_token_ids.0"),
     ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "allowed_token_ids": [5, 10 ** 9]}, 400,
      "allowed_token_ids"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "vllm_xargs": {"last": 2}}, 400,
+     "vllm_xargs.last"),
+    ({"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "vllm_xargs": {"kv_action": "keep"}}, 400,
+     "vllm_xargs.kv_action"),
 ])
 def test_malformed_requests_get_a_json_4xx_naming_the_field(service, body, status, param):
     kw = {"content": body, "headers": {"content-type": "application/json"}} if isinstance(body, str) else {"json": body}
@@ -117,6 +126,25 @@ def test_allowed_token_ids_limit_the_answer_as_vllm_does(service, tiny_model):
     drawn = AutoTokenizer.from_pretrained(str(tiny_model)).encode(text, add_special_tokens=False)
     assert drawn and set(drawn) <= set(words)
     assert r.json()["usage"]["completion_tokens"] == 12
+
+
+def test_vllm_xargs_say_what_they_say_to_the_drop_in_plugin(service):
+    """The client of vLLM's own server with the plugin works here unchanged: `vllm_xargs.tool_category` feeds the
+    session's record, and the call that says `last` ends the session (one request, no close)."""
+    url = service["url"] + "/v1/chat/completions"
+    jobs_before = metric(service, "agentriver_job_completion_seconds_count")
+    messages = [{"role": "user", "content": "look it up"}]
+    first = httpx.post(url, json={"model": MODEL, "messages": messages, "max_tokens": 4, "session_id": "xargs",
+                                  "vllm_xargs": {"tool_category": "search", "other_plugin": 7}}, timeout=120)
+    assert first.status_code == 200, first.text
+    view = httpx.get(service["url"] + "/v1/sessions/xargs", timeout=30).json()
+    assert [s["tool_category"] for s in view["segment_log"]] == ["search"]
+    messages += [first.json()["choices"][0]["message"], {"role": "tool", "content": "found", "tool_call_id": "c"}]
+    last = httpx.post(url, json={"model": MODEL, "messages": messages, "max_tokens": 4, "session_id": "xargs",
+                                 "vllm_xargs": {"last": 1}}, timeout=120)
+    assert last.status_code == 200 and last.json()["session_id"] == "xargs", last.text
+    assert httpx.get(service["url"] + "/v1/sessions/xargs", timeout=30).status_code == 404
+    assert metric(service, "agentriver_job_completion_seconds_count") - jobs_before == 1
 
 
 def test_unknown_session_and_paths_answer_json(service):
