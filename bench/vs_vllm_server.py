@@ -12,7 +12,8 @@ lines):
   (d) `ray`              this project's Ray runtime (`deployments.launch`, one engine, astraea), engine settings as (b).
 Every server gets the same model, context length, batch size and KV pool (in tokens), and the same client:
 `runtime.serving.agent_client.run_agent` through the official `openai` client (bench.jct_http's replay), each job
-one session whose calls carry `session_id` and `vllm_xargs`. Answers are drawn (`allowed_token_ids`, which every
+one session whose calls carry `session_id` and `vllm_xargs` (its last call `last`, which ends the session on every
+server: one HTTP request per call everywhere). Answers are drawn (`allowed_token_ids`, which every
 server takes) from 64 whole-word tokens, whose text re-tokenises to the same ids as a trained model's text does: a
 random-weight model's random tokens would not, and a server that re-renders the chat (the stock one) could then
 never reuse an earlier answer's KV (`bench.jct_http.round_trip_ids`).
@@ -21,8 +22,11 @@ Memory pressure: the KV pool holds (sum of the trace's final job contexts) / pre
 pool 4x oversubscribed if every session were live at once. Each row also reports the measured peak of the live
 sessions' contexts (the servers' own usage counts, a session live from its arrival to its last answer) over the
 pool. Load: the trace's arrival rate scaled. No tools: every segment of the trace as a one-call session arriving
-with its job, at --notool-load on the roomiest pool, for output tokens/s. The Markdown's first line is the exact
-command.
+with its job, at --notool-load on the roomiest pool, --notool-rounds times, for output tokens/s while requests wait
+for a slot (`ThroughputSampler`: the servers' own token counters). The default load brings every segment within about
+a second, so the server sets the pace for most of the run. Tokens over the whole run's wall time are reported too,
+but they mostly time the run's end: a policy that serves short requests first leaves the longest ones to finish
+last, at a small batch. The Markdown's first line is the exact command.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -38,6 +43,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.jct_http import kv_decisions, replay_http, round_trip_ids, text_maker
 from bench.output import command_line, save_figure, write_results
@@ -65,7 +71,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--servers", default=",".join(SERVERS))
     p.add_argument("--pressures", default="0.5,2,4", help="sum of final job contexts over the KV pool")
     p.add_argument("--loads", default="1,4", help="arrival-rate scales of the trace")
-    p.add_argument("--notool-load", type=float, default=4.0, help="rate scale of the no-tool run (0: none)")
+    p.add_argument("--notool-load", type=float, default=64.0, help="rate scale of the no-tool run (0: none)")
+    p.add_argument("--notool-rounds", type=int, default=3, help="no-tool runs on each server (medians reported)")
     p.add_argument("--tool-time-scale", type=float, default=0.1)
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--max-num-seqs", type=int, default=32)
@@ -82,10 +89,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--servers: unknown server {s!r}; choose from {', '.join(SERVERS)}")
     try:
         args.pressure_list = sorted(float(x) for x in args.pressures.split(","))
-        args.load_list = [float(x) for x in args.loads.split(",")]
+        args.load_list = [float(x) for x in args.loads.split(",") if x]
     except ValueError as e:
         p.error(f"--pressures/--loads must be comma-separated numbers: {e}")
-    if min(args.pressure_list) <= 0 or min(args.load_list) <= 0:
+    if min(args.pressure_list) <= 0 or min(args.load_list, default=1) <= 0:
         p.error("--pressures and --loads must be > 0")
     return args
 
@@ -117,6 +124,56 @@ def peak_live_context(calls: list[tuple[float, str, int]], ends: dict[str, float
     return peak
 
 
+# Per server: the counter of output tokens and the gauges whose sum is the number of requests waiting for a slot.
+TOKEN_COUNTERS = ("vllm:generation_tokens", "agentriver_engine_generation_tokens")
+WAITING_GAUGES = ("vllm:num_requests_waiting", "agentriver_queue_segments")
+
+
+class ThroughputSampler:
+    """Reads a server's output-token counter and its waiting requests every `period_s` in a thread, so that
+    throughput is measured only while requests wait for a slot - the server, not the arrivals or the run's last
+    long request, sets the pace then (tokens over the whole run's wall time would mostly time its tail)."""
+
+    def __init__(self, url: str, period_s: float = 0.5):
+        self.url, self.period_s = url, period_s
+        self.samples: list[tuple[float, float, float]] = []  # (time, output tokens so far, requests waiting)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> ThroughputSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            text = httpx.get(f"{self.url}/metrics", timeout=30).text
+            tokens = waiting = 0.0
+            for family in text_string_to_metric_families(text):
+                for s in family.samples:
+                    if s.name.removesuffix("_total") in TOKEN_COUNTERS:
+                        tokens += s.value
+                    elif s.name in WAITING_GAUGES or (s.name == "agentriver_engine_requests"
+                                                      and s.labels.get("state") == "waiting"):
+                        waiting += s.value
+            self.samples.append((time.monotonic(), tokens, waiting))
+            self._stop.wait(self.period_s)
+
+    def saturated_tokens_per_s(self) -> float | None:
+        return saturated_rate(self.samples)
+
+
+def saturated_rate(samples: list[tuple[float, float, float]]) -> float | None:
+    """Output tokens/s over the intervals between samples (time, tokens so far, requests waiting) that began and
+    ended with requests waiting; None when there were none."""
+    pairs = [(b[0] - a[0], b[1] - a[1]) for a, b in zip(samples, samples[1:], strict=False) if a[2] > 0 and b[2] > 0]
+    seconds = sum(dt for dt, _ in pairs)
+    return sum(n for _, n in pairs) / seconds if seconds else None
+
+
 def scrape(url: str) -> dict[str, float]:
     """vLLM's prefix-cache and preemption counters and this runtime's KV decisions, summed over label sets."""
     text = httpx.get(f"{url}/metrics", timeout=30).text
@@ -131,7 +188,8 @@ def scrape(url: str) -> dict[str, float]:
 
 @contextmanager
 def serving(server: str, args, pool_tokens: int, logs: Path):
-    """Start one server with a KV pool of `pool_tokens`; yield (url, served model name, has /v1/sessions)."""
+    """Start one server with a KV pool of `pool_tokens`; yield (url, served model name, whether it is the Ray
+    runtime)."""
     name = Path(args.model_dir).name
     if server == "ray":
         from deployments.launch import start, stop
@@ -156,7 +214,7 @@ def serving(server: str, args, pool_tokens: int, logs: Path):
         yield url, name, False
 
 
-def run_point(url: str, model: str, session_api: bool, jobs: list[Job], text_of, args, desc: str) -> dict:
+def run_point(url: str, model: str, ray_runtime: bool, jobs: list[Job], text_of, args, desc: str) -> dict:
     calls: list[tuple[float, str, int]] = []
     t0 = time.monotonic()
 
@@ -164,11 +222,12 @@ def run_point(url: str, model: str, session_api: bool, jobs: list[Job], text_of,
         calls.append((time.monotonic() - t0, job_id, prompt + completion))
 
     before = scrape(url)
-    results, jcts, errors = asyncio.run(replay_http(url, model, jobs, text_of, args.tool_time_scale, desc,
-                                                    session_api=session_api, on_call=on_call,
-                                                    answer_ids=args.answer_ids))
+    with ThroughputSampler(url) as sampler:
+        results, jcts, errors = asyncio.run(replay_http(url, model, jobs, text_of, args.tool_time_scale, desc,
+                                                        session_api=False, on_call=on_call,
+                                                        answer_ids=args.answer_ids))
     wall = time.monotonic() - t0
-    if session_api:
+    if ray_runtime:
         time.sleep(2.5)  # the Ray runtime's engines report their KV logs to the scheduler every second
     after = scrape(url)
     delta = {k: after[k] - before.get(k, 0.0) for k in after}
@@ -177,7 +236,8 @@ def run_point(url: str, model: str, session_api: bool, jobs: list[Job], text_of,
     tokens = sum(r.completion_tokens for r in results)
     queries = delta.get("prefix_cache_queries", 0.0)
     return {"jobs": len(results), **jct_summary(np.array(jcts)), "output_tokens": tokens,
-            "tokens_per_s": tokens / wall, "wall_s": wall, "http_errors": errors,
+            "tokens_per_s": tokens / wall, "saturated_tokens_per_s": sampler.saturated_tokens_per_s(),
+            "wall_s": wall, "http_errors": errors,
             "peak_live_context_tokens": peak_live_context(calls, ends),
             "prefix_hit_rate": delta.get("prefix_cache_hits", 0.0) / queries if queries else None,
             "preemptions": int(delta.get("num_preemptions", 0)),
@@ -206,21 +266,22 @@ def run(args, table, text_of, server: str) -> list[dict]:
         logs.mkdir(parents=True, exist_ok=True)
         (logs / "kv.jsonl").unlink(missing_ok=True)  # the plugin appends: an earlier sweep's resumes are not ours
         print(f"{LABELS[server]}: KV pool {pool} tokens (pressure {pressure:g})", file=sys.stderr, flush=True)
-        with serving(server, args, pool, logs) as (url, model, session_api):
-            points = [(load, False) for load in args.load_list]
+        with serving(server, args, pool, logs) as (url, model, ray_runtime):
+            points = [(load, False, 0) for load in args.load_list]
             if args.notool_load and pressure == args.pressure_list[0]:
-                points.append((args.notool_load, True))
-            for load, single in points:
-                tag = f"l{load:g}{'n' if single else ''}"
+                points += [(args.notool_load, True, k) for k in range(args.notool_rounds)]
+            for load, single, k in points:
+                tag = f"l{load:g}n{k}" if single else f"l{load:g}"
                 jobs = trace_jobs(table, load, tag, args.max_model_len, single)
                 desc = f"{server} p{pressure:g} {'no tools' if single else 'load'} {load:g}"
                 row = {"server": server, "pressure": pressure, "kv_pool_tokens": pool, "load": load,
-                       "tools": not single, "context_tokens": context_tokens(jobs),
-                       **run_point(url, model, session_api, jobs, text_of, args, desc)}
+                       "tools": not single, "round": k, "context_tokens": context_tokens(jobs),
+                       **run_point(url, model, ray_runtime, jobs, text_of, args, desc)}
                 row["live_pressure"] = row["peak_live_context_tokens"] / pool
                 row["reused_tokens"] = reused_tokens(logs / "kv.jsonl", tag) if server == "drop_in" else None
                 print(f"  {desc}: avg JCT {row['avg_jct_s']:.2f} s, p99 {row['p99_jct_s']:.2f} s, "
-                      f"{row['tokens_per_s']:.1f} tok/s, live pressure {row['live_pressure']:.2f}, "
+                      f"{row['tokens_per_s']:.1f} tok/s ({row['saturated_tokens_per_s'] or 0:.1f} while requests "
+                      f"waited), live pressure {row['live_pressure']:.2f}, "
                       f"{row['http_errors']} errors", file=sys.stderr, flush=True)
                 rows.append(row)
     return rows
@@ -254,17 +315,36 @@ def markdown(data: dict) -> str:
     for r in sorted((r for r in rows if r["tools"]), key=lambda r: (r["pressure"], r["load"], order[r["server"]])):
         lines.append(f"| {r['pressure']:g} | {r['kv_pool_tokens']} | {r['live_pressure']:.2f} | {r['load']:g} | "
                      f"{r['server']} | {r['jobs']} | " + " | ".join(fmt(r)) + " |")
-    notool = [r for r in rows if not r["tools"]]
+    notool = notool_summary(rows)
     if notool:
-        lines += ["", "## No tool calls (every segment alone, one call each)", "",
-                  "| load | server | jobs | output tok/s | tok/s / (b) | avg JCT (s) | p99 (s) |",
-                  "|---|---|---|---|---|---|---|"]
-        for r in sorted(notool, key=lambda r: order[r["server"]]):
-            b = _base(rows, r)
-            ratio = f"{r['tokens_per_s'] / b['tokens_per_s']:.3f}" if b else "-"
-            lines.append(f"| {r['load']:g} | {r['server']} | {r['jobs']} | {r['tokens_per_s']:.1f} | {ratio} | "
-                         f"{r['avg_jct_s']:.2f} | {r['p99_jct_s']:.2f} |")
+        b = notool.get(BASE)
+        lines += ["", "## No tool calls (every segment alone, one call each; medians over the rounds)", "",
+                  "| load | server | rounds | jobs | output tok/s while requests wait (range) | / (b) | "
+                  "tok/s over the run | / (b) | avg JCT (s) | p99 (s) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for server, m in notool.items():
+            sat = f"{m['saturated']:.1f} ({m['saturated_min']:.1f}-{m['saturated_max']:.1f})" if m["saturated"] else "-"
+            sat_ratio = f"{m['saturated'] / b['saturated']:.3f}" if b and b["saturated"] and m["saturated"] else "-"
+            run_ratio = f"{m['tokens_per_s'] / b['tokens_per_s']:.3f}" if b else "-"
+            lines.append(f"| {m['load']:g} | {server} | {m['rounds']} | {m['jobs']} | {sat} | {sat_ratio} | "
+                         f"{m['tokens_per_s']:.1f} | {run_ratio} | {m['avg_jct_s']:.2f} | {m['p99_jct_s']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def notool_summary(rows: list[dict]) -> dict[str, dict]:
+    """Per server (in SERVERS order), the medians of its no-tool rounds: a server started twice in one sweep
+    (`--servers b,c,b,c`, to interleave them in time) pools the rounds of both starts."""
+    out = {}
+    for server in SERVERS:
+        runs = [r for r in rows if not r["tools"] and r["server"] == server]
+        if not runs:
+            continue
+        sat = [r["saturated_tokens_per_s"] for r in runs if r.get("saturated_tokens_per_s")]
+        out[server] = {"load": runs[0]["load"], "rounds": len(runs), "jobs": runs[0]["jobs"],
+                       "saturated": float(np.median(sat)) if sat else None,
+                       "saturated_min": min(sat, default=None), "saturated_max": max(sat, default=None),
+                       **{k: float(np.median([r[k] for r in runs]))
+                          for k in ("tokens_per_s", "avg_jct_s", "p99_jct_s")}}
+    return out
 
 
 def plot(data: dict, stem: Path) -> None:
@@ -286,9 +366,11 @@ def plot(data: dict, stem: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
     ax = axes[0][-1]
-    notool = sorted((r for r in data["rows"] if not r["tools"]), key=lambda r: SERVERS.index(r["server"]))
-    ax.bar([r["server"] for r in notool], [r["tokens_per_s"] for r in notool], color="tab:gray")
-    ax.set(ylabel="output tokens/s", title="no tool calls")
+    notool = {s: m for s, m in notool_summary(data["rows"]).items() if m["saturated"]}
+    ax.bar(list(notool), [m["saturated"] for m in notool.values()], color="tab:gray",
+           yerr=[[m["saturated"] - m["saturated_min"] for m in notool.values()],
+                 [m["saturated_max"] - m["saturated"] for m in notool.values()]], capsize=4)
+    ax.set(ylabel="output tokens/s while requests wait", title="no tool calls (median, range of rounds)")
     ax.tick_params(axis="x", labelrotation=20, labelsize=7)
     save_figure(fig, stem)
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.vs_vllm_server import peak_live_context
+from bench.vs_vllm_server import peak_live_context, saturated_rate
 
 ROOT = Path(__file__).parents[2]
 
@@ -17,12 +17,19 @@ def test_peak_live_context_counts_each_session_once_until_it_ends():
     assert peak_live_context(calls, {"a": 9.0, "b": 9.0}) == 270
 
 
+def test_throughput_counts_only_intervals_with_requests_waiting():
+    samples = [(0.0, 0, 0), (1.0, 50, 3), (2.0, 150, 2), (3.0, 250, 1), (4.0, 280, 0), (5.0, 290, 0)]
+    assert saturated_rate(samples) == 100.0  # 1-2 s and 2-3 s; not the ramp up, nor the tail
+    assert saturated_rate(samples[3:]) is None
+
+
 def test_stock_server_and_drop_in_through_one_client(tiny_model, tool_trace, tmp_path):
     out = tmp_path / "r.json"
     res = subprocess.run([sys.executable, "-m", "bench.vs_vllm_server", "--trace", str(tool_trace), "--model",
                           str(tiny_model), "--servers", "stock_like_ours,drop_in", "--pressures", "2", "--loads", "2",
-                          "--notool-load", "2", "--tool-time-scale", "0.5", "--max-model-len", "1024",
-                          "--host-swap-blocks", "64", "--logs", str(tmp_path / "logs"), "--out", str(out)],
+                          "--notool-load", "2", "--notool-rounds", "1", "--tool-time-scale", "0.5",
+                          "--max-model-len", "1024", "--host-swap-blocks", "64", "--logs", str(tmp_path / "logs"),
+                          "--out", str(out)],
                          capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     rows = json.loads(out.read_text())["rows"]
