@@ -69,7 +69,7 @@ bench-http: $(STAMP) models/small/config.json  ## the agent service benchmarks: 
 bench-vs-vllm: $(STAMP) models/small/config.json  ## vLLM's own server vs the drop-in plugin and the Ray runtime, ~45 min
 	$(PY) -m agentriver trace --mix infercept --jobs 16 --rate 2 --seed 2 --out build/traces/infercept16.parquet
 	HF_HUB_OFFLINE=1 $(PY) -m bench.vs_vllm_server --trace build/traces/infercept16.parquet --model small \
-		--pressures 0.5,2,4 --loads 1,4 --notool-load 4 --tool-time-scale 0.1 --max-model-len 4096 \
+		--pressures 0.5,2,4 --loads 1,4 --notool-load 64 --tool-time-scale 0.1 --max-model-len 4096 \
 		--out bench/results/vs_vllm_server.json
 	$(TARGETS)
 

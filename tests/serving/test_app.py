@@ -130,15 +130,18 @@ def test_allowed_token_ids_limit_the_answer_as_vllm_does(service, tiny_model):
 
 def test_vllm_xargs_say_what_they_say_to_the_drop_in_plugin(service):
     """The client of vLLM's own server with the plugin works here unchanged: `vllm_xargs.tool_category` feeds the
-    session's record, and the call that says `last` ends the session (one request, no close)."""
+    session's record, `kv_action` overrides the KV manager (which keeps the KV when memory is plentiful, as here),
+    and the call that says `last` ends the session (one request, no close)."""
     url = service["url"] + "/v1/chat/completions"
     jobs_before = metric(service, "agentriver_job_completion_seconds_count")
     messages = [{"role": "user", "content": "look it up"}]
     first = httpx.post(url, json={"model": MODEL, "messages": messages, "max_tokens": 4, "session_id": "xargs",
-                                  "vllm_xargs": {"tool_category": "search", "other_plugin": 7}}, timeout=120)
+                                  "vllm_xargs": {"tool_category": "search", "kv_action": "discard",
+                                                 "other_plugin": 7}}, timeout=120)
     assert first.status_code == 200, first.text
     view = httpx.get(service["url"] + "/v1/sessions/xargs", timeout=30).json()
     assert [s["tool_category"] for s in view["segment_log"]] == ["search"]
+    assert view["kv_state"] == "discarded"
     messages += [first.json()["choices"][0]["message"], {"role": "tool", "content": "found", "tool_call_id": "c"}]
     last = httpx.post(url, json={"model": MODEL, "messages": messages, "max_tokens": 4, "session_id": "xargs",
                                  "vllm_xargs": {"last": 1}}, timeout=120)
