@@ -144,7 +144,7 @@ class _Pending:
     ticket: str
     max_tokens: int
     kv_action: str
-    last: bool  # the caller says the job ends with this segment (a call without a session)
+    last: bool  # the caller says the job ends with this segment (a call without a session, or one saying `last`)
     engine: int = -1  # while granted
     grant: Grant | None = None  # while granted: what its caller is (or was) handed
     slot: tuple[int, float, float] = (0, 0.0, 0.0)  # while granted: KV blocks, predicted s, granted at
@@ -414,7 +414,7 @@ class Dispatcher:
         job.waited_s += outcome.queued_s
         self.life.segment_done(job, now, SegmentStats(outcome.service_s, outcome.prefill_tokens,
                                                       outcome.output_tokens))
-        if job.phase is Phase.DONE:  # a one-shot call: the engine released the job with its last segment
+        if job.phase is Phase.DONE:  # a `last` segment: the engine released the job with it
             self.ended_on_engine.add(job.job_id)
         else:
             self.in_tool[job.job_id] = None
