@@ -39,7 +39,16 @@ from actors.scheduler_journal import SchedulerJournal
 from runtime.engine.job_hints import SegmentOutcome
 from runtime.engine.telemetry import HOLDINGS_NONE
 from runtime.serving.config import VLLM_BASELINE, ServeSettings
-from runtime.serving.dispatch import Dispatcher, Grant, NoEngine, QueueFull, SegmentRequest, SessionBusy, UnknownTicket
+from runtime.serving.dispatch import (
+    Dispatcher,
+    Finished,
+    Grant,
+    NoEngine,
+    QueueFull,
+    SegmentRequest,
+    SessionBusy,
+    UnknownTicket,
+)
 from runtime.serving.metrics import SchedulerMetrics
 from runtime.serving.shards import shard_engines
 
@@ -312,7 +321,7 @@ class GlobalScheduler:
         await self.journal.sync()
         return asdict(done)
 
-    def _close(self, session_id: str):
+    def _close(self, session_id: str) -> Finished:
         done = self.d.close(session_id)
         self.metrics.jct.observe(done.jct_s)
         self.metrics.sessions.set(len(self.d.jobs))

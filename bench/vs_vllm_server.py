@@ -124,6 +124,8 @@ def peak_live_context(calls: list[tuple[float, str, int]], ends: dict[str, float
     return peak
 
 
+# vLLM's counters `scrape` reads (summed over label sets).
+SCRAPED = ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:num_preemptions_total")
 # Per server: the counter of output tokens and the gauges whose sum is the number of requests waiting for a slot.
 TOKEN_COUNTERS = ("vllm:generation_tokens", "agentriver_engine_generation_tokens")
 WAITING_GAUGES = ("vllm:num_requests_waiting", "agentriver_queue_segments")
@@ -150,20 +152,16 @@ class ThroughputSampler:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            text = httpx.get(f"{self.url}/metrics", timeout=30).text
-            tokens = waiting = 0.0
-            for family in text_string_to_metric_families(text):
-                for s in family.samples:
-                    if s.name.removesuffix("_total") in TOKEN_COUNTERS:
-                        tokens += s.value
-                    elif s.name in WAITING_GAUGES or (s.name == "agentriver_engine_requests"
-                                                      and s.labels.get("state") == "waiting"):
-                        waiting += s.value
-            self.samples.append((time.monotonic(), tokens, waiting))
+            try:
+                _, samples = metric_samples(self.url)
+            except httpx.HTTPError:  # one reading missed: the intervals around it are longer, none is lost
+                samples = None
+            if samples is not None:
+                tokens = sum(s.value for s in samples if s.name.removesuffix("_total") in TOKEN_COUNTERS)
+                waiting = sum(s.value for s in samples if s.name in WAITING_GAUGES or (
+                    s.name == "agentriver_engine_requests" and s.labels.get("state") == "waiting"))
+                self.samples.append((time.monotonic(), tokens, waiting))
             self._stop.wait(self.period_s)
-
-    def saturated_tokens_per_s(self) -> float | None:
-        return saturated_rate(self.samples)
 
 
 def saturated_rate(samples: list[tuple[float, float, float]]) -> float | None:
@@ -174,14 +172,19 @@ def saturated_rate(samples: list[tuple[float, float, float]]) -> float | None:
     return sum(n for _, n in pairs) / seconds if seconds else None
 
 
+def metric_samples(url: str) -> tuple[str, list]:
+    """The server's /metrics text and its samples (prometheus_client's parser)."""
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    return text, [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+
 def scrape(url: str) -> dict[str, float]:
     """vLLM's prefix-cache and preemption counters and this runtime's KV decisions, summed over label sets."""
-    text = httpx.get(f"{url}/metrics", timeout=30).text
+    text, samples = metric_samples(url)
     out: dict[str, float] = defaultdict(float)
-    for line in text.splitlines():
-        for name in ("vllm:prefix_cache_queries_total", "vllm:prefix_cache_hits_total", "vllm:num_preemptions_total"):
-            if line.startswith(name + "{") or line.startswith(name + " "):
-                out[name.split(":")[1].removesuffix("_total")] += float(line.split()[-1])
+    for s in samples:
+        if s.name in SCRAPED:
+            out[s.name.split(":")[1].removesuffix("_total")] += s.value
     out.update(kv_decisions(text))
     return out
 
@@ -236,7 +239,7 @@ def run_point(url: str, model: str, ray_runtime: bool, jobs: list[Job], text_of,
     tokens = sum(r.completion_tokens for r in results)
     queries = delta.get("prefix_cache_queries", 0.0)
     return {"jobs": len(results), **jct_summary(np.array(jcts)), "output_tokens": tokens,
-            "tokens_per_s": tokens / wall, "saturated_tokens_per_s": sampler.saturated_tokens_per_s(),
+            "tokens_per_s": tokens / wall, "saturated_tokens_per_s": saturated_rate(sampler.samples),
             "wall_s": wall, "http_errors": errors,
             "peak_live_context_tokens": peak_live_context(calls, ends),
             "prefix_hit_rate": delta.get("prefix_cache_hits", 0.0) / queries if queries else None,
