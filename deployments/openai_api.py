@@ -17,9 +17,9 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from runtime.engine.job_hints import KV_ACTIONS
+from runtime.engine.job_hints import CALL_ARG_CHECKS, TOOL_CATEGORY_MAX
 from runtime.engine.sampling import Sampling
 
 SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")  # used with fullmatch: no trailing newline
@@ -58,23 +58,21 @@ class ChatMessage(BaseModel):
         return "".join(str(p.get("text", "")) for p in self.content if p.get("type") == "text")
 
 
-class CallArgs(BaseModel):
-    """`vllm_xargs` as the drop-in plugin reads them (`runtime.engine.sessions.call_args`): the tool this call's
-    answer invokes, whether it is the session's last call (the session ends with it, as after a close), and a KV
-    action for its tool wait. Other keys are vLLM's or another plugin's: ignored."""
+class VllmXargs(BaseModel):
+    """`vllm_xargs` as the drop-in plugin reads them, with the same checks (`job_hints.CALL_ARG_CHECKS`): the tool
+    this call's answer invokes, whether it is the session's last call (the session ends with it, as after a close),
+    and a KV action for its tool wait. Other keys are vLLM's or another plugin's: ignored."""
 
-    model_config = ConfigDict(extra="ignore", strict=True)
+    model_config = ConfigDict(extra="ignore")
 
-    tool_category: str = Field(default="", max_length=64)
+    tool_category: Any = ""
     last: Any = False
-    kv_action: Literal[KV_ACTIONS] = ""
+    kv_action: Any = ""
 
-    @field_validator("last")
+    @field_validator(*CALL_ARG_CHECKS)
     @classmethod
-    def _last(cls, v: Any) -> bool:
-        if type(v) not in (bool, int) or v not in (0, 1):
-            raise ValueError("must be 0 or 1 (or a boolean)")
-        return bool(v)
+    def _checked(cls, value: Any, info: ValidationInfo) -> Any:
+        return CALL_ARG_CHECKS[info.field_name](value)
 
 
 class ChatCompletionRequest(BaseModel):
@@ -89,10 +87,10 @@ class ChatCompletionRequest(BaseModel):
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     session_id: str | None = None
-    tool_category: str = Field(default="", max_length=64)
+    tool_category: str = Field(default="", max_length=TOOL_CATEGORY_MAX)
     ignore_eos: bool = False  # vLLM's extension: generate exactly max_tokens (benchmarks replaying traces)
     allowed_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(default=None, min_length=1)  # vLLM's too
-    vllm_xargs: CallArgs = Field(default_factory=CallArgs)
+    vllm_xargs: VllmXargs = Field(default_factory=VllmXargs)
     user: str | None = None
 
     @field_validator("session_id")

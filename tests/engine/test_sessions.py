@@ -2,7 +2,8 @@
 
 import pytest
 
-from runtime.engine.sessions import CallArgs, SessionHints, call_args
+from runtime.engine.job_hints import CallArgs
+from runtime.engine.sessions import SessionHints, call_args
 
 
 def test_a_session_s_calls_become_segments_with_their_context():
@@ -51,3 +52,25 @@ def test_bad_xargs_are_ignored_field_by_field():
                                                                                                "preserve")
     assert call_args(None) == CallArgs()
     assert call_args({"tool_category": 3, "last": "yes", "kv_action": "keep"}) == CallArgs()
+    assert call_args({"tool_category": "search", "last": 2.0, "kv_action": "swap"}) == CallArgs("search", False, "swap")
+
+
+def test_both_readers_of_xargs_refuse_the_same_values():
+    """The plugin ignores what this runtime's API refuses with a 400, field by field: one contract, two answers."""
+    from pydantic import ValidationError
+
+    from deployments.openai_api import VllmXargs
+
+    cases = [{"last": 1}, {"last": True}, {"last": 1.0}, {"last": "1"}, {"last": 2}, {"tool_category": "x" * 64},
+             {"tool_category": "x" * 65}, {"tool_category": 3}, {"kv_action": "swap"}, {"kv_action": "keep"},
+             {"kv_action": ["swap"]}, {"other": "vLLM's own"}]
+    for extra in cases:
+        args, problems = CallArgs.read(extra)
+        try:
+            body = VllmXargs.model_validate(extra)
+        except ValidationError as e:
+            assert [err["loc"][0] for err in e.errors()] == list(problems), extra
+        else:
+            assert not problems, extra
+            assert (body.tool_category, body.last, body.kv_action) == (args.tool_category, args.last,
+                                                                       args.kv_action), extra
