@@ -33,7 +33,7 @@ test: $(STAMP)  ## the whole suite
 
 bench: $(STAMP)  ## the committed simulator benchmarks (bench/results/) and the target check
 	$(PY) -m bench.reproduce
-	$(PY) -m bench.peers --jobs 1000 --seeds 0 --out bench/results/peers.json
+	$(PY) -m bench.peers --jobs 1000 --seeds 0 --kv-room 1,2,2.5,4 --out bench/results/peers.json
 	$(PY) -m bench.sim_speed --jobs 2000 --out bench/results/sim_speed.json
 	$(TARGETS)
 

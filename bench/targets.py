@@ -309,10 +309,10 @@ def check_control_plane(path: Path) -> tuple[list[str], list[str]]:
 
 def check_peers(path: Path) -> tuple[list[str], list[str]]:
     """bench.peers: each peer within 1.5x of its published headline (a fidelity check, not a goal of ours)."""
-    from bench.peers import _ratio
+    from bench.peers import _ratio, room_label
 
-    checks = [(c["far_off"] is False, f"{c['peer']} vs {c['baseline']} on {c['mix']} ({c['measure']}): "
-                                      f"{_ratio(c['ours'])} (published {c['published']})")
+    checks = [(c["far_off"] is False, f"{c['peer']} vs {c['baseline']} on {c['mix']} ({c['measure']}, KV room "
+                                      f"{room_label(c)}): {_ratio(c['ours'])} (published {c['published']})")
               for c in json.loads(path.read_text())["checks"]]  # not measured (far_off None) is a miss too
     return _verdicts(path, checks)
 
