@@ -15,6 +15,8 @@ COMMANDS = {
            "--out bench/results/jct_sim_swe.json",
     "bfcl": f"--mix bfcl --jobs 1000 --rate 2.5 --policies {ALL} --rate-scales 1,2,4,6,8,16 --seeds 0,1,2 "
             "--out bench/results/jct_sim_bfcl.json",
+    "mixed": f"--mix mixed --jobs 1000 --rate 0.5 --policies {ALL} --rate-scales 0.5,1,2,4,8 --seeds 0,1,2 "
+             "--out bench/results/jct_sim_mixed.json",
     "infercept_70b": f"--mix infercept --jobs 1000 --rate 5 --policies {ALL} --rate-scales 0.5,1,2,4,8 --seeds 0 "
                      "--model llama3-70b-4xh100 --out bench/results/jct_sim_infercept_70b.json",
 }

@@ -186,6 +186,8 @@ class JobProfile:
     tool_output: float  # mean tokens a tool call appends (next segment's prompt)
     output: float  # mean generated tokens per segment
     token_sigma: float = 0.5  # lognormal spread of token counts
+    heavy_calls: bool = False  # calls drawn lognormal (a long tail of long programs), not normal
+    context_max: int = 0  # > 0: a job ends with the segment that takes its context past this (its window is full)
 
 
 def _infercept_profile(cat: str, mean: float, std: float, calls: float, context: float) -> JobProfile:
@@ -228,6 +230,44 @@ MIXES: dict[str, tuple[JobProfile, ...]] = {
 }
 
 
+# A shape of our own, no paper's (issue 17 asks for one that no generator of a peer's workload makes): three kinds
+# of agent at once, so that job sizes span two orders of magnitude and no one kind dominates; turn counts with a
+# long tail (lognormal), which a mean-residual estimate underrates; human replies of tens of seconds beside tools
+# of a fraction of a second, so the right KV fate differs call by call; contexts that stop at a window; and bursty
+# arrivals (`BURSTY`), so the engine swings between idle and overload instead of sitting at one load.
+_HUMAN = ToolSpec("human", 20.0, 40.0, cap_s=300.0)
+MIXES["mixed"] = (
+    JobProfile("coder", 0.3, ((ToolSpec("read", 0.3, 0.9), 0.5), (ToolSpec("test", 6.0, 12.0), 0.3),
+                              (ToolSpec("edit", 0.2, 0.4), 0.2)),
+               12.0, 15.0, 100, 4000.0, 900.0, 150.0, token_sigma=0.4, heavy_calls=True, context_max=24000),
+    JobProfile("chat", 0.5, ((_HUMAN, 1.0),), 3.0, 4.0, 40, 300.0, 120.0, 250.0, heavy_calls=True,
+               context_max=24000),
+    JobProfile("research", 0.2, ((ToolSpec("web_search", 1.9, 2.1), 0.6), (ToolSpec("fetch", 4.0, 8.0), 0.4)),
+               20.0, 30.0, 150, 800.0, 700.0, 60.0, heavy_calls=True, context_max=24000),
+)
+# Mixes whose arrivals come in bursts (`_arrivals`), not as a Poisson stream.
+BURSTY = frozenset({"mixed"})
+
+
+def _arrivals(rng: np.random.Generator, jobs: int, rate: float, bursty: bool) -> np.ndarray:
+    """Arrival times at `rate` jobs/s on average: Poisson, or on/off bursts (a two-state Markov-modulated Poisson
+    process: 3x the rate for on periods of mean 30 / rate s, a third of it for off periods of mean 90 / rate s)."""
+    if not bursty:
+        return np.cumsum(rng.exponential(1.0 / rate, jobs))
+    times, t, on = [], 0.0, True
+    while len(times) < jobs:
+        period_end = t + rng.exponential((30.0 if on else 90.0) / rate)
+        r = rate * (3.0 if on else 1.0 / 3.0)
+        while len(times) < jobs:
+            t += rng.exponential(1.0 / r)
+            if t > period_end:
+                t = period_end
+                break
+            times.append(t)
+        on = not on
+    return np.array(times)
+
+
 def _lognormal(rng: np.random.Generator, mean: float, std: float, size=None):
     if mean <= 0:
         return np.zeros(size) if size is not None else 0.0
@@ -257,14 +297,16 @@ def generate(mix: str, jobs: int, rate: float, seed: int) -> pa.Table:
     profiles = MIXES[mix]
     weights = np.array([p.weight for p in profiles], dtype=float)
     weights /= weights.sum()
-    arrivals = np.cumsum(rng.exponential(1.0 / rate, jobs))
+    arrivals = _arrivals(rng, jobs, rate, mix in BURSTY)
     rows: dict[str, list] = {c: [] for c in SCHEMA.names}
     for j in range(jobs):
         prof = profiles[rng.choice(len(profiles), p=weights)]
-        calls = int(np.clip(round(rng.normal(prof.calls_mean, prof.calls_std)), 1, prof.calls_max))
+        drawn = _lognormal(rng, prof.calls_mean, prof.calls_std) if prof.heavy_calls else rng.normal(
+            prof.calls_mean, prof.calls_std)
+        calls = int(np.clip(round(drawn), 1, prof.calls_max))
         tool_p = np.array([p for _, p in prof.tools])
+        context = 0
         for k in range(calls + 1):
-            last = k == calls
             prompt = prof.initial_prompt if k == 0 else prof.tool_output
             tool = prof.tools[rng.choice(len(prof.tools), p=tool_p / tool_p.sum())][0]
             rows["job_id"].append(f"{mix}-{seed}-{j:06d}")
@@ -272,6 +314,10 @@ def generate(mix: str, jobs: int, rate: float, seed: int) -> pa.Table:
             rows["arrival_s"].append(float(arrivals[j]))
             rows["prompt_tokens"].append(_tokens(rng, prompt, prof.token_sigma))
             rows["output_tokens"].append(_tokens(rng, prof.output, prof.token_sigma))
+            context += rows["prompt_tokens"][-1] + rows["output_tokens"][-1]
+            last = k == calls or 0 < prof.context_max <= context
             rows["api_category"].append("" if last else tool.category)
             rows["api_time_s"].append(0.0 if last else _tool_time(rng, tool))
+            if last:
+                break
     return pa.table(rows, schema=SCHEMA)

@@ -172,3 +172,17 @@ def test_pandas_style_file_loads(tmp_path):
     })
     pq.write_table(t, tmp_path / "p.parquet")
     assert read_trace(tmp_path / "p.parquet").schema == SCHEMA
+
+
+def test_the_mixed_shape_is_bursty_heavy_tailed_and_stops_at_its_window():
+    """The shape of our own (no peer's generator makes it): arrivals far burstier than Poisson, turn counts with a
+    long tail, and no job past its context window plus one segment (so the 8B profile's 32k limit holds)."""
+    jobs = jobs_from_table(generate("mixed", 2000, 1.0, seed=3))
+    gaps = np.diff([j.arrival_s for j in jobs])
+    assert np.std(gaps) / np.mean(gaps) > 1.4  # Poisson: 1.0
+    assert 0.8 < len(jobs) / (jobs[-1].arrival_s * 1.0) < 1.25  # the mean rate is the rate asked for
+    turns = np.array([len(j.segments) for j in jobs])
+    assert np.percentile(turns, 99) > 4 * np.median(turns)
+    contexts = [sum(s.prompt_tokens + s.output_tokens for s in j.segments) for j in jobs]
+    assert max(contexts) < 32768
+    assert {j.segments[0].api_category for j in jobs if len(j.segments) > 1} >= {"human", "read", "web_search"}
