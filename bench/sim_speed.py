@@ -46,7 +46,7 @@ def parse_workload(text: str) -> tuple[str, float, float]:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.sim_speed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workloads", default="swe:0.5:8,infercept:5:8,bfcl:2.5:16", help="mix:rate:load,...")
+    p.add_argument("--workloads", default="swe:0.5:8,infercept:5:8,bfcl:2.5:16,mixed:0.5:8", help="mix:rate:load,...")
     p.add_argument("--jobs", type=int, default=2000)
     p.add_argument("--policies", default=",".join(POLICIES))
     p.add_argument("--seed", type=int, default=0)
