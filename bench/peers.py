@@ -166,8 +166,8 @@ def markdown(data: dict) -> str:
 
 
 def room_label(check: dict) -> str:
-    """The KV room a check ran with, as a factor of the profile's (results from before `--kv-room` ran at 1)."""
-    return f"{check.get('kv_room', 1.0):g}x"
+    """The KV room a check ran with, as a factor of the profile's."""
+    return f"{check['kv_room']:g}x"
 
 
 def _far(far: bool | None) -> str:
@@ -184,17 +184,15 @@ def plot(data: dict, stem) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rooms = sorted({room_label(r) for r in data["checks"]}, key=lambda x: float(x[:-1]))
-    per_room = [[r for r in data["checks"] if room_label(r) == room] for room in rooms]
-    cols = max(len(row) for row in per_room)
-    fig, axes = plt.subplots(len(rooms), cols, figsize=(3.6 * cols, 3.4 * len(rooms)), squeeze=False)
-    for row_axes, room, checks in zip(axes, rooms, per_room, strict=True):
-        for ax, r in zip(row_axes, checks, strict=False):
+    rooms = data["meta"]["kv_room"]
+    fig, axes = plt.subplots(len(rooms), len(CHECKS), figsize=(3.6 * len(CHECKS), 3.4 * len(rooms)), squeeze=False)
+    for row_axes, room in zip(axes, rooms, strict=True):
+        for ax, r in zip(row_axes, (r for r in data["checks"] if r["kv_room"] == room), strict=False):
             for policy, jcts in r["avg_jct_s"].items():
                 ax.plot(r["loads"], jcts, marker=".", label=policy)
             ax.axhline(r["limit_s"], color="#999", ls="--", lw=1, label="equal latency")
             ax.set(xscale="log", yscale="log", xlabel="load (rate scale)",
-                   title=f"{r['peer']} on {r['mix']}, KV room {room}")
+                   title=f"{r['peer']} on {r['mix']}, KV room {room_label(r)}")
             ax.legend(fontsize=7)
         row_axes[0].set_ylabel("average JCT (s)")
     save_figure(fig, stem)

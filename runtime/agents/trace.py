@@ -201,6 +201,9 @@ def _infercept_profile(cat: str, mean: float, std: float, calls: float, context:
 # 1 s and 95.1% within 10 s gives a lognormal with mu=-4.6, sigma=4.17, capped at 60 s.
 _CHAT_GAP = ToolSpec("user", 0.0, 0.0, cap_s=60.0, log_mu=-4.6, log_sigma=4.17)
 
+# A person answering an agent: tens of seconds, with a long tail.
+_HUMAN_REPLY = ToolSpec("human", 20.0, 40.0, cap_s=300.0)
+
 MIXES: dict[str, tuple[JobProfile, ...]] = {
     "infercept": (
         _infercept_profile("math", 9e-5, 6e-5, 3.75, 1422),
@@ -227,24 +230,23 @@ MIXES: dict[str, tuple[JobProfile, ...]] = {
                                 (ToolSpec("test", 3.6, 7.0), 0.20)),
                    9.9, 2.1, 40, 3000.0, 700.0, 120.0, token_sigma=0.4),
     ),
+    # A shape of our own, no paper's (issue 17 asks for one that no generator of a peer's workload makes): three
+    # kinds of agent at once, so that job sizes span two orders of magnitude and no one kind dominates; turn counts
+    # with a long tail (lognormal), which a mean-residual estimate underrates; human replies of tens of seconds
+    # beside tools of a fraction of a second, so the right KV fate differs call by call; contexts that stop at a
+    # window; and bursty arrivals (`BURSTY`), so the engine swings between idle and overload.
+    "mixed": (
+        JobProfile("coder", 0.3, ((ToolSpec("read", 0.3, 0.9), 0.5), (ToolSpec("test", 6.0, 12.0), 0.3),
+                                  (ToolSpec("edit", 0.2, 0.4), 0.2)),
+                   12.0, 15.0, 100, 4000.0, 900.0, 150.0, token_sigma=0.4, heavy_calls=True, context_max=24000),
+        JobProfile("chat", 0.5, ((_HUMAN_REPLY, 1.0),), 3.0, 4.0, 40, 300.0, 120.0, 250.0, heavy_calls=True,
+                   context_max=24000),
+        JobProfile("research", 0.2, ((ToolSpec("web_search", 1.9, 2.1), 0.6), (ToolSpec("fetch", 4.0, 8.0), 0.4)),
+                   20.0, 30.0, 150, 800.0, 700.0, 60.0, heavy_calls=True, context_max=24000),
+    ),
 }
 
 
-# A shape of our own, no paper's (issue 17 asks for one that no generator of a peer's workload makes): three kinds
-# of agent at once, so that job sizes span two orders of magnitude and no one kind dominates; turn counts with a
-# long tail (lognormal), which a mean-residual estimate underrates; human replies of tens of seconds beside tools
-# of a fraction of a second, so the right KV fate differs call by call; contexts that stop at a window; and bursty
-# arrivals (`BURSTY`), so the engine swings between idle and overload instead of sitting at one load.
-_HUMAN = ToolSpec("human", 20.0, 40.0, cap_s=300.0)
-MIXES["mixed"] = (
-    JobProfile("coder", 0.3, ((ToolSpec("read", 0.3, 0.9), 0.5), (ToolSpec("test", 6.0, 12.0), 0.3),
-                              (ToolSpec("edit", 0.2, 0.4), 0.2)),
-               12.0, 15.0, 100, 4000.0, 900.0, 150.0, token_sigma=0.4, heavy_calls=True, context_max=24000),
-    JobProfile("chat", 0.5, ((_HUMAN, 1.0),), 3.0, 4.0, 40, 300.0, 120.0, 250.0, heavy_calls=True,
-               context_max=24000),
-    JobProfile("research", 0.2, ((ToolSpec("web_search", 1.9, 2.1), 0.6), (ToolSpec("fetch", 4.0, 8.0), 0.4)),
-               20.0, 30.0, 150, 800.0, 700.0, 60.0, heavy_calls=True, context_max=24000),
-)
 # Mixes whose arrivals come in bursts (`_arrivals`), not as a Poisson stream.
 BURSTY = frozenset({"mixed"})
 
