@@ -62,6 +62,22 @@ def engines_idle(url: str, within_s: float) -> bool:
     return False
 
 
+def generated_tokens(url: str) -> float:
+    """Output tokens every engine has generated, once the count has settled: engines report it every second, so
+    two readings 1.5 s apart must agree."""
+    def read() -> float:
+        text = httpx.get(url + "/metrics", timeout=30).text
+        name = "agentriver_engine_generation_tokens_total"
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith(name + " ") or line.startswith(name + "{"))
+
+    last, now = -1.0, read()
+    while now != last:
+        time.sleep(1.5)
+        last, now = now, read()
+    return now
+
+
 def test_a_burst_past_the_actors_concurrency_is_refused_not_wedged(url):
     """1,100 one-shot calls of 64 tokens at once (more than Ray's default 1,000 concurrent calls of an async actor,
     which callers parked in the first scheduler could fill): each is answered 200 or 429 with Retry-After, and
@@ -115,23 +131,29 @@ def test_a_closed_session_id_can_be_used_again(url):
 
 
 def test_a_client_that_disconnects_mid_segment_leaves_its_session_usable(url):
+    """An abandoned segment of 600 tokens is cancelled: the engines generate fewer than its 600 tokens. Counting
+    tokens, not timing the engines' return to idle, tells cancellation from completion on a loaded machine too."""
     assert httpx.post(url + "/v1/chat/completions", json=chat(session_id="gone"), timeout=60).status_code == 200
+    before = generated_tokens(url)
     body = chat("tell me a long story", max_tokens=600, ignore_eos=True, stream=True)
     with httpx.stream("POST", url + "/v1/chat/completions", json=body, headers={"X-Session-Id": "gone"},
                       timeout=60) as r:
         assert r.status_code == 200
         next(line for line in r.iter_lines() if line.startswith("data: ") and '"content": "' in line)
     # the segment is cancelled on its engine and in the scheduler
-    assert engines_idle(url, 5.0)
+    assert engines_idle(url, 60.0)
+    assert generated_tokens(url) - before < 600
     view = httpx.get(url + "/v1/sessions/gone", timeout=30).json()
     assert view["state"] == "tool" and view["segments"] == 1  # the abandoned segment left no record
     events = sse_events(url, chat("go on", max_tokens=8, stream=True), "gone")
     assert events[-1] == "[DONE]" and json.loads(events[-2])["usage"]["completion_tokens"] >= 1
     # the same for a non-streaming call whose client times out
+    before = generated_tokens(url)
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(url + "/v1/chat/completions", json=chat(max_tokens=600, ignore_eos=True, session_id="gone"),
                    timeout=1.0)
-    assert engines_idle(url, 5.0)
+    assert engines_idle(url, 60.0)
+    assert generated_tokens(url) - before < 600
     again = httpx.post(url + "/v1/chat/completions", json=chat(session_id="gone"), timeout=60)
     assert again.status_code == 200, again.text
     httpx.post(url + "/v1/sessions/gone/close", timeout=30)
