@@ -83,8 +83,10 @@ class ChatTokenizer:
             if self._template_knows_tools:
                 out["tool_calls"] = [c.model_dump() for c in m.tool_calls]
             else:
-                calls = "; ".join(f"{c.function.name}({c.function.arguments})" for c in m.tool_calls)
-                out["content"] = f"{out['content']}\n[calls {calls}]".lstrip()
+                calls = f"[calls {'; '.join(f'{c.function.name}({c.function.arguments})' for c in m.tool_calls)}]"
+                # after the answer, which keeps its leading space: its tokens must be the ones the engine generated
+                # (and holds KV for), or the next call recomputes the whole answer
+                out["content"] = f"{out['content']}\n{calls}" if out["content"] else calls
         if m.tool_call_id:
             out["tool_call_id"] = m.tool_call_id
         return out
