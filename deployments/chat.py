@@ -83,7 +83,8 @@ class ChatTokenizer:
             if self._template_knows_tools:
                 out["tool_calls"] = [c.model_dump() for c in m.tool_calls]
             else:
-                calls = f"[calls {'; '.join(f'{c.function.name}({c.function.arguments})' for c in m.tool_calls)}]"
+                names = "; ".join(f"{c.function.name}({c.function.arguments})" for c in m.tool_calls)
+                calls = f"[calls {names}]"
                 # after the answer, which keeps its leading space: its tokens must be the ones the engine generated
                 # (and holds KV for), or the next call recomputes the whole answer
                 out["content"] = f"{out['content']}\n{calls}" if out["content"] else calls

@@ -3,6 +3,7 @@ the vLLM engines takes about a minute)."""
 
 import contextlib
 
+import httpx
 import ray
 from ray import serve
 
@@ -35,3 +36,10 @@ def local_service(settings: dict, address: str | None = None):
         shutdown_schedulers(ServeSettings(**settings))
         serve.shutdown()
         ray.shutdown()
+
+
+def metric(url: str, name: str) -> float:
+    """A metric of the service's /metrics, summed over its labels."""
+    text = httpx.get(url + "/metrics", timeout=30).text
+    return sum(float(line.split()[-1]) for line in text.splitlines()
+               if line.startswith(name + " ") or line.startswith(name + "{"))

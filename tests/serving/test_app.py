@@ -14,7 +14,7 @@ from openai import APIStatusError, AsyncOpenAI  # noqa: E402
 from actors.global_scheduler import SCHEDULER_NAME, engine_name  # noqa: E402
 from runtime.serving.agent_client import Turn, run_agent  # noqa: E402
 from runtime.serving.config import API_KEY_ENV, ServeSettings  # noqa: E402
-from tests.service import deploy, local_service  # noqa: E402
+from tests.service import deploy, local_service, metric  # noqa: E402
 
 MODEL = "tiny"
 
@@ -43,11 +43,11 @@ def test_models_and_a_three_segment_session_is_one_job(service):
         assert [m.id for m in models.data] == [MODEL]
         return await run_agent(c, MODEL, "three", turns(3))
 
-    tokens_before = metric(service, "agentriver_engine_generation_tokens_total")
+    tokens_before = metric(service["url"], "agentriver_engine_generation_tokens_total")
     r = asyncio.run(go())
     assert r.segments == 3 and r.completion_tokens <= 36
     deadline = time.monotonic() + 10  # engines report to the scheduler every second
-    while metric(service, "agentriver_engine_generation_tokens_total") - tokens_before < r.completion_tokens:
+    while metric(service["url"], "agentriver_engine_generation_tokens_total") - tokens_before < r.completion_tokens:
         assert time.monotonic() < deadline, "the engines' output tokens did not reach /metrics"
         time.sleep(0.2)
     v = r.view
@@ -133,7 +133,7 @@ def test_vllm_xargs_say_what_they_say_to_the_drop_in_plugin(service):
     session's record, `kv_action` overrides the KV manager (which keeps the KV when memory is plentiful, as here),
     and the call that says `last` ends the session (one request, no close)."""
     url = service["url"] + "/v1/chat/completions"
-    jobs_before = metric(service, "agentriver_job_completion_seconds_count")
+    jobs_before = metric(service["url"], "agentriver_job_completion_seconds_count")
     messages = [{"role": "user", "content": "look it up"}]
     first = httpx.post(url, json={"model": MODEL, "messages": messages, "max_tokens": 4, "session_id": "xargs",
                                   "vllm_xargs": {"tool_category": "search", "kv_action": "discard",
@@ -147,7 +147,7 @@ def test_vllm_xargs_say_what_they_say_to_the_drop_in_plugin(service):
                                  "vllm_xargs": {"last": 1}}, timeout=120)
     assert last.status_code == 200 and last.json()["session_id"] == "xargs", last.text
     assert httpx.get(service["url"] + "/v1/sessions/xargs", timeout=30).status_code == 404
-    assert metric(service, "agentriver_job_completion_seconds_count") - jobs_before == 1
+    assert metric(service["url"], "agentriver_job_completion_seconds_count") - jobs_before == 1
 
 
 def test_unknown_session_and_paths_answer_json(service):
@@ -210,18 +210,12 @@ def test_32_sessions_for_60_seconds_no_5xx(service):
         until = time.monotonic() + 60
         return await asyncio.gather(*(agent(c, i, until) for i in range(32)))
 
-    before = metric(service, "agentriver_job_completion_seconds_count")
+    before = metric(service["url"], "agentriver_job_completion_seconds_count")
     done = asyncio.run(go())
     assert not [e for e in errors if e.startswith("5")], errors
     assert all(n >= 1 for n in done), done
-    assert metric(service, "agentriver_job_completion_seconds_count") - before == sum(done)
-    assert metric(service, "agentriver_sessions") == 0
-
-
-def metric(service, name: str) -> float:
-    text = httpx.get(service["url"] + "/metrics", timeout=30).text
-    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name + " ")
-               or line.startswith(name + "{"))
+    assert metric(service["url"], "agentriver_job_completion_seconds_count") - before == sum(done)
+    assert metric(service["url"], "agentriver_sessions") == 0
 
 
 def test_engine_killed_mid_run_loses_no_job(service):

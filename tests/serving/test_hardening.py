@@ -17,7 +17,7 @@ ray = pytest.importorskip("ray")
 
 from actors.global_scheduler import engine_name  # noqa: E402
 from runtime.serving.config import ServeSettings  # noqa: E402
-from tests.service import local_service  # noqa: E402
+from tests.service import local_service, metric  # noqa: E402
 
 MODEL = "tiny"
 # What an error body must never show a client: a traceback, a source path, a process or actor id, an address.
@@ -65,16 +65,11 @@ def engines_idle(url: str, within_s: float) -> bool:
 def generated_tokens(url: str) -> float:
     """Output tokens every engine has generated, once the count has settled: engines report it every second, so
     two readings 1.5 s apart must agree."""
-    def read() -> float:
-        text = httpx.get(url + "/metrics", timeout=30).text
-        name = "agentriver_engine_generation_tokens_total"
-        return sum(float(line.split()[-1]) for line in text.splitlines()
-                   if line.startswith(name + " ") or line.startswith(name + "{"))
-
-    last, now = -1.0, read()
+    name = "agentriver_engine_generation_tokens_total"
+    last, now = -1.0, metric(url, name)
     while now != last:
         time.sleep(1.5)
-        last, now = now, read()
+        last, now = now, metric(url, name)
     return now
 
 
