@@ -5,6 +5,7 @@ import contextlib
 
 import httpx
 import ray
+from prometheus_client.parser import text_string_to_metric_families
 from ray import serve
 
 from actors.global_scheduler import shutdown_schedulers
@@ -39,7 +40,6 @@ def local_service(settings: dict, address: str | None = None):
 
 
 def metric(url: str, name: str) -> float:
-    """A metric of the service's /metrics, summed over its labels."""
-    text = httpx.get(url + "/metrics", timeout=30).text
-    return sum(float(line.split()[-1]) for line in text.splitlines()
-               if line.startswith(name + " ") or line.startswith(name + "{"))
+    """A sample of the service's /metrics (e.g. `..._total`, `..._count`), summed over its labels."""
+    families = text_string_to_metric_families(httpx.get(url + "/metrics", timeout=30).text)
+    return sum(s.value for family in families for s in family.samples if s.name == name)
