@@ -4,7 +4,7 @@ PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 EXTRAS  ?= dev,cpu
 
-.PHONY: install run serve test bench bench-real bench-http bench-vs-vllm bench-river bench-river-headroom bench-load \
+.PHONY: install run serve test test-fast bench bench-real bench-http bench-vs-vllm bench-river bench-river-headroom bench-load \
 	bench-control-plane lint model clean
 
 $(STAMP):
@@ -28,8 +28,11 @@ PORT ?= 8000
 serve: $(STAMP) models/small/config.json  ## the agent service on local Ray at http://127.0.0.1:$(PORT) until Ctrl-C
 	HF_HUB_OFFLINE=1 $(PY) -m deployments.launch serve --port $(PORT)
 
-test: $(STAMP)  ## the whole suite
+test: $(STAMP)  ## the whole suite (what CI runs)
 	$(PY) -m pytest -q
+
+test-fast: $(STAMP)  ## everything that starts no Ray, Serve, vLLM engine or server (marker `service`), for development
+	$(PY) -m pytest -q -m "not service"
 
 bench: $(STAMP)  ## the committed simulator benchmarks (bench/results/) and the target check
 	$(PY) -m bench.reproduce

@@ -8,6 +8,8 @@ import pytest
 
 from runtime.agents.costmodel import LLAMA3_8B_H100, DeploymentProfile
 from runtime.agents.trace import SCHEMA
+from runtime.river.dataset import build_dataset, load_pairs
+from runtime.river.gameplay import GameplayConfig
 
 # The 8B/H100 step cost with a KV pool small enough that memory pressure is constant.
 SMALL_PROFILE = replace(LLAMA3_8B_H100, name="tiny-kv", gpu_kv_tokens=6144, cpu_kv_tokens=4096, max_num_seqs=16,
@@ -38,3 +40,53 @@ def run_script(script: Path, *args) -> None:
     res = subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True, timeout=420,
                          cwd=Path(__file__).parents[1])
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
+
+
+# Two maps, two 1-second segments each at 8.75 fps (9 frames): real ViZDoom frames, real x264, small enough for CI.
+SMALL = GameplayConfig(wad="freedoom2", maps=("MAP01", "MAP02"), segments_per_map=2, segment_s=1.0, fps=8.75, seed=1)
+
+
+@pytest.fixture(scope="session")
+def dataset(tmp_path_factory):
+    return build_dataset(SMALL, scale=2, crf=28, root=tmp_path_factory.mktemp("river"), progress=False)
+
+
+@pytest.fixture(scope="session")
+def pairs(dataset):
+    return load_pairs(dataset)
+
+
+@pytest.fixture(scope="session")
+def dataset_x4(dataset):
+    """The same recording streamed at x4 (recorded once)."""
+    return build_dataset(SMALL, scale=4, crf=28, root=dataset.parents[1], progress=False)
+
+
+@pytest.fixture(scope="session")
+def pairs_x4(dataset_x4):
+    return load_pairs(dataset_x4)
+
+
+@pytest.fixture(scope="session")
+def shared_service(tiny_model, pairs_x4, tmp_path_factory) -> dict:
+    """The served app (agents and River) on a local Ray with two engines, started once for every test that can
+    share it: starting Ray, Serve and the engines takes a minute on 2 cores. {"url", "settings"}."""
+    from tests.service import local_service, shared_settings
+
+    settings = shared_settings(tiny_model, pairs_x4, tmp_path_factory.mktemp("shared-service"))
+    with local_service(settings) as url:
+        yield {"url": url, "settings": settings}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marker added here
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The shared service's tests run last and together: its Ray stays up until the session ends, and tests that
+    start a Ray of their own must run before it. Among them, those that kill its processes (`kills_service`) go
+    last, so the others meet the service as it started."""
+    def group(item: pytest.Item) -> int:
+        if "shared_service" not in item.fixturenames:
+            return 0
+        item.add_marker(pytest.mark.service)
+        return 2 if item.get_closest_marker("kills_service") else 1
+
+    items.sort(key=group)

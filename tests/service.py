@@ -1,7 +1,9 @@
-"""The served app on a local Ray, for test modules that drive it over HTTP (one per module: starting Ray, Serve and
-the vLLM engines takes about a minute)."""
+"""The served app on a local Ray, for tests that drive it over HTTP: one shared by every test that can use it (the
+`shared_service` fixture), and one per module for those that need a topology of their own (scheduler shards, a
+multi-node cluster). Starting Ray, Serve and the vLLM engines takes about a minute on 2 cores."""
 
 import contextlib
+from pathlib import Path
 
 import httpx
 import ray
@@ -11,7 +13,13 @@ from ray import serve
 from actors.global_scheduler import shutdown_schedulers
 from bench.stock_server import free_port
 from deployments.app import AgentIngress, ingress_actor_options
+from runtime.river.sr import SRConfig
+from runtime.river.train import TrainConfig, generic_model
 from runtime.serving.config import ServeSettings
+
+# Longer than any pause between one session's calls in the tests (a scheduler restart's refusals last up to 10 s),
+# short enough that test_soak waits little for the sessions it leaves to expire.
+SESSION_IDLE_S = 20.0
 
 
 def deploy(settings: dict, env: dict | None = None, replicas: int = 1) -> None:
@@ -37,6 +45,21 @@ def local_service(settings: dict, address: str | None = None):
         shutdown_schedulers(ServeSettings(**settings))
         serve.shutdown()
         ray.shutdown()
+
+
+def shared_settings(model: Path, pairs: list, root: Path) -> dict:
+    """The shared service: two engines serving `model` (each taking half a Ray CPU, so River's fine-tunes get one),
+    plentiful KV, and River streaming `pairs` (x4) with a generic model of a few steps. River's gate aims at 50 dB,
+    out of reach, so every segment it checks schedules a fine-tune; uploads are capped at 2 MB."""
+    generic_model(lambda: [(p.lr[:2], p.hr[:2]) for p in pairs[:1]], {"test": "http"},
+                  SRConfig(blocks=1, channels=4, scale=4), TrainConfig(steps=2, batch=2), root / "generic",
+                  progress=False)
+    h, w = pairs[0].lr.shape[1:3]
+    return ServeSettings(model=str(model), engines=2, engine_num_cpus=0.5, session_idle_s=SESSION_IDLE_S,
+                         engine={"max_model_len": 1024, "max_num_seqs": 16, "host_swap_blocks": 64},
+                         river={"generic": str(next((root / "generic").glob("generic-*.safetensors"))),
+                                "store_uri": str(root / "store"), "max_finetunes": 1, "target_gain_db": 50.0,
+                                "finetune_steps": 80, "width": w, "height": h, "max_upload_mb": 2.0}).model_dump()
 
 
 def metric(url: str, name: str) -> float:

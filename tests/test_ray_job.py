@@ -5,10 +5,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import ray
 from ray.job_submission import JobStatus, JobSubmissionClient
 
 from bench.stock_server import free_port
+
+pytestmark = pytest.mark.service  # starts Ray, a vLLM engine or a server (make test-fast leaves it out)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.service  # starts Ray, a vLLM engine or a server (make test-fast leaves it out)
+
 ROOT = Path(__file__).parents[2]
 
 

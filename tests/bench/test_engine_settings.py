@@ -3,7 +3,11 @@
 
 import json
 
+import pytest
+
 from bench import engine_settings
+
+pytestmark = pytest.mark.service  # starts Ray, a vLLM engine or a server (make test-fast leaves it out)
 
 
 def test_a_connector_changes_the_workers_cores_only_through_the_reservation(tiny_model, tmp_path):

@@ -12,6 +12,7 @@ from bench import jct_real
 ROOT = Path(__file__).parents[2]
 
 
+@pytest.mark.service
 def test_real_replay_writes_rows_for_each_policy_and_load(tiny_model, tool_trace, tmp_path):
     model, trace = tiny_model, tool_trace
     out = tmp_path / "r.json"

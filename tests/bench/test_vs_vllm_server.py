@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from bench.vs_vllm_server import peak_live_context, saturated_rate
 
 ROOT = Path(__file__).parents[2]
@@ -23,6 +25,7 @@ def test_throughput_counts_only_intervals_with_requests_waiting():
     assert saturated_rate(samples[3:]) is None
 
 
+@pytest.mark.service
 def test_stock_server_and_drop_in_through_one_client(tiny_model, tool_trace, tmp_path):
     out = tmp_path / "r.json"
     res = subprocess.run([sys.executable, "-m", "bench.vs_vllm_server", "--trace", str(tool_trace), "--model",

@@ -12,6 +12,8 @@ from openai import OpenAI
 
 from bench.stock_server import StockServer, running
 
+pytestmark = pytest.mark.service  # starts Ray, a vLLM engine or a server (make test-fast leaves it out)
+
 WORDS = " ".join(f"item{i}" for i in range(80))  # a prompt of several KV blocks: prefix reuse is whole blocks
 POOL_TOKENS = 2048 + 128  # max_model_len and a few blocks more
 

@@ -9,6 +9,8 @@ import pytest
 from runtime.engine.job_hints import JobHint
 from tests.conftest import run_script
 
+pytestmark = pytest.mark.service  # starts Ray, a vLLM engine or a server (make test-fast leaves it out)
+
 SCRIPT = Path(__file__).with_name("kv_script.py")
 
 

@@ -10,6 +10,8 @@ from runtime.engine.vllm_engine import EngineConfig
 from runtime.engine.vllm_scheduler import check_vllm_version, read_step_log
 from tests.conftest import run_script
 
+pytestmark = pytest.mark.service  # starts Ray, a vLLM engine or a server (make test-fast leaves it out)
+
 SCRIPT = Path(__file__).with_name("engine_script.py")
 
 

@@ -19,6 +19,7 @@ def _completion_order(model, policy, tmp_path) -> dict:
     return result
 
 
+@pytest.mark.service
 def test_fcfs_keeps_vllms_order_and_astraea_serves_short_segments_first(tiny_model, tmp_path):
     """...and orders with the job's cluster-wide MLFQ level from the hint: a short segment of a job the cluster
     demoted (compute-heavy on other engines) waits behind the others."""

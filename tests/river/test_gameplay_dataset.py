@@ -7,7 +7,7 @@ from runtime.river.dataset import SCHEMA, build_dataset, read_index
 from runtime.river.degrade import area_downscale, decode, encode
 from runtime.river.gameplay import GameplayConfig, play
 from runtime.river.sr import psnr_y
-from tests.river.conftest import SMALL
+from tests.conftest import SMALL
 
 
 def test_config_errors_name_the_field():

@@ -6,6 +6,7 @@ S3-compatible server) with the same checksums; an object damaged in the bucket i
 import hashlib
 import time
 
+import pytest
 import ray
 from ray.cluster_utils import Cluster
 
@@ -13,6 +14,8 @@ from actors.model_store import STORE_NAME, ModelStoreActor
 from runtime.river.sr import SRConfig
 from runtime.river.store import open_uri
 from runtime.river.train import TrainConfig, generic_model
+
+pytestmark = pytest.mark.service  # starts Ray, a vLLM engine or a server (make test-fast leaves it out)
 
 
 def test_store_actor_trains_once_per_content_and_survives_a_restart(pairs, tmp_path, s3_store_uri):

@@ -24,10 +24,7 @@ ray = pytest.importorskip("ray")
 from runtime.river.client import HttpModels, ModelMissing, Player, StreamSegment  # noqa: E402
 from runtime.river.degrade import encode  # noqa: E402
 from runtime.river.enhance import Enhancer  # noqa: E402
-from runtime.river.sr import SRConfig  # noqa: E402
-from runtime.river.train import TrainConfig, generic_model  # noqa: E402
 from runtime.serving.config import ServeSettings  # noqa: E402
-from tests.service import local_service  # noqa: E402
 
 
 def png(frame: np.ndarray) -> bytes:
@@ -38,23 +35,14 @@ def png(frame: np.ndarray) -> bytes:
 
 @pytest.fixture(scope="module")
 def pairs(pairs_x4):
-    """This service streams at x4 (the other River tests at x2): the endpoints take the scale from the model."""
+    """The shared service streams at x4 (the other River tests at x2): the endpoints take the scale from the model."""
     return pairs_x4
 
 
 @pytest.fixture(scope="module")
-def river(tiny_model, pairs, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("river-http")
-    generic_model(lambda: [(p.lr[:2], p.hr[:2]) for p in pairs[:1]], {"test": "http"},
-                  SRConfig(blocks=1, channels=4, scale=4), TrainConfig(steps=2, batch=2), tmp / "generic",
-                  progress=False)
-    h, w = pairs[0].lr.shape[1:3]
-    settings = ServeSettings(model=str(tiny_model), engine={"max_model_len": 512, "host_swap_blocks": 0},
-                             river={"generic": str(next((tmp / "generic").glob("generic-*.safetensors"))),
-                                    "store_uri": str(tmp / "store"), "max_finetunes": 1, "target_gain_db": 50.0,
-                                    "finetune_steps": 80, "width": w, "height": h, "max_upload_mb": 2.0})
-    with local_service(settings.model_dump()) as url:
-        yield url
+def river(shared_service):
+    """The shared service, River's settings in tests.service.shared_settings (a 2 MB upload limit, a 50 dB gate)."""
+    return shared_service["url"]
 
 
 def upload(pair, session: str, frames=(0, 4), video=None, video_type="video/mp4", gt=None, gt_frames=None):

@@ -3,8 +3,12 @@ service."""
 
 import json
 
+import pytest
+
 from bench import river_stream
 from bench.stock_server import free_port
+
+pytestmark = pytest.mark.service  # starts Ray, a vLLM engine or a server (make test-fast leaves it out)
 
 
 def test_sessions_stream_through_the_service(tiny_model, tmp_path):

@@ -1,10 +1,13 @@
 """Fine-tunes as Ray tasks on a local Ray (the same code path a cluster runs)."""
 
+import pytest
 import ray
 
 from actors.river_tasks import RayTrainer, submit_finetune
 from runtime.river.sr import EDSR, SRConfig
 from runtime.river.train import TrainConfig
+
+pytestmark = pytest.mark.service  # starts Ray, a vLLM engine or a server (make test-fast leaves it out)
 
 
 def test_two_finetunes_run_as_ray_tasks(pairs):

@@ -18,6 +18,8 @@ from runtime.serving.agent_client import Turn, run_agent  # noqa: E402
 from runtime.serving.config import ServeSettings  # noqa: E402
 from tests.service import local_service  # noqa: E402
 
+pytestmark = pytest.mark.service  # starts Ray, a vLLM engine or a server (make test-fast leaves it out)
+
 MODEL = "tiny"
 ENGINE_SLOT = {"agentriver_engine": 1}
 HEAD = "agentriver_head"  # the ingress (Serve spreads replicas over nodes) and the scheduler are pinned to the head

@@ -1,8 +1,9 @@
 """The agent service under bursts, faults and hostile input, on real Ray, Serve and two vLLM (CPU) engines serving
-the tiny model. Each test reproduces a defect found by trying the service as a new user and an attacker would:
-a burst past the scheduler actor's concurrency wedged it; a closed-and-reused or disconnected session broke for
-good; error bodies carried Ray tracebacks; a huge chat body blocked the event loop; with every engine gone, streams
-hung. The module's last test kills both engines (they restart and rejoin)."""
+the tiny model (the shared service, whose queue bound is the default 1,024). Each test reproduces a defect found by
+trying the service as a new user and an attacker would: a burst past the scheduler actor's concurrency wedged it; a
+closed-and-reused or disconnected session broke for good; error bodies carried Ray tracebacks; a huge chat body
+blocked the event loop; with every engine gone, streams hung. The last test kills both engines (they restart and
+rejoin); it runs after every other test of the shared service."""
 
 import asyncio
 import json
@@ -16,8 +17,7 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from actors.global_scheduler import engine_name  # noqa: E402
-from runtime.serving.config import ServeSettings  # noqa: E402
-from tests.service import local_service, metric  # noqa: E402
+from tests.service import metric  # noqa: E402
 
 MODEL = "tiny"
 # What an error body must never show a client: a traceback, a source path, a process or actor id, an address.
@@ -25,12 +25,10 @@ LEAKS = re.compile(r"Traceback|File \"|\.py\b|pid=|ActorID|actor_id|\b\d{1,3}\.\
 
 
 @pytest.fixture(scope="module")
-def url(tiny_model):
+def url(shared_service):
     # the default queue bound (1024) is above Ray's default actor concurrency (1000): the burst case
-    settings = ServeSettings(model=str(tiny_model), engines=2,
-                             engine={"max_model_len": 1024, "max_num_seqs": 16, "host_swap_blocks": 64})
-    with local_service(settings.model_dump()) as url:
-        yield url
+    assert shared_service["settings"]["max_queue"] == 1024
+    return shared_service["url"]
 
 
 def chat(content: str = "hello there", max_tokens: int = 8, **extra) -> dict:
@@ -202,6 +200,7 @@ def test_declared_oversized_body_is_refused_before_it_is_sent(url):
     assert head.startswith("HTTP/1.1 413"), head
 
 
+@pytest.mark.kills_service
 def test_with_every_engine_gone_streams_end_and_calls_fail_fast_then_recover(url):
     """Both engines killed under four streams: each stream ends with an error event (or completes) and then
     [DONE]; new calls get 503 with Retry-After quickly instead of hanging; once Ray has restarted an engine the

@@ -11,6 +11,8 @@ from actors.scheduler_journal import GROUP, SchedulerJournal
 from runtime.engine.job_hints import SegmentOutcome
 from runtime.serving.dispatch import Dispatcher, EngineShape
 
+pytestmark = pytest.mark.service  # starts Ray, a vLLM engine or a server (make test-fast leaves it out)
+
 
 @pytest.fixture(scope="module")
 def local_ray():

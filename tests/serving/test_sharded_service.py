@@ -1,7 +1,8 @@
 """The agent service with its scheduler in two shards (`scheduler_shards: 2`): real Ray and Serve started locally,
 two real vLLM (CPU) engine actors serving the tiny model, one per shard, driven over HTTP with the official `openai`
 client. Each session lives on the shard its id hashes to and runs on that shard's engine; the cluster view, the
-metrics and the health check cover both; a shard killed and restarted by Ray leaves the other's sessions alone."""
+metrics and the health check cover both; the queue bound refuses a burst with 429; a shard killed and restarted by
+Ray leaves the other's sessions alone."""
 
 import asyncio
 import time
@@ -18,6 +19,8 @@ from runtime.serving.agent_client import Turn, run_agent  # noqa: E402
 from runtime.serving.config import ServeSettings  # noqa: E402
 from runtime.serving.shards import shard_of  # noqa: E402
 from tests.service import local_service  # noqa: E402
+
+pytestmark = pytest.mark.service  # starts Ray, a vLLM engine or a server (make test-fast leaves it out)
 
 MODEL = "tiny"
 
@@ -64,6 +67,21 @@ def test_sessions_run_on_their_shards_engines(service):
     after = metric_by_shard(service, "agentriver_job_completion_seconds")
     assert {k: after[k] - before.get(k, 0.0) for k in after} == {"0": 3.0, "1": 3.0}
     assert httpx.get(service + "/health", timeout=30).status_code == 200
+
+
+def test_bounded_queue_answers_429_with_retry_after(service):
+    """160 one-shot calls at once, spread over the two shards by their ids: 8 run on each shard's engine and 32 may
+    wait in each shard's queue (max_queue 64 split in two); the rest are refused, none fails."""
+    async def go():
+        async with httpx.AsyncClient(base_url=service, timeout=300) as h:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "burst " * 50}], "max_tokens": 64}
+            return await asyncio.gather(*(h.post("/v1/chat/completions", json=body) for _ in range(160)))
+
+    answers = asyncio.run(go())
+    codes = [r.status_code for r in answers]
+    assert set(codes) <= {200, 429} and codes.count(429) > 0 and codes.count(200) >= 80, codes
+    refused = next(r for r in answers if r.status_code == 429)
+    assert int(refused.headers["Retry-After"]) >= 1 and refused.json()["error"]["type"] == "rate_limit_error"
 
 
 def test_a_shard_restarting_leaves_the_other_shards_sessions_alone(service):

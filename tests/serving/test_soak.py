@@ -19,24 +19,21 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from runtime.serving.config import ServeSettings  # noqa: E402
-from tests.service import local_service  # noqa: E402
+from tests.service import SESSION_IDLE_S  # noqa: E402
 
 SESSIONS = 1000  # over 3x the 288 after which the leak was measured
 WARMUP = 100
 CONCURRENCY = 32
-IDLE_S = 3.0
+IDLE_S = SESSION_IDLE_S  # the shared service closes a session idle this long
 # The service's processes, by the names Ray gives its workers (and vLLM its engine cores).
 SERVICE_PROCESSES = ("ray::GlobalScheduler", "ray::EngineActor", "ray::ServeReplica", "EngineCore")
 NOTHING = {"jobs": 0, "pinned_blocks": 0, "host_swap_blocks": 0}
 
 
 @pytest.fixture(scope="module")
-def url(tiny_model):
-    settings = ServeSettings(model=str(tiny_model), engines=2, session_idle_s=IDLE_S,
-                             engine={"max_model_len": 1024, "max_num_seqs": 16, "host_swap_blocks": 64})
-    with local_service(settings.model_dump()) as url:
-        yield url
+def url(shared_service):
+    assert shared_service["settings"]["session_idle_s"] == IDLE_S
+    return shared_service["url"]
 
 
 def service_rss_mib() -> dict[str, float]:
