@@ -11,6 +11,11 @@ output tokens (`ignore_eos`), waits `api_time_s x tool-time-scale` for its tool,
 end. `vllm` is unmodified vLLM engines behind a FCFS global queue; any `runtime.agents` policy runs the
 GlobalScheduler and the engines' plugin with it. Rows follow the other JCT benchmarks' schema, plus the HTTP errors
 seen and the engines' KV decisions read from `/metrics`.
+
+    python -m bench.jct_http --trace FILE --model small --url http://head:8000 --rate-scales 4 --out results.json
+
+replays the trace against a service that is already running (a cluster started with `ray up`, say) instead: one
+row per load, under the policy that service runs.
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--max-num-seqs", type=int, default=32)
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--url", default=None,
+                   help="replay against this running service instead of starting one per policy: its policy, engines "
+                        "and engine settings are what it runs (read from /v1/cluster); --policies is not used")
     p.add_argument("--out", default="results.json")
     args = p.parse_args(argv)
     args.model_dir = args.model if Path(args.model).is_dir() else str(Path("models") / args.model)
@@ -148,8 +156,7 @@ def kv_decisions(metrics_text: str) -> dict[str, int]:
 
 
 def run_policy(args, policy: str, loads: dict[float, list[Job]], text_of) -> list[tuple[dict, list[float]]]:
-    import httpx
-
+    """A service of this policy started on this machine, the loads replayed through it, and the service stopped."""
     from deployments.launch import start, stop
 
     settings = ServeSettings(model=args.model_dir, policy=policy, engines=args.engines,
@@ -158,30 +165,45 @@ def run_policy(args, policy: str, loads: dict[float, list[Job]], text_of) -> lis
                                                         "max_num_seqs": args.max_num_seqs,
                                                         "host_swap_blocks": args.host_swap_blocks})
     url = start(settings, args.port)
-    rows = []
     try:
-        for scale, jobs in loads.items():
-            before = kv_decisions(httpx.get(f"{url}/metrics", timeout=30).text)
-            t0 = time.monotonic()
-            results, jcts, errors = asyncio.run(replay_http(url, settings.served_model_name, jobs, text_of,
-                                                            args.tool_time_scale, f"{policy} load {scale:g}"))
-            wall = time.monotonic() - t0
-            time.sleep(2.5)  # engines report their KV logs to the scheduler every second
-            after = kv_decisions(httpx.get(f"{url}/metrics", timeout=30).text)
-            tokens = sum(r.completion_tokens for r in results)
-            row = {"policy": policy, "load": scale, "seed": args.seed, "jobs": len(results),
-                   **jct_summary(np.array(jcts)), "throughput_jobs_s": len(results) / wall,
-                   "output_tokens": tokens, "tokens_per_s": tokens / wall, "wall_s": wall, "http_errors": errors,
-                   "model": args.model, "engines": args.engines, "kv_blocks": args.kv_blocks,
-                   "tool_time_scale": args.tool_time_scale,
-                   "queued_s_avg": float(np.mean([s["queued_s"] for r in results
-                                                  for s in r.view["segment_log"]])),
-                   **{k: after[k] - before[k] for k in after}}
-            print(f"{policy:10s} load {scale:g}: avg JCT {row['avg_jct_s']:.2f} s, p99 {row['p99_jct_s']:.2f} s, "
-                  f"{errors} HTTP errors", file=sys.stderr, flush=True)
-            rows.append((row, jcts))
+        return replay_loads(args, url, settings.served_model_name, policy, loads, text_of)
     finally:
         stop(settings)
+
+
+def running_service(url: str) -> tuple[str, str, int]:
+    """The served model's name, the policy and the number of engines of a service that is already running."""
+    import httpx
+
+    [model] = [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]]
+    cluster = httpx.get(f"{url}/v1/cluster", timeout=30).json()
+    return model, cluster["policy"], len(cluster["engines"])
+
+
+def replay_loads(args, url: str, model: str, policy: str, loads: dict[float, list[Job]],
+                 text_of) -> list[tuple[dict, list[float]]]:
+    import httpx
+
+    rows = []
+    for scale, jobs in loads.items():
+        before = kv_decisions(httpx.get(f"{url}/metrics", timeout=30).text)
+        t0 = time.monotonic()
+        results, jcts, errors = asyncio.run(replay_http(url, model, jobs, text_of, args.tool_time_scale,
+                                                        f"{policy} load {scale:g}"))
+        wall = time.monotonic() - t0
+        time.sleep(2.5)  # engines report their KV logs to the scheduler every second
+        after = kv_decisions(httpx.get(f"{url}/metrics", timeout=30).text)
+        tokens = sum(r.completion_tokens for r in results)
+        row = {"policy": policy, "load": scale, "seed": args.seed, "jobs": len(results),
+               **jct_summary(np.array(jcts)), "throughput_jobs_s": len(results) / wall,
+               "output_tokens": tokens, "tokens_per_s": tokens / wall, "wall_s": wall, "http_errors": errors,
+               "model": args.model, "engines": args.engines, "kv_blocks": args.kv_blocks,
+               "tool_time_scale": args.tool_time_scale,
+               "queued_s_avg": float(np.mean([s["queued_s"] for r in results for s in r.view["segment_log"]])),
+               **{k: after[k] - before[k] for k in after}}
+        print(f"{policy:10s} load {scale:g}: avg JCT {row['avg_jct_s']:.2f} s, p99 {row['p99_jct_s']:.2f} s, "
+              f"{errors} HTTP errors", file=sys.stderr, flush=True)
+        rows.append((row, jcts))
     return rows
 
 
@@ -211,14 +233,20 @@ def main(argv: list[str] | None = None) -> int:
     loads = {scale: fit_to_context(jobs_from_table(table, rate_scale=scale), int(args.max_model_len * 0.8))
              for scale in args.scale_list}
 
+    if args.url:
+        model, policy, args.engines = running_service(args.url)
+        args.kv_blocks = None  # the service's own pool
+        runs = {policy: replay_loads(args, args.url, model, policy, loads, text_of)}
+    else:
+        runs = {policy: run_policy(args, policy, loads, text_of) for policy in args.policy_list}
     rows, cdfs = [], {}
-    for policy in args.policy_list:
-        for row, jcts in run_policy(args, policy, loads, text_of):
+    for policy, replayed in runs.items():
+        for row, jcts in replayed:
             rows.append(row)
             if row["load"] == max(args.scale_list):
                 cdfs[(policy, "oracle")] = jcts
     data = {"meta": {"command": command_line("bench.jct_http", argv), "trace": args.trace, "model": args.model,
-                     "engines": args.engines}, "rows": rows}
+                     "engines": args.engines, "url": args.url}, "rows": rows}
 
     def plot(d: dict, stem: Path) -> None:
         agg = [{"policy": r["policy"], "estimator": "oracle", "load": r["load"], "avg_jct_s": r["avg_jct_s"]}

@@ -33,7 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from bench.output import command_line, save_figure, write_results
-from runtime.serving.config import ServeSettings
+from runtime.agents.policy import check_servable
+from runtime.serving.config import VLLM_BASELINE, ServeSettings
 
 RETRY_CAP_S = 2.0  # a refused client waits Retry-After but at most this, so the level keeps its pressure
 
@@ -43,6 +44,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="small", help="a preset built by `make model` (models/NAME) or a directory")
     p.add_argument("--engines", type=int, default=1)
+    p.add_argument("--policy", default="astraea", help="the service's policy (`vllm`: unmodified vLLM engines behind "
+                                                        "a FCFS global queue)")
     p.add_argument("--max-queue", type=int, default=64, help="the scheduler's queue bound (429 beyond it)")
     p.add_argument("--concurrency", default="16,64,128,256", help="clients at each level of the sweep")
     p.add_argument("--duration", type=float, default=30.0, help="seconds of load at each level")
@@ -59,6 +62,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.levels = [int(x) for x in args.concurrency.split(",") if x]
     if not args.levels or min(args.levels) < 1:
         p.error("--concurrency: give positive client counts, e.g. 16,64,256")
+    try:
+        check_servable(args.policy, (VLLM_BASELINE,))
+    except ValueError as e:
+        p.error(f"--policy: {e}")
     return args
 
 
@@ -229,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     from deployments.launch import start, stop
 
     args = parse_args(argv)
-    settings = ServeSettings(model=args.model_dir, engines=args.engines, max_queue=args.max_queue,
+    settings = ServeSettings(model=args.model_dir, engines=args.engines, policy=args.policy, max_queue=args.max_queue,
                              engine={"max_model_len": args.max_model_len, "max_num_seqs": args.max_num_seqs})
     url = start(settings, args.port)
     os.nice(19 - os.nice(0))  # the service's processes were started above and keep their priority
@@ -245,8 +252,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         stop(settings)
     data = {"meta": {"command": command_line("bench.service_load", argv), "model": args.model,
-                     "engines": args.engines, "max_queue": args.max_queue, "segments": args.segments,
-                     "max_tokens": args.max_tokens, "duration_s": args.duration},
+                     "engines": args.engines, "policy": args.policy, "max_queue": args.max_queue,
+                     "segments": args.segments, "max_tokens": args.max_tokens, "duration_s": args.duration},
             "levels": levels, "after_sweep_s": after}
     print(write_results(args.out, data, markdown, plot))
     return 0

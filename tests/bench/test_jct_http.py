@@ -1,31 +1,36 @@
-"""bench.jct_http end to end: the served app on a local Ray, agents through the OpenAI client, tiny model."""
+"""bench.jct_http end to end: agents through the OpenAI client against the served app (the shared service)."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).parents[2]
 
 
-def test_http_replay_writes_rows_for_each_policy(tiny_model, tool_trace, tmp_path):
-    trace = tool_trace
+@pytest.mark.service
+def test_http_replay_against_the_running_service(shared_service, tool_trace, tiny_model, tmp_path):
+    """`--url`: the replay drives a service that is already running (the shared one, astraea) instead of starting
+    one per policy; the policy and engines in its rows are the service's. Starting a service per policy is the
+    code `make run` runs (deployments.launch.start/stop); the served vllm baseline runs in test_service_load."""
     out = tmp_path / "r.json"
-    res = subprocess.run([sys.executable, "-m", "bench.jct_http", "--trace", str(trace), "--model", str(tiny_model),
-                          "--policies", "vllm,astraea", "--rate-scales", "2", "--tool-time-scale", "0.5",
-                          "--kv-blocks", "40", "--max-model-len", "1024", "--port", "8765", "--out", str(out)],
+    res = subprocess.run([sys.executable, "-m", "bench.jct_http", "--trace", str(tool_trace), "--model",
+                          str(tiny_model), "--url", shared_service["url"], "--rate-scales", "2",
+                          "--tool-time-scale", "0.5", "--max-model-len", "1024", "--out", str(out)],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     data = json.loads(out.read_text())
-    assert [r["policy"] for r in data["rows"]] == ["vllm", "astraea"]
-    for r in data["rows"]:
-        assert r["jobs"] == 3 and r["http_errors"] == 0
-        assert r["output_tokens"] == 64  # ignore_eos: exactly the trace's output tokens
-        assert r["p99_jct_s"] >= r["avg_jct_s"] > 0.25  # job a waits 0.5 x 0.5 s for its tool
-        decided = r["kv_preserve"] + r["kv_swap"] + r["kv_discard"]
-        # astraea decides at every segment end of a session (the engine is not told which one is the job's last:
-        # 5 segments); vllm has no KV manager
-        assert decided == (5 if r["policy"] == "astraea" else 0)
+    assert data["meta"]["url"] == shared_service["url"]
+    [r] = data["rows"]
+    assert r["policy"] == "astraea" and r["engines"] == 2
+    assert r["jobs"] == 3 and r["http_errors"] == 0
+    assert r["output_tokens"] == 64  # ignore_eos: exactly the trace's output tokens
+    assert r["p99_jct_s"] >= r["avg_jct_s"] > 0.25  # job a waits 0.5 x 0.5 s for its tool
+    # astraea decides at every segment end of a session (the engine is not told which one is the job's last: 5
+    # segments)
+    assert r["kv_preserve"] + r["kv_swap"] + r["kv_discard"] == 5
     assert "| astraea |" in out.with_suffix(".md").read_text() and (tmp_path / "r_jct_vs_load.png").exists()
 
 
