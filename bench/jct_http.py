@@ -57,7 +57,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--url", default=None,
                    help="replay against this running service instead of starting one per policy: its policy, engines "
-                        "and engine settings are what it runs (read from /v1/cluster); --policies is not used")
+                        "and context length are what it runs (read from /v1/cluster); --policies, --engines and the "
+                        "engine settings are not used")
     p.add_argument("--out", default="results.json")
     args = p.parse_args(argv)
     args.model_dir = args.model if Path(args.model).is_dir() else str(Path("models") / args.model)
@@ -171,13 +172,12 @@ def run_policy(args, policy: str, loads: dict[float, list[Job]], text_of) -> lis
         stop(settings)
 
 
-def running_service(url: str) -> tuple[str, str, int]:
-    """The served model's name, the policy and the number of engines of a service that is already running."""
+def running_service(url: str) -> tuple[str, dict]:
+    """The served model's name and the cluster view (policy, engines, max_model_len) of a service already running."""
     import httpx
 
     [model] = [m["id"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]]
-    cluster = httpx.get(f"{url}/v1/cluster", timeout=30).json()
-    return model, cluster["policy"], len(cluster["engines"])
+    return model, httpx.get(f"{url}/v1/cluster", timeout=30).json()
 
 
 def replay_loads(args, url: str, model: str, policy: str, loads: dict[float, list[Job]],
@@ -229,14 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     table = read_trace(args.trace)
     text_of = text_maker(args.model_dir)
+    if args.url:
+        model, cluster = running_service(args.url)
+        args.engines, args.max_model_len, args.kv_blocks = len(cluster["engines"]), cluster["max_model_len"], None
     # The chat template and re-tokenisation add a little: keep 20% of the context free.
     loads = {scale: fit_to_context(jobs_from_table(table, rate_scale=scale), int(args.max_model_len * 0.8))
              for scale in args.scale_list}
 
     if args.url:
-        model, policy, args.engines = running_service(args.url)
-        args.kv_blocks = None  # the service's own pool
-        runs = {policy: replay_loads(args, args.url, model, policy, loads, text_of)}
+        runs = {cluster["policy"]: replay_loads(args, args.url, model, cluster["policy"], loads, text_of)}
     else:
         runs = {policy: run_policy(args, policy, loads, text_of) for policy in args.policy_list}
     rows, cdfs = [], {}
@@ -246,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             if row["load"] == max(args.scale_list):
                 cdfs[(policy, "oracle")] = jcts
     data = {"meta": {"command": command_line("bench.jct_http", argv), "trace": args.trace, "model": args.model,
-                     "engines": args.engines, "url": args.url}, "rows": rows}
+                     "engines": args.engines, "max_model_len": args.max_model_len, "url": args.url}, "rows": rows}
 
     def plot(d: dict, stem: Path) -> None:
         agg = [{"policy": r["policy"], "estimator": "oracle", "load": r["load"], "avg_jct_s": r["avg_jct_s"]}

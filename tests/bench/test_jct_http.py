@@ -18,13 +18,14 @@ def test_http_replay_against_the_running_service(shared_service, tool_trace, tin
     out = tmp_path / "r.json"
     res = subprocess.run([sys.executable, "-m", "bench.jct_http", "--trace", str(tool_trace), "--model",
                           str(tiny_model), "--url", shared_service["url"], "--rate-scales", "2",
-                          "--tool-time-scale", "0.5", "--max-model-len", "1024", "--out", str(out)],
+                          "--tool-time-scale", "0.5", "--out", str(out)],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     data = json.loads(out.read_text())
     assert data["meta"]["url"] == shared_service["url"]
     [r] = data["rows"]
-    assert r["policy"] == "astraea" and r["engines"] == 2
+    assert r["policy"] == "astraea" and r["engines"] == 2  # the service's, read from /v1/cluster
+    assert data["meta"]["max_model_len"] == shared_service["settings"]["engine"]["max_model_len"]
     assert r["jobs"] == 3 and r["http_errors"] == 0
     assert r["output_tokens"] == 64  # ignore_eos: exactly the trace's output tokens
     assert r["p99_jct_s"] >= r["avg_jct_s"] > 0.25  # job a waits 0.5 x 0.5 s for its tool

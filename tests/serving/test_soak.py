@@ -88,7 +88,7 @@ def settled(url: str, within_s: float) -> dict:
 
 def test_a_thousand_sessions_leave_nothing_on_the_engines(url):
     asyncio.run(run(url, 0, WARMUP))
-    settled(url, IDLE_S + 30)
+    settled(url, 10.0)  # the sessions left to expire stay open until after the main run
     rss_warm = service_rss_mib()
     t0 = time.monotonic()
     asyncio.run(run(url, WARMUP, SESSIONS - WARMUP))
