@@ -2,12 +2,13 @@
 
 Measured before this was built: after 288 closed two-call sessions an engine's KV usage rose from 2.7% to 35%,
 while the dispatcher believed 2 blocks were held, and every engine-side per-session table grew by one entry per
-session. Here 1,000 two-call sessions run on real Ray, Serve and two vLLM (CPU) engines: a third are closed, a
-third are left to expire (the service closes them after `session_idle_s`), a third are one-shot pairs of calls
-without a session. Afterwards every engine must hold no job state, no pinned block and no host-swap block, and
-the service's processes must not have grown in memory since the first 100 sessions (the figures are printed;
-measured here with 2,000 sessions: +0.7 MiB per vLLM engine core, +1.6 and +2.3 per engine actor, +2.6 for the
-scheduler, +7.2 for the ingress replica, over 4.3 GiB in all).
+session. Here 1,000 two-call sessions run on real Ray, Serve and two vLLM (CPU) engines (the shared service): a
+third are one-shot pairs of calls without a session; of the rest, those of the first half are closed or left to
+expire in turn (the service closes them after `session_idle_s`), those of the second half are closed, so that the
+last ones left expire while the run goes on. Afterwards every engine must hold no job state, no pinned block and
+no host-swap block, and the service's processes must not have grown in memory since the first 100 sessions (the
+figures are printed; measured here with 2,000 sessions: +0.7 MiB per vLLM engine core, +1.6 and +2.3 per engine
+actor, +2.6 for the scheduler, +7.2 for the ingress replica, over 4.3 GiB in all).
 """
 
 import asyncio
@@ -48,9 +49,9 @@ def service_rss_mib() -> dict[str, float]:
 
 
 async def session(client: httpx.AsyncClient, i: int) -> None:
-    """Two calls (the second resends the first with its answer, as agents do), then: close, leave, or neither
-    call had a session at all."""
-    kind = i % 3
+    """Two calls (the second resends the first with its answer, as agents do), then: close, leave (only in the
+    first half), or neither call had a session at all."""
+    kind = 0 if i % 3 == 1 and i >= SESSIONS // 2 else i % 3
     headers = {"X-Session-Id": f"soak-{i}"} if kind < 2 else {}
     messages = [{"role": "user", "content": f"task {i}: look this up"}]
     for turn in range(2):
