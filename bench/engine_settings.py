@@ -114,7 +114,10 @@ def run_config(name: str, a) -> dict:
     spec = {"engine": engine, "model": a.model, "max_model_len": a.max_model_len, "requests": a.requests,
             "prompt": a.prompt, "tokens": a.tokens, "repeats": a.repeats}
     env = {k: v for k, v in os.environ.items() if k != RESERVED}
-    env.update(HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", **CONFIGS[name].get("env", {}))
+    # vLLM's default process layout (engine core and model worker apart), whatever the caller's environment says:
+    # the worker's cores are read from the log of that layout
+    env.update(HF_HUB_OFFLINE="1", VLLM_CPU_KVCACHE_SPACE="1", VLLM_ENABLE_V1_MULTIPROCESSING="1",
+               **CONFIGS[name].get("env", {}))
     proc = subprocess.run([sys.executable, "-c", CHILD, json.dumps(spec)], capture_output=True, text=True, env=env,
                           timeout=1800)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]

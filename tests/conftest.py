@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 from dataclasses import replace
@@ -10,6 +11,13 @@ from runtime.agents.costmodel import LLAMA3_8B_H100, DeploymentProfile
 from runtime.agents.trace import SCHEMA
 from runtime.river.dataset import build_dataset, load_pairs
 from runtime.river.gameplay import GameplayConfig
+
+# vLLM's engine core runs its model worker in its own process, not in a second spawned one: every engine start in
+# the suite then imports vLLM once less (~8-13 s of each ~25-s start here), as vLLM's own tests run it. Everything
+# the tests check above the worker is the same code; `bench.engine_settings`, which reports where vLLM places the
+# worker's threads, sets vLLM's default for its engines, and `VLLM_ENABLE_V1_MULTIPROCESSING=1 make test` runs the
+# whole suite on that default, as `make run` and the benchmarks do.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 # The 8B/H100 step cost with a KV pool small enough that memory pressure is constant.
 SMALL_PROFILE = replace(LLAMA3_8B_H100, name="tiny-kv", gpu_kv_tokens=6144, cpu_kv_tokens=4096, max_num_seqs=16,
