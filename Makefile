@@ -28,8 +28,11 @@ PORT ?= 8000
 serve: $(STAMP) models/small/config.json  ## the agent service on local Ray at http://127.0.0.1:$(PORT) until Ctrl-C
 	HF_HUB_OFFLINE=1 $(PY) -m deployments.launch serve --port $(PORT)
 
+# Two pytest workers: every test that starts Ray, Serve, an engine or a server (marker `service`) runs on one of
+# them, in the suite's order (tests/conftest.py); the other takes the tests that start nothing, which the first joins
+# once its own are done.
 test: $(STAMP)  ## the whole suite (what CI runs)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadgroup
 
 test-fast: $(STAMP)  ## everything that starts no Ray, Serve, vLLM engine or server (marker `service`), for development
 	$(PY) -m pytest -q -m "not service"

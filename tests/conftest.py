@@ -90,7 +90,9 @@ def shared_service(tiny_model, pairs_x4, tmp_path_factory) -> dict:
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The shared service's tests run last and together: its Ray stays up until the session ends, and tests that
     start a Ray of their own must run before it. Among them, those that kill its processes (`kills_service`) go
-    last, so the others meet the service as it started."""
+    last, so the others meet the service as it started. Under pytest-xdist (`make test`: `-n 2 --dist loadgroup`)
+    every `service` test is in one group, so one worker runs them all in this order, one at a time, as without
+    xdist: two Rays, two engines' threads on the same cores, or a test meeting another's service never happen."""
     def group(item: pytest.Item) -> int:
         if "shared_service" not in item.fixturenames:
             return 0
@@ -98,3 +100,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         return 2 if item.get_closest_marker("kills_service") else 1
 
     items.sort(key=group)
+    for item in items:
+        if item.get_closest_marker("service"):
+            item.add_marker(pytest.mark.xdist_group("service"))

@@ -154,25 +154,6 @@ def test_unknown_session_and_paths_answer_json(service):
         assert r.status_code == status and "error" in r.json()
 
 
-def test_auth_when_the_key_is_set(service):
-    deploy(service["settings"], {API_KEY_ENV: "s3cret"})
-    try:
-        body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-        url = service["url"] + "/v1/chat/completions"
-        assert httpx.post(url, json=body, timeout=60).status_code == 401
-        wrong = httpx.post(url, json=body, headers={"Authorization": "Bearer nope"}, timeout=60)
-        assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
-        ok = httpx.post(url, json=body, headers={"Authorization": "Bearer s3cret"}, timeout=60)
-        assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 2
-        for public in ("/health", "/openapi.json", "/docs"):  # described in README: no data behind them
-            assert httpx.get(service["url"] + public, timeout=30).status_code == 200, public
-        for private in ("/metrics", "/v1/cluster", "/healthz", "/docs/../v1/cluster"):  # exact paths only
-            assert httpx.get(service["url"] + private, timeout=30).status_code == 401, private
-    finally:
-        deploy(service["settings"])
-    assert httpx.get(service["url"] + "/v1/models", timeout=30).status_code == 200
-
-
 def test_32_sessions_for_30_seconds_no_5xx(service):
     errors: list[str] = []
 
@@ -284,22 +265,36 @@ def test_scheduler_killed_under_16_streaming_sessions_loses_none(service):
     assert window <= 10.0
 
 
-def test_two_ingress_replicas_serve_one_session_alternately(service):
-    deploy(service["settings"], replicas=2)
+def test_two_ingress_replicas_with_a_key_serve_one_session_alternately(service):
+    """One redeploy for two things the ingress's deployment decides: with `AGENTRIVER_API_KEY` set, calls without
+    the key (or with a wrong one) are refused and the public paths stay open; with it, one
+    session's calls alternate between the replicas and stay one job."""
+    deploy(service["settings"], {API_KEY_ENV: "s3cret"}, replicas=2)
+    key = {"Authorization": "Bearer s3cret"}
     served: list[str] = []
     messages = [{"role": "user", "content": "count with me"}]
     try:
         with httpx.Client(base_url=service["url"], timeout=300) as h:
+            body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+            assert h.post("/v1/chat/completions", json=body).status_code == 401
+            wrong = h.post("/v1/chat/completions", json=body, headers={"Authorization": "Bearer nope"})
+            assert wrong.status_code == 401 and wrong.json()["error"]["type"] == "authentication_error"
+            for public in ("/health", "/openapi.json", "/docs"):  # described in README: no data behind them
+                assert h.get(public).status_code == 200, public
+            for private in ("/metrics", "/v1/cluster", "/healthz", "/docs/../v1/cluster"):  # exact paths only
+                assert h.get(private).status_code == 401, private
             while len(served) < 24 and (len(served) < 4 or len(set(served)) < 2):
-                r = h.post("/v1/chat/completions", headers={"X-Session-Id": "two-replicas"},
+                r = h.post("/v1/chat/completions", headers={"X-Session-Id": "two-replicas", **key},
                            json={"model": MODEL, "messages": messages, "max_tokens": 4, "temperature": 0})
                 assert r.status_code == 200, r.text
+                assert r.json()["usage"]["completion_tokens"] <= 4
                 served.append(r.headers["x-replica"])
                 messages += [{"role": "assistant", "content": r.json()["choices"][0]["message"]["content"]},
                              {"role": "user", "content": f"and {len(served)}"}]
-            view = h.get("/v1/sessions/two-replicas").json()
-            assert h.post("/v1/sessions/two-replicas/close").status_code == 200
+            view = h.get("/v1/sessions/two-replicas", headers=key).json()
+            assert h.post("/v1/sessions/two-replicas/close", headers=key).status_code == 200
     finally:
-        deploy(service["settings"])  # back to one replica, as the other tests of the shared service expect
+        deploy(service["settings"])  # back to one replica without a key, as the other tests of the service expect
+    assert httpx.get(service["url"] + "/v1/models", timeout=30).status_code == 200
     assert len(set(served)) == 2, served
     assert view["segments"] == len(served) and [s["index"] for s in view["segment_log"]] == list(range(len(served)))
