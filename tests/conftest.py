@@ -86,20 +86,24 @@ def shared_service(tiny_model, pairs_x4, tmp_path_factory) -> dict:
         yield {"url": url, "settings": settings}
 
 
-@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by the marker added here
+def pytest_itemcollected(item: pytest.Item) -> None:
+    """Markers by what a test uses, set as it is collected (before `-m` and pytest-xdist read them): a test of the
+    shared service is a `service` test, and every `service` test is in one pytest-xdist group (below)."""
+    if "shared_service" in item.fixturenames:
+        item.add_marker(pytest.mark.service)
+    if item.get_closest_marker("service"):
+        item.add_marker(pytest.mark.xdist_group("service"))
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The shared service's tests run last and together: its Ray stays up until the session ends, and tests that
     start a Ray of their own must run before it. Among them, those that kill its processes (`kills_service`) go
     last, so the others meet the service as it started. Under pytest-xdist (`make test`: `-n 2 --dist loadgroup`)
-    every `service` test is in one group, so one worker runs them all in this order, one at a time, as without
+    the `service` tests are one group, so one worker runs them all in this order, one at a time, as without
     xdist: two Rays, two engines' threads on the same cores, or a test meeting another's service never happen."""
     def group(item: pytest.Item) -> int:
         if "shared_service" not in item.fixturenames:
             return 0
-        item.add_marker(pytest.mark.service)
         return 2 if item.get_closest_marker("kills_service") else 1
 
     items.sort(key=group)
-    for item in items:
-        if item.get_closest_marker("service"):
-            item.add_marker(pytest.mark.xdist_group("service"))
