@@ -12,7 +12,7 @@ from runtime.agents.trace import SCHEMA
 from runtime.river.dataset import build_dataset, load_pairs
 from runtime.river.gameplay import GameplayConfig
 
-# vLLM's engine core runs its model worker in its own process, not in a second spawned one: every engine start in
+# vLLM's engine core runs its model worker inside its own process, not in a second one it spawns: every engine start in
 # the suite then imports vLLM once less (~8-13 s of each ~25-s start here), as vLLM's own tests run it. Everything
 # the tests check above the worker is the same code; `bench.engine_settings`, which reports where vLLM places the
 # worker's threads, sets vLLM's default for its engines, and `VLLM_ENABLE_V1_MULTIPROCESSING=1 make test` runs the
