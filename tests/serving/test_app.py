@@ -267,8 +267,8 @@ def test_scheduler_killed_under_16_streaming_sessions_loses_none(service):
 
 def test_two_ingress_replicas_with_a_key_serve_one_session_alternately(service):
     """One redeploy for two things the ingress's deployment decides: with `AGENTRIVER_API_KEY` set, calls without
-    the key (or with a wrong one) are refused and the public paths stay open; with it, one
-    session's calls alternate between the replicas and stay one job."""
+    the key (or with a wrong one) are refused and the public paths stay open; with it, one session's calls
+    alternate between the replicas and stay one job."""
     deploy(service["settings"], {API_KEY_ENV: "s3cret"}, replicas=2)
     key = {"Authorization": "Bearer s3cret"}
     served: list[str] = []

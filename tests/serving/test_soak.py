@@ -8,12 +8,15 @@ expire in turn (the service closes them after `session_idle_s`), those of the se
 last ones left expire while the run goes on. Afterwards every engine must hold no job state, no pinned block and
 no host-swap block, and the service's processes must not have grown in memory since the first 100 sessions (the
 figures are printed; measured here with 2,000 sessions: +0.7 MiB per vLLM engine core, +1.6 and +2.3 per engine
-actor, +2.6 for the scheduler, +7.2 for the ingress replica, over 4.3 GiB in all). In the suite's process layout the
-engine core also runs vLLM's model worker, whose memory was not measured before: it grows by tens of MiB over the run
-(torch's CPU buffers for the batch shapes it meets), so it gets a budget of its own.
+actor, +2.6 for the scheduler, +7.2 for the ingress replica, over 4.3 GiB in all). In the suite's process layout
+(tests/conftest.py) the engine core also runs vLLM's model worker, whose memory was not measured before: it grew by
++30 to +144 MiB over the run (the more, the fresher the service), +35 in its last half. Whether that is torch
+keeping buffers or a leak in the worker is open (issue 50's note), so there, and only there, the engine core has a
+budget of its own.
 """
 
 import asyncio
+import os
 import time
 
 import httpx
@@ -112,6 +115,6 @@ def test_a_thousand_sessions_leave_nothing_on_the_engines(url):
         assert e["holds"] == NOTHING, e
         assert e["kv_blocks_held"] == 0 and e["running"] == 0
     assert set(rss_end) == set(rss_half) == set(rss_warm)  # no process was restarted on the way
-    # measured: +0.1 to +7.2 MiB per process, but for the engine core, which in the suite's process layout also holds
-    # vLLM's model worker (tests/conftest.py): +30 to +104 MiB over the 900 sessions, +35 in the last 450
-    assert all(mib < (160 if p.startswith("EngineCore") else 16) for p, mib in growth.items()), growth
+    # measured: +0.1 to +7.2 MiB per process, but for an engine core that also holds vLLM's model worker
+    worker_inside = os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0"
+    assert all(mib < (256 if worker_inside and p.startswith("EngineCore") else 16) for p, mib in growth.items()), growth
